@@ -1,0 +1,1 @@
+"""The few Kubernetes I/O helpers the controllers share."""
