@@ -1,0 +1,336 @@
+"""Start, find and stop one local control plane: etcd, kube-apiserver, kube-controller-manager."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from kubeiam.devcluster.binaries import REPO_ROOT, ensure_binaries, pinned_versions
+from kubeiam.devcluster.certs import ControlPlanePKI, create_pki
+from kubeiam.devcluster.errors import ControlPlaneError
+from kubeiam.devcluster.kubeconfig import write_kubeconfig
+from kubeiam.devcluster.kubectl import Kubectl
+
+DEFAULT_STATE_DIR = REPO_ROOT / ".local"
+CRDS_DIR = REPO_ROOT / "crds"
+_START_TIMEOUT = 120.0
+_STOP_TIMEOUT = 15.0
+
+
+@dataclass
+class ProcessRecord:
+    """One process this module started: enough to find it again and to know it is ours."""
+
+    name: str
+    pid: int
+    binary: str
+
+
+@dataclass
+class ClusterState:
+    """What `up` records in <state dir>/cluster.json so later calls find the running cluster."""
+
+    kubernetes_version: str
+    etcd_version: str
+    apiserver_url: str
+    etcd_url: str
+    processes: list[ProcessRecord] = field(default_factory=list)
+
+
+def _free_ports(count: int) -> list[int]:
+    # Hold every socket until all are chosen so the same port is never handed out twice.
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind(("127.0.0.1", 0))
+            sockets.append(sock)
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def _is_our_process(record: ProcessRecord) -> bool:
+    """True if the pid is alive and still runs the binary we started (pids get reused)."""
+    try:
+        cmdline = Path(f"/proc/{record.pid}/cmdline").read_bytes().split(b"\0")
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return False
+    return bool(cmdline) and cmdline[0].decode(errors="replace") == record.binary
+
+
+def _log_tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return "(no log written)"
+
+
+class LocalCluster:
+    """A control plane whose files (state, certificates, data, logs) live in one directory."""
+
+    def __init__(self, state_dir: Path = DEFAULT_STATE_DIR) -> None:
+        self.state_dir = state_dir
+        self.kubeconfig = state_dir / "kubeconfig"
+        self.log_dir = state_dir / "logs"
+        self.kubectl_path = state_dir / "bin" / "kubectl"
+        self._state_file = state_dir / "cluster.json"
+        self._pki_dir = state_dir / "pki"
+        self._etcd_dir = state_dir / "etcd"
+
+    # -- reading the recorded state ------------------------------------------------------------
+
+    def _load_state(self) -> ClusterState | None:
+        try:
+            raw = json.loads(self._state_file.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+        processes = [ProcessRecord(**record) for record in raw.pop("processes", [])]
+        return ClusterState(**raw, processes=processes)
+
+    def _save_state(self, state: ClusterState) -> None:
+        self._state_file.write_text(json.dumps(asdict(state), indent=2) + "\n")
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=str(self._pki_dir / "ca.crt"))
+        context.load_cert_chain(str(self._pki_dir / "admin.crt"), str(self._pki_dir / "admin.key"))
+        return context
+
+    def _ready(self, apiserver_url: str) -> bool:
+        try:
+            with urllib.request.urlopen(  # noqa: S310 - the URL is ours, https on loopback
+                f"{apiserver_url}/readyz", context=self._ssl_context(), timeout=5
+            ) as response:
+                return bool(response.status == 200)
+        except (urllib.error.URLError, OSError, ssl.SSLError):
+            return False
+
+    def is_running(self) -> bool:
+        state = self._load_state()
+        if state is None or not state.processes:
+            return False
+        if not all(_is_our_process(record) for record in state.processes):
+            return False
+        return self._ready(state.apiserver_url)
+
+    # -- starting --------------------------------------------------------------------------------
+
+    def up(self, *, install_crds: bool = True, announce: bool = True) -> Path:
+        """Start the control plane unless it already runs; return the admin kubeconfig's path."""
+        if self.is_running():
+            if install_crds:
+                self.install_crds()
+            return self.kubeconfig
+        # Anything half-started by an earlier, interrupted call is ours to clear away first.
+        self.down(quiet=True)
+        versions = pinned_versions()
+        binaries = ensure_binaries(self.log_dir, announce=announce)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        (self.state_dir / "bin").mkdir(exist_ok=True)
+        self.kubectl_path.unlink(missing_ok=True)
+        self.kubectl_path.symlink_to(binaries / "kubectl")
+
+        pki = create_pki(self._pki_dir)
+        etcd_port, etcd_peer_port, apiserver_port = _free_ports(3)
+        state = ClusterState(
+            kubernetes_version=versions.kubernetes,
+            etcd_version=versions.etcd,
+            apiserver_url=f"https://127.0.0.1:{apiserver_port}",
+            etcd_url=f"http://127.0.0.1:{etcd_port}",
+        )
+        write_kubeconfig(self.kubeconfig, state.apiserver_url, pki.ca.cert, pki.admin, "admin")
+        kcm_kubeconfig = self._pki_dir / "controller-manager.kubeconfig"
+        write_kubeconfig(
+            kcm_kubeconfig,
+            state.apiserver_url,
+            pki.ca.cert,
+            pki.controller_manager,
+            "kube-controller-manager",
+        )
+        try:
+            etcd = self._start(state, binaries / "etcd", self._etcd_args(etcd_port, etcd_peer_port))
+            self._wait(
+                "etcd", etcd, lambda: self._etcd_healthy(state.etcd_url), self.log_dir / "etcd.log"
+            )
+            apiserver = self._start(
+                state,
+                binaries / "kube-apiserver",
+                self._apiserver_args(pki, apiserver_port, state.etcd_url),
+            )
+            self._wait(
+                "kube-apiserver",
+                apiserver,
+                lambda: self._ready(state.apiserver_url),
+                self.log_dir / "kube-apiserver.log",
+            )
+            self._start(
+                state, binaries / "kube-controller-manager", self._kcm_args(pki, kcm_kubeconfig)
+            )
+            if install_crds:
+                self.install_crds()
+        except BaseException:
+            self.down(quiet=True)
+            raise
+        return self.kubeconfig
+
+    def _start(self, state: ClusterState, binary: Path, args: list[str]) -> subprocess.Popen[bytes]:
+        name = binary.name
+        log_path = self.log_dir / f"{name}.log"
+        with log_path.open("ab") as log:
+            # A new session keeps the process alive after `make cluster-up` returns and keeps
+            # Ctrl-C in the caller's terminal from reaching it.
+            process = subprocess.Popen(
+                [str(binary), *args],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        state.processes.append(ProcessRecord(name=name, pid=process.pid, binary=str(binary)))
+        self._save_state(state)
+        return process
+
+    def _wait(
+        self, name: str, process: subprocess.Popen[bytes], ready: Callable[[], bool], log: Path
+    ) -> None:
+        deadline = time.monotonic() + _START_TIMEOUT
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                tail = _log_tail(log)
+                hint = ""
+                if "address already in use" in tail:
+                    hint = " A port it was given is already in use by another process; run again."
+                raise ControlPlaneError(
+                    f"{name} exited with code {process.returncode} while starting.{hint} "
+                    f"Log: {log}\n{tail}"
+                )
+            if ready():
+                return
+            time.sleep(0.25)
+        raise ControlPlaneError(
+            f"{name} did not become ready within {_START_TIMEOUT:.0f}s. Log: {log}\n"
+            f"{_log_tail(log)}"
+        )
+
+    def _etcd_healthy(self, etcd_url: str) -> bool:
+        try:
+            with urllib.request.urlopen(f"{etcd_url}/health", timeout=2) as response:  # noqa: S310
+                return bool(json.loads(response.read()).get("health") == "true")
+        except (urllib.error.URLError, OSError, ValueError):
+            return False
+
+    def _etcd_args(self, client_port: int, peer_port: int) -> list[str]:
+        client = f"http://127.0.0.1:{client_port}"
+        peer = f"http://127.0.0.1:{peer_port}"
+        return [
+            "--name=kube-iam",
+            f"--data-dir={self._etcd_dir}",
+            f"--listen-client-urls={client}",
+            f"--advertise-client-urls={client}",
+            f"--listen-peer-urls={peer}",
+            f"--initial-advertise-peer-urls={peer}",
+            f"--initial-cluster=kube-iam={peer}",
+            # A throw-away development store: durability on power loss is not worth the fsyncs.
+            "--unsafe-no-fsync",
+            "--log-level=warn",
+        ]
+
+    def _apiserver_args(self, pki: ControlPlanePKI, port: int, etcd_url: str) -> list[str]:
+        return [
+            f"--etcd-servers={etcd_url}",
+            "--bind-address=127.0.0.1",
+            "--advertise-address=127.0.0.1",
+            f"--secure-port={port}",
+            f"--tls-cert-file={pki.apiserver.cert}",
+            f"--tls-private-key-file={pki.apiserver.key}",
+            f"--client-ca-file={pki.ca.cert}",
+            "--authorization-mode=RBAC",
+            "--service-cluster-ip-range=10.0.0.0/24",
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+            f"--service-account-key-file={pki.service_account_pub}",
+            f"--service-account-signing-key-file={pki.service_account_key}",
+            "--allow-privileged=true",
+            # No kubelets run, so there is nothing to be gained from the Lease-based reconciler.
+            "--endpoint-reconciler-type=none",
+            "--v=1",
+        ]
+
+    def _kcm_args(self, pki: ControlPlanePKI, kubeconfig: Path) -> list[str]:
+        return [
+            f"--kubeconfig={kubeconfig}",
+            f"--root-ca-file={pki.ca.cert}",
+            f"--service-account-private-key-file={pki.service_account_key}",
+            "--use-service-account-credentials=true",
+            # Lets tests mint extra client identities through CertificateSigningRequests.
+            f"--cluster-signing-cert-file={pki.ca.cert}",
+            f"--cluster-signing-key-file={pki.ca.key}",
+            "--leader-elect=false",
+            "--secure-port=0",
+            "--v=1",
+        ]
+
+    # -- CRDs ------------------------------------------------------------------------------------
+
+    @property
+    def kubectl(self) -> Kubectl:
+        """The cluster's kubectl, with the admin kubeconfig."""
+        return Kubectl(self.kubectl_path, self.kubeconfig)
+
+    def install_crds(self) -> None:
+        """Apply crds/ and wait until the API server serves every kind."""
+        apply_crds(self.kubectl)
+
+    # -- stopping --------------------------------------------------------------------------------
+
+    def down(self, *, quiet: bool = False) -> None:
+        """Stop every process `up` started, newest first, and discard the cluster's data."""
+        state = self._load_state()
+        for record in reversed(state.processes if state else []):
+            self._stop(record, quiet=quiet)
+        self._state_file.unlink(missing_ok=True)
+        for directory in (self._etcd_dir, self._pki_dir):
+            if directory.exists():
+                subprocess.run(["rm", "-rf", str(directory)], check=True)
+        self.kubeconfig.unlink(missing_ok=True)
+
+    def _stop(self, record: ProcessRecord, *, quiet: bool) -> None:
+        if not _is_our_process(record):
+            return
+        os.kill(record.pid, signal.SIGTERM)
+        deadline = time.monotonic() + _STOP_TIMEOUT
+        while time.monotonic() < deadline and _is_our_process(record):
+            time.sleep(0.1)
+            self._reap(record.pid)
+        if _is_our_process(record):
+            os.kill(record.pid, signal.SIGKILL)
+            while _is_our_process(record):
+                time.sleep(0.05)
+                self._reap(record.pid)
+        if not quiet:
+            print(f"Stopped {record.name} (pid {record.pid}).", flush=True)
+
+    @staticmethod
+    def _reap(pid: int) -> None:
+        # When the process is our own child (tests start the cluster in-process), collect it so
+        # it does not linger as a zombie that still looks alive in /proc.
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+
+
+def apply_crds(kubectl: Kubectl) -> None:
+    """Apply crds/ server-side and wait until the API server serves every kind."""
+    kubectl("apply", "--server-side", "--force-conflicts", f"--filename={CRDS_DIR}")
+    kubectl("wait", "--for=condition=Established", "--timeout=60s", f"--filename={CRDS_DIR}")
