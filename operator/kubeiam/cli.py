@@ -1,0 +1,111 @@
+"""The `kube-iam` command: run the operator, and manage the local control plane."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from kubeiam.devcluster.errors import ControlPlaneError
+
+
+def _run(args: argparse.Namespace) -> int:
+    import kopf
+
+    from kubeiam import runtime  # noqa: F401  (registers the handlers)
+    from kubeiam.settings import get_settings
+
+    settings = get_settings()  # fail here, with the variable's name, on a bad KUBEIAM_* value
+    as_json = settings.log_format == "json"
+    # Every line names the object it is about: a prefix in text, an `object` key in JSON.
+    kopf.configure(
+        verbose=args.verbose,
+        log_format=kopf.LogFormat.JSON if as_json else kopf.LogFormat.FULL,
+        log_prefix=not as_json,
+        log_refkey="object" if as_json else None,
+    )
+    kopf.run(
+        clusterwide=not args.namespace,
+        namespaces=args.namespace or (),
+        standalone=args.standalone or None,
+        priority=args.priority,
+        liveness_endpoint=args.liveness,
+    )
+    return 0
+
+
+def _cluster(args: argparse.Namespace) -> int:
+    from kubeiam.devcluster.cluster import DEFAULT_STATE_DIR, LocalCluster
+
+    cluster = LocalCluster(Path(args.state_dir) if args.state_dir else DEFAULT_STATE_DIR)
+    if args.action == "up":
+        already = cluster.is_running()
+        kubeconfig = cluster.up()
+        print(f"Local control plane {'already running' if already else 'started'}.")
+        print(f"  export KUBECONFIG={kubeconfig}")
+        print(f"  {cluster.kubectl_path} get iam --all-namespaces")
+    elif args.action == "down":
+        cluster.down()
+        print("Local control plane stopped.")
+    elif args.action == "status":
+        running = cluster.is_running()
+        print("running" if running else "stopped")
+        return 0 if running else 3
+    return 0
+
+
+def _crds(args: argparse.Namespace) -> int:
+    from kubeiam.api import crdgen
+
+    argv = ["--check", args.dir] if args.check else ["--out", args.dir]
+    return crdgen.main(argv)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kube-iam", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run the operator against the current kubeconfig")
+    run.add_argument(
+        "--namespace",
+        "-n",
+        action="append",
+        help="watch only this namespace (repeatable); default: all namespaces",
+    )
+    run.add_argument("--standalone", action="store_true", help="do not take part in kopf peering")
+    run.add_argument("--priority", type=int, default=0, help="kopf peering priority")
+    run.add_argument(
+        "--liveness",
+        default=os.environ.get("KUBEIAM_LIVENESS_ENDPOINT"),
+        help="serve kopf's health endpoint here, e.g. http://0.0.0.0:8080/healthz",
+    )
+    run.add_argument("--verbose", "-v", action="store_true", help="more log output")
+    run.set_defaults(handler=_run)
+
+    cluster = commands.add_parser("cluster", help="the local control plane on loopback")
+    cluster.add_argument("action", choices=["up", "down", "status"])
+    cluster.add_argument(
+        "--state-dir", help="where the cluster keeps its files (default: .local in the repository)"
+    )
+    cluster.set_defaults(handler=_cluster)
+
+    crds = commands.add_parser("crds", help="generate crds/ from the API models")
+    crds.add_argument("--check", action="store_true", help="fail if crds/ is out of date")
+    crds.add_argument("--dir", default="crds")
+    crds.set_defaults(handler=_crds)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except ControlPlaneError as error:
+        print(f"kube-iam: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""Kubernetes conditions as plain data, and the one enum of every condition reason kube-iam sets."""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Literal
+
+READY = "Ready"
+
+ConditionStatus = Literal["True", "False", "Unknown"]
+
+
+class Reason(StrEnum):
+    """Every reason a kube-iam condition or event carries, CamelCase as the API conventions ask."""
+
+    ACTIVE = "Active"
+    DISABLED = "Disabled"
+    # Credentials
+    INVALID_EXPIRY = "InvalidExpiry"
+    LIFETIME_EXCEEDED = "LifetimeExceeded"
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One condition as the controller decides it, before it meets the object's history."""
+
+    type: str
+    status: ConditionStatus
+    reason: Reason
+    message: str
+
+
+def format_time(moment: datetime.datetime) -> str:
+    """RFC 3339 in UTC with second precision: the form the API server stores and returns."""
+    return moment.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def merge_condition(
+    existing: Sequence[Mapping[str, Any]],
+    condition: Condition,
+    *,
+    generation: int,
+    now: datetime.datetime,
+) -> list[dict[str, Any]]:
+    """Return the whole conditions list with `condition` set.
+
+    lastTransitionTime moves only when the status flips, so a reason or message change is not
+    reported as a transition. The whole list is returned because a merge patch replaces lists.
+    """
+    previous = next((c for c in existing if c.get("type") == condition.type), None)
+    if previous is not None and previous.get("status") == condition.status:
+        transition = previous.get("lastTransitionTime") or format_time(now)
+    else:
+        transition = format_time(now)
+    updated = {
+        "type": condition.type,
+        "status": condition.status,
+        "reason": str(condition.reason),
+        "message": condition.message,
+        "observedGeneration": generation,
+        "lastTransitionTime": transition,
+    }
+    others = [dict(c) for c in existing if c.get("type") != condition.type]
+    return sorted([*others, updated], key=lambda c: str(c.get("type")))
+
+
+def changed_fields(current: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str, Any]:
+    """The top-level status fields whose desired value differs from the current one."""
+    return {key: value for key, value in desired.items() if current.get(key) != value}

@@ -1,0 +1,42 @@
+"""Wires kube-iam into kopf: operator-wide kopf settings, and the controllers it registers."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from typing import Any
+
+import kopf
+
+# Importing a controller module registers its handlers with kopf's default registry.
+from kubeiam.controllers import accounts  # noqa: F401
+from kubeiam.settings import get_settings
+
+ANNOTATION_PREFIX = "kubeiam.io"
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    """Apply kube-iam's choices to kopf before any watch starts."""
+    ours = get_settings()
+    # kopf's own bookkeeping lives in annotations under our prefix: status fields would be
+    # pruned by the structural schema, and the prefix tells a person who wrote them.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
+        prefix=ANNOTATION_PREFIX
+    )
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=ANNOTATION_PREFIX, key="last-handled-configuration"
+    )
+    settings.persistence.finalizer = f"{ANNOTATION_PREFIX}/finalizer"
+    # A dead watch must be noticed: the server closes it, and the client gives up a bit later.
+    settings.watching.server_timeout = ours.watch_server_timeout
+    settings.watching.client_timeout = ours.watch_client_timeout
+    settings.watching.connect_timeout = 10
+    # kopf has no client-side rate limiter: bound the objects handled at once per kind.
+    settings.queueing.worker_limit = ours.worker_limit
+    # Only explicit events are posted; log lines stay in the log.
+    settings.posting.loggers = False
+    settings.posting.reporting_component = "kube-iam"
+    settings.posting.reporting_instance = socket.gethostname()
+    settings.posting.event_name_prefix = "kube-iam-"
+    logging.getLogger("kubeiam").setLevel(logging.INFO)

@@ -1,0 +1,94 @@
+"""Organisation policy and operator settings: one typed object read from KUBEIAM_* variables."""
+
+from __future__ import annotations
+
+import datetime
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_ORGANIZATION = "example"
+
+
+class Settings(BaseSettings):
+    """Every knob kube-iam has. Each field is set by the environment variable KUBEIAM_<NAME>.
+
+    Durations accept ISO 8601 (`P90D`, `PT12H`) or a number of seconds.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="KUBEIAM_", frozen=True, extra="ignore")
+
+    # -- organisation policy -------------------------------------------------------------------
+    organization: str = Field(
+        default=DEFAULT_ORGANIZATION,
+        min_length=1,
+        max_length=63,
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+        description="Organisation name used in client ids: <account>@<namespace>.<org>.iam.",
+    )
+    max_active_credentials: int = Field(
+        default=5, ge=1, le=100, description="Most credentials of one account Active at once."
+    )
+    default_credential_lifetime: datetime.timedelta = Field(
+        default=datetime.timedelta(days=90),
+        description="Lifetime of a credential that asks for none.",
+    )
+    max_credential_lifetime: datetime.timedelta = Field(
+        default=datetime.timedelta(days=365),
+        description="Longest lifetime a credential may ask for.",
+    )
+    expiry_warning_lead: datetime.timedelta = Field(
+        default=datetime.timedelta(days=7),
+        description="How long before expiry a Warning event is posted on a credential.",
+    )
+    token_url: str = Field(
+        default="https://iam.example.invalid/oauth2/token",
+        description="Token endpoint written into every generated Secret.",
+    )
+    allowed_issuers: list[str] = Field(
+        default_factory=list,
+        description="Issuer URLs trusts may name (JSON list); empty allows any https issuer.",
+    )
+    secret_deletion_policy: Literal["Retain", "Delete"] = Field(
+        default="Delete",
+        description="What happens to a credential's Secret when it ends, unless the credential "
+        "says otherwise.",
+    )
+
+    # -- operator behaviour --------------------------------------------------------------------
+    log_format: Literal["text", "json"] = Field(default="text", description="Log line format.")
+    watch_server_timeout: int = Field(
+        default=300, ge=10, description="Seconds the API server keeps a watch open."
+    )
+    watch_client_timeout: int = Field(
+        default=330, ge=10, description="Seconds before the operator gives up on a silent watch."
+    )
+    worker_limit: int = Field(
+        default=20, ge=1, description="Objects handled concurrently per kind (bounds API load)."
+    )
+
+    @field_validator("token_url")
+    @classmethod
+    def _https_token_url(cls, value: str) -> str:
+        if not value.startswith("https://"):
+            raise ValueError("KUBEIAM_TOKEN_URL must be an https:// URL")
+        return value
+
+    @model_validator(mode="after")
+    def _lifetimes_fit(self) -> Settings:
+        if self.default_credential_lifetime <= datetime.timedelta(0):
+            raise ValueError("KUBEIAM_DEFAULT_CREDENTIAL_LIFETIME must be positive")
+        if self.default_credential_lifetime > self.max_credential_lifetime:
+            raise ValueError(
+                "KUBEIAM_DEFAULT_CREDENTIAL_LIFETIME must not exceed "
+                "KUBEIAM_MAX_CREDENTIAL_LIFETIME"
+            )
+        return self
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, read once from the environment."""
+    return Settings()
