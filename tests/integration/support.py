@@ -1,0 +1,143 @@
+"""What integration tests share: the cluster handle, the operator as a process, and waiting."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from kubeiam.devcluster.kubectl import Kubectl
+
+T = TypeVar("T")
+DEFAULT_TIMEOUT = 60.0
+
+
+def wait_for(
+    probe: Callable[[], T | None], *, timeout: float = DEFAULT_TIMEOUT, what: str = "condition"
+) -> T:
+    """Poll `probe` until it returns something truthy, and return that; fail after `timeout`."""
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last seen: {last!r}")
+
+
+@dataclass
+class ClusterHandle:
+    """The cluster a test session runs against: a kubeconfig and a kubectl bound to it."""
+
+    kubeconfig: Path
+    kubectl: Kubectl
+    log_dir: Path
+
+    def get(self, resource: str, name: str, namespace: str, *extra: str) -> dict[str, Any] | None:
+        result = self.kubectl(
+            "get", resource, name, "-n", namespace, "-o", "json", *extra, check=False
+        )
+        if result.returncode != 0:
+            if "NotFound" in result.stderr:
+                return None
+            raise AssertionError(result.stderr)
+        loaded: dict[str, Any] = json.loads(result.stdout)
+        return loaded
+
+    def apply(self, manifest: str, namespace: str, *extra: str) -> None:
+        self.kubectl("apply", "-n", namespace, "-f", "-", *extra, input=manifest)
+
+    def wait_condition(
+        self, resource: str, name: str, namespace: str, condition: str = "Ready", timeout: int = 60
+    ) -> None:
+        self.kubectl(
+            "wait",
+            resource,
+            name,
+            "-n",
+            namespace,
+            f"--for=condition={condition}",
+            f"--timeout={timeout}s",
+            timeout=timeout + 10,
+        )
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class OperatorProcess:
+    """The operator run as a user runs it (`kube-iam run`), in its own process."""
+
+    cluster: ClusterHandle
+    name: str = "operator"
+    env: dict[str, str] = field(default_factory=dict)
+    args: tuple[str, ...] = ("--standalone",)
+    process: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+
+    def start(self, *, timeout: float = DEFAULT_TIMEOUT) -> OperatorProcess:
+        port = _free_port()
+        health = f"http://127.0.0.1:{port}/healthz"
+        self.log_path = self.cluster.log_dir / f"{self.name}.log"
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ, KUBECONFIG=str(self.cluster.kubeconfig), **self.env)
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "kubeiam.cli", "run", "--liveness", health, *self.args],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        wait_for(lambda: self._healthy(health), timeout=timeout, what=f"{self.name} to start")
+        return self
+
+    def _healthy(self, url: str) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise AssertionError(
+                f"{self.name} exited with {self.process.returncode}; log: {self.log_path}\n"
+                + self.log_tail()
+            )
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310
+                return bool(response.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def log_tail(self, lines: int = 30) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self, *, timeout: float = 30) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def kill(self) -> None:
+        """Die at once, as a crashed or OOM-killed pod does: no cleanup of any kind."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
