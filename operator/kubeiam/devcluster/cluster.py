@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import ssl
@@ -302,8 +303,7 @@ class LocalCluster:
             self._stop(record, quiet=quiet)
         self._state_file.unlink(missing_ok=True)
         for directory in (self._etcd_dir, self._pki_dir):
-            if directory.exists():
-                subprocess.run(["rm", "-rf", str(directory)], check=True)
+            shutil.rmtree(directory, ignore_errors=True)
         self.kubeconfig.unlink(missing_ok=True)
 
     def _stop(self, record: ProcessRecord, *, quiet: bool) -> None:
