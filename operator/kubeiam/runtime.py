@@ -9,7 +9,7 @@ from typing import Any
 import kopf
 
 # Importing a controller module registers its handlers with kopf's default registry.
-from kubeiam.controllers import accounts  # noqa: F401
+from kubeiam.controllers import accounts, credentials  # noqa: F401
 from kubeiam.settings import get_settings
 
 ANNOTATION_PREFIX = "kubeiam.io"
@@ -32,6 +32,8 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.server_timeout = ours.watch_server_timeout
     settings.watching.client_timeout = ours.watch_client_timeout
     settings.watching.connect_timeout = 10
+    # An API error is retried soon: most are a restart or a brief overload of the API server.
+    settings.execution.default_backoff = 5
     # kopf has no client-side rate limiter: bound the objects handled at once per kind.
     settings.queueing.worker_limit = ours.worker_limit
     # Only explicit events are posted; log lines stay in the log.

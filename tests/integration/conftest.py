@@ -6,7 +6,7 @@ import os
 import re
 import secrets
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -27,6 +27,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "tests/integration/" in str(item.fspath):
             item.add_marker(pytest.mark.integration)
+    # The leak scan looks at what every other test produced, so it goes last.
+    items.sort(key=lambda item: item.get_closest_marker("runs_last") is not None)
 
 
 @pytest.fixture(scope="session")
@@ -62,10 +64,41 @@ def namespace(cluster: ClusterHandle, request: pytest.FixtureRequest) -> Iterato
 
 
 @pytest.fixture(scope="session")
-def operator(cluster: ClusterHandle) -> Iterator[OperatorProcess]:
-    """One operator process for the session, as `kube-iam run` starts it."""
-    process = OperatorProcess(cluster, env={"KUBEIAM_ORGANIZATION": ORGANIZATION}).start()
+def session_operator(cluster: ClusterHandle) -> Iterator[OperatorProcess]:
+    process = OperatorProcess(cluster, env={"KUBEIAM_ORGANIZATION": ORGANIZATION})
     try:
         yield process
     finally:
         process.stop()
+
+
+@pytest.fixture
+def operator(session_operator: OperatorProcess) -> OperatorProcess:
+    """The session's operator process, as `kube-iam run` starts it, running."""
+    if not session_operator.running:
+        session_operator.start()
+    return session_operator
+
+
+@pytest.fixture
+def operators(
+    cluster: ClusterHandle, session_operator: OperatorProcess, request: pytest.FixtureRequest
+) -> Iterator[Callable[..., OperatorProcess]]:
+    """Operator processes of the test's own (the session's is stopped meanwhile)."""
+    session_operator.stop()
+    started: list[OperatorProcess] = []
+
+    def start(name: str = "operator", **env: str) -> OperatorProcess:
+        process = OperatorProcess(
+            cluster,
+            name=f"{request.node.name[:40]}-{name}",
+            env={"KUBEIAM_ORGANIZATION": ORGANIZATION, **env},
+        )
+        started.append(process)
+        return process.start()
+
+    try:
+        yield start
+    finally:
+        for process in started:
+            process.stop()

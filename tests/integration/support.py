@@ -94,7 +94,7 @@ class OperatorProcess:
     def start(self, *, timeout: float = DEFAULT_TIMEOUT) -> OperatorProcess:
         port = _free_port()
         health = f"http://127.0.0.1:{port}/healthz"
-        self.log_path = self.cluster.log_dir / f"{self.name}.log"
+        self.log_path = self.cluster.log_dir / "operators" / f"{self.name}.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ, KUBECONFIG=str(self.cluster.kubeconfig), **self.env)
         with self.log_path.open("ab") as log:
@@ -107,6 +107,14 @@ class OperatorProcess:
             )
         wait_for(lambda: self._healthy(health), timeout=timeout, what=f"{self.name} to start")
         return self
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def wait_exit(self, *, timeout: float = DEFAULT_TIMEOUT) -> int:
+        assert self.process is not None
+        return self.process.wait(timeout=timeout)
 
     def _healthy(self, url: str) -> bool:
         assert self.process is not None

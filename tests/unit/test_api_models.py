@@ -68,7 +68,7 @@ ACCOUNT = {
         "clientId": "pipeline@team-a.acme.iam",
         "state": "Active",
         "activeCredentialCount": 1,
-        "activeCredentials": ["ci"],
+        "activeCredentials": [{"name": "ci", "uid": "4f9c1e7e-0000-4000-8000-000000000001"}],
         "createdAt": "2025-06-01T12:00:00Z",
     },
 }

@@ -127,6 +127,16 @@ class ServiceAccountSpec(ApiModel):
     )
 
 
+class SlotHolder(ApiModel):
+    """A credential that holds one of the account's active slots."""
+
+    name: ObjectName = Field(description="The credential's name, in the account's namespace.")
+    uid: Annotated[str, StringConstraints(min_length=1, max_length=64)] = Field(
+        description="The credential's UID, so that a credential re-created under the same name"
+        " is not mistaken for the one that held the slot."
+    )
+
+
 class ServiceAccountStatus(ObjectStatus):
     """The account as the operator sees it; written by the operator only."""
 
@@ -152,17 +162,17 @@ class ServiceAccountStatus(ObjectStatus):
     )
     active_credentials: (
         Annotated[
-            list[ObjectName],
+            list[SlotHolder],
             Field(max_length=100),
-            KubeSchema(list_type="set"),
+            KubeSchema(list_type="map", list_map_keys=("uid",)),
         ]
         | None
     ) = Field(
         default=None,
         description=(
-            "The names of the credentials that hold an active slot: the ledger the operator"
-            " consults before it issues the next one, so the cap holds even when many"
-            " credentials are created at once. At most 100."
+            "The credentials that hold an active slot: the ledger the operator updates with a"
+            " compare-and-swap before it issues a credential, so the cap holds even when many"
+            " credentials are created at once or two operator replicas run. At most 100."
         ),
     )
     created_at: datetime.datetime | None = Field(

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from kubeiam.api.crdgen import crd_documents
 from kubeiam.devcluster.binaries import REPO_ROOT, ensure_binaries, pinned_versions
 from kubeiam.devcluster.certs import ControlPlanePKI, create_pki
 from kubeiam.devcluster.errors import ControlPlaneError
@@ -302,7 +303,7 @@ class LocalCluster:
         for record in reversed(state.processes if state else []):
             self._stop(record, quiet=quiet)
         self._state_file.unlink(missing_ok=True)
-        for directory in (self._etcd_dir, self._pki_dir):
+        for directory in (self._etcd_dir, self._pki_dir, self.state_dir / ".kube-cache"):
             shutil.rmtree(directory, ignore_errors=True)
         self.kubeconfig.unlink(missing_ok=True)
 
@@ -331,6 +332,17 @@ class LocalCluster:
 
 
 def apply_crds(kubectl: Kubectl) -> None:
-    """Apply crds/ server-side and wait until the API server serves every kind."""
+    """Apply crds/ server-side and wait until the API server serves and explains every kind."""
     kubectl("apply", "--server-side", "--force-conflicts", f"--filename={CRDS_DIR}")
     kubectl("wait", "--for=condition=Established", "--timeout=60s", f"--filename={CRDS_DIR}")
+    # Established means served; the OpenAPI document `kubectl explain` reads follows shortly.
+    for crd in crd_documents():
+        group, plural = crd["spec"]["group"], crd["spec"]["names"]["plural"]
+        version = crd["spec"]["versions"][0]["name"]
+        deadline = time.monotonic() + 60
+        while kubectl(
+            "explain", plural, f"--api-version={group}/{version}", check=False
+        ).returncode:
+            if time.monotonic() > deadline:
+                raise ControlPlaneError(f"The API server does not explain {plural} after 60s.")
+            time.sleep(0.5)

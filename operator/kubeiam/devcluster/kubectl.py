@@ -19,8 +19,11 @@ class Kubectl:
     def __call__(
         self, *args: str, input: str | None = None, check: bool = True, timeout: float = 120
     ) -> subprocess.CompletedProcess[str]:
+        # A discovery cache of its own: ports are reused by later clusters, and a shared cache
+        # keyed by host and port would describe an earlier cluster's API.
+        cache = self.kubeconfig.parent / ".kube-cache"
         result = subprocess.run(
-            [str(self.binary), f"--kubeconfig={self.kubeconfig}", *args],
+            [str(self.binary), f"--kubeconfig={self.kubeconfig}", f"--cache-dir={cache}", *args],
             input=input,
             capture_output=True,
             text=True,

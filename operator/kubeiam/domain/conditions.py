@@ -21,6 +21,15 @@ class Reason(StrEnum):
     # Credentials
     INVALID_EXPIRY = "InvalidExpiry"
     LIFETIME_EXCEEDED = "LifetimeExceeded"
+    ACCOUNT_MISSING = "AccountMissing"
+    ACCOUNT_DISABLED = "AccountDisabled"
+    LIMIT_EXCEEDED = "LimitExceeded"
+    ISSUED = "Issued"
+    SECRET_CONFLICT = "SecretConflict"
+    SECRET_DELETED = "SecretDeleted"
+    EXPIRING_SOON = "ExpiringSoon"
+    EXPIRED = "Expired"
+    REVOKED = "Revoked"
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,762 @@
+"""ServiceAccountCredential controller: admission under the active limit, exactly-once issuance,
+expiry and revocation.
+
+Every path funnels into `reconcile`, which reads the credential, asks domain/ for the next step
+and performs it. Writes that could race another operator process are compare-and-swaps on the
+API server: the credential's status, and the ledger of active slots in its account's status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+from collections.abc import Iterable, Mapping
+from typing import Any, cast
+
+import kopf
+
+from kubeiam.api import ServiceAccountCredential
+from kubeiam.domain import credentials as rules
+from kubeiam.domain.conditions import Reason, format_time
+from kubeiam.domain.credentials import State
+from kubeiam.domain.limit import Contender, LedgerEntry, plan_admission, position_in_queue
+from kubeiam.domain.secret_format import credential_id
+from kubeiam.kube import api, events, faults
+from kubeiam.kube.resources import CREDENTIALS, GROUP, SERVICE_ACCOUNTS, VERSION
+from kubeiam.kube.scheduler import Scheduler
+from kubeiam.kube.secrets import (
+    MANAGED_BY,
+    SecretRequest,
+    Taken,
+    delete_owned,
+    write_once,
+)
+from kubeiam.settings import Settings, get_settings
+
+logger = logging.getLogger(__name__)
+
+AccountKey = tuple[str, str]  # (namespace, account name)
+ScheduleKey = tuple[str, str, str, str]  # (what, namespace, name, uid)
+_LEDGER_ATTEMPTS = 20
+
+
+class _Runtime:
+    """The process-wide pieces the handlers share: indices, the schedule, per-account locks."""
+
+    def __init__(self) -> None:
+        self.credentials: kopf.Index[AccountKey, rules.CredentialView] | None = None
+        self.secrets: kopf.Index[tuple[str, str], str] | None = None
+        self.ledgers: kopf.Index[AccountKey, frozenset[str]] | None = None
+        self.scheduler: Scheduler[ScheduleKey] = Scheduler(lambda key: _scheduled(key))
+        self.locks: dict[AccountKey, asyncio.Lock] = {}
+        self.task: asyncio.Task[None] | None = None
+
+    def ensure_scheduler(self) -> None:
+        """Start the schedule from within a handler: its task then inherits kopf's context,
+        which `kopf.event` needs to post events from scheduled work."""
+        if self.task is None or self.task.done():
+            self.task = asyncio.create_task(self.scheduler.run(), name="kube-iam schedule")
+
+    def lock(self, key: AccountKey) -> asyncio.Lock:
+        return self.locks.setdefault(key, asyncio.Lock())
+
+    def may_hold_slot(self, key: AccountKey, uid: str) -> bool:
+        """False only when the account's ledger, as last seen, does not name the credential."""
+        if self.ledgers is None or key not in self.ledgers:
+            return True
+        return any(uid in ledger for ledger in self.ledgers[key])
+
+    def views(self, key: AccountKey) -> list[rules.CredentialView]:
+        if self.credentials is None or key not in self.credentials:
+            return []
+        return list(self.credentials[key])
+
+
+_runtime = _Runtime()
+
+
+def _policy(settings: Settings) -> rules.Policy:
+    return rules.Policy(
+        default_lifetime=settings.default_credential_lifetime,
+        max_lifetime=settings.max_credential_lifetime,
+        secret_deletion_policy=settings.secret_deletion_policy,
+        max_active=settings.max_active_credentials,
+    )
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+def _view(body: Mapping[str, Any]) -> rules.CredentialView:
+    metadata, spec, status = body["metadata"], body.get("spec") or {}, body.get("status") or {}
+    return rules.CredentialView(
+        namespace=metadata["namespace"],
+        name=metadata["name"],
+        uid=metadata["uid"],
+        account=spec.get("serviceAccountName", ""),
+        created_at=metadata.get("creationTimestamp", ""),
+        state=status.get("state"),
+        revoked=bool(spec.get("revoked")),
+        issued=bool(status.get("secretHash")),
+        expires_at=status.get("expiresAt"),
+        scoped_roles=tuple(spec.get("scopedRoles") or ()),
+        effective_roles=tuple(status.get("effectiveRoles") or ()),
+        reason=next(
+            (c.get("reason") for c in status.get("conditions") or [] if c.get("type") == "Ready"),
+            None,
+        ),
+    )
+
+
+# -- indices: what the operator keeps in memory, rebuilt from the initial list at start -------
+
+
+@kopf.index(GROUP, VERSION, CREDENTIALS)
+async def credentials_by_account(
+    body: kopf.Body, **_: Any
+) -> dict[AccountKey, rules.CredentialView]:
+    """Every credential by its account; also feeds the expiry schedule from the watch."""
+    _runtime.ensure_scheduler()
+    view = _view(body)
+    _track_expiry(view)
+    return {(view.namespace, view.account): view}
+
+
+@kopf.index("v1", "secrets", labels=MANAGED_BY)
+def secrets_by_name(body: kopf.Body, **_: Any) -> dict[tuple[str, str], str]:
+    """The owner UID of every Secret kube-iam wrote, by namespace and name (never the data)."""
+    references = body.get("metadata", {}).get("ownerReferences") or []
+    owners = [ref.get("uid", "") for ref in references]
+    return {(body.metadata.namespace or "", body.metadata.name or ""): owners[0] if owners else ""}
+
+
+@kopf.index(GROUP, VERSION, SERVICE_ACCOUNTS)
+def ledgers_by_account(body: kopf.Body, **_: Any) -> dict[AccountKey, frozenset[str]]:
+    """The UIDs of the credentials holding a slot, by account."""
+    status: Mapping[str, Any] = body.get("status") or {}
+    ledger = status.get("activeCredentials") or []
+    key = (body.metadata.namespace or "", body.metadata.name or "")
+    return {key: frozenset(entry.get("uid", "") for entry in ledger)}
+
+
+def _track_expiry(view: rules.CredentialView) -> None:
+    """Issued credentials are scheduled from here; waiting ones by `reconcile`."""
+    keys = (
+        ("expire", view.namespace, view.name, view.uid),
+        ("warn", view.namespace, view.name, view.uid),
+    )
+    if view.ended:
+        for key in keys:
+            _runtime.scheduler.cancel(key)
+        return
+    if not view.expires_at:
+        return
+    expires_at = datetime.datetime.fromisoformat(view.expires_at.replace("Z", "+00:00"))
+    _runtime.scheduler.schedule(keys[0], expires_at)
+    warn_at = rules.warning_time(expires_at, get_settings().expiry_warning_lead)
+    _runtime.scheduler.schedule(keys[1], max(warn_at, _now()))
+
+
+# -- lifecycle of the process -----------------------------------------------------------------
+
+
+@kopf.on.startup()
+async def start(**kwargs: Any) -> None:
+    """Connect the API client, keep the (still filling) indices, start the schedule."""
+    api.connect()
+    # kopf hands every index to every handler by its function's name.
+    _runtime.credentials = kwargs["credentials_by_account"]
+    _runtime.secrets = kwargs["secrets_by_name"]
+    _runtime.ledgers = kwargs["ledgers_by_account"]
+
+
+@kopf.on.cleanup()
+async def stop(**_: Any) -> None:
+    if _runtime.task is not None:
+        _runtime.task.cancel()
+
+
+# -- handlers ---------------------------------------------------------------------------------
+
+
+@kopf.on.resume(GROUP, VERSION, CREDENTIALS)
+@kopf.on.create(GROUP, VERSION, CREDENTIALS)
+@kopf.on.update(GROUP, VERSION, CREDENTIALS, field="spec")
+async def reconcile_credential(body: kopf.Body, **_: Any) -> None:
+    await reconcile_until_settled(dict(body))
+
+
+@kopf.on.event(GROUP, VERSION, CREDENTIALS)
+async def credential_gone(event: kopf.RawEvent, **_: Any) -> None:
+    """A deleted credential frees its slot at once; its Secret goes with it (owner reference)."""
+    if event["type"] != "DELETED":
+        return
+    view = _view(cast(Mapping[str, Any], event["object"]))
+    await settle_account((view.namespace, view.account), ended={view.uid})
+
+
+@kopf.on.event(GROUP, VERSION, SERVICE_ACCOUNTS)
+async def account_changed(event: kopf.RawEvent, **_: Any) -> None:
+    """An account that appears, is enabled or changes roles may move its credentials on."""
+    if event["type"] not in ("ADDED", "MODIFIED"):
+        return
+    account = event["object"]
+    key = (account["metadata"]["namespace"], account["metadata"]["name"])
+    status = account.get("status") or {}
+    views = _runtime.views(key)
+    ledger = status.get("activeCredentials") or []
+    count_true = status.get("activeCredentialCount") == len(ledger)
+    waiting = [v for v in views if v.waiting]
+    holders: set[str] = set()
+    if waiting or not count_true:
+        holders = await settle_account(key)
+    # Waiting credentials whose condition names the account's old state say the new one.
+    disabled = bool((account.get("spec") or {}).get("disabled"))
+    stale = {Reason.ACCOUNT_MISSING} | (set() if disabled else {Reason.ACCOUNT_DISABLED})
+    for view in waiting:
+        outdated = view.reason in stale or (disabled and view.reason != Reason.ACCOUNT_DISABLED)
+        if outdated and view.uid not in holders:
+            await _reconcile_by_name(view)
+    roles = (account.get("spec") or {}).get("roles") or []
+    for view in views:
+        wanted = tuple(rules.effective_roles(roles, view.scoped_roles))
+        if view.issued and not view.ended and view.effective_roles != wanted:
+            await _refresh_roles(view, list(wanted))
+
+
+@kopf.on.event("v1", "secrets", labels=MANAGED_BY)
+async def secret_gone(event: kopf.RawEvent, **_: Any) -> None:
+    """A deleted Secret is not re-created, but its credential's condition must say so."""
+    if event["type"] != "DELETED":
+        return
+    metadata = cast(Mapping[str, Any], event["object"])["metadata"]
+    for ref in metadata.get("ownerReferences") or []:
+        if ref.get("kind") == "ServiceAccountCredential":
+            current = await api.get_credential(metadata["namespace"], ref["name"])
+            if current is not None and current["metadata"]["uid"] == ref.get("uid"):
+                await reconcile_until_settled(current)
+
+
+# -- the reconciler ---------------------------------------------------------------------------
+
+
+async def reconcile_until_settled(body: Mapping[str, Any], *, attempts: int = 5) -> None:
+    """Reconcile; when another writer got there first, read the credential again and retry."""
+    metadata = body["metadata"]
+    for _attempt in range(attempts):
+        try:
+            await reconcile(body)
+            return
+        except api.Conflict:
+            fresh = await api.get_credential(metadata["namespace"], metadata["name"])
+            if fresh is None or fresh["metadata"]["uid"] != metadata["uid"]:
+                return
+            body = fresh
+    raise kopf.TemporaryError("The credential kept changing while it was handled.", delay=1)
+
+
+async def reconcile(body: Mapping[str, Any]) -> None:
+    """Bring one credential one step closer to where its spec and the world say it should be."""
+    settings = get_settings()
+    credential = ServiceAccountCredential.model_validate(body)
+    metadata = body["metadata"]
+    namespace, name, uid = metadata["namespace"], metadata["name"], metadata["uid"]
+    spec = credential.spec
+    status: Mapping[str, Any] = body.get("status") or {}
+    account_key = (namespace, spec.service_account_name)
+    created_at = datetime.datetime.fromisoformat(
+        metadata["creationTimestamp"].replace("Z", "+00:00")
+    )
+    account_body = None
+    facts = _facts(body, credential, None, holds_slot=False)
+    step = rules.decide(facts, _policy(settings))
+    if isinstance(step, rules.Admit | rules.Issue | rules.Wait):
+        # Only now is the account needed: a settled credential costs no read at start-up.
+        account_body = await api.get_account(namespace, spec.service_account_name)
+        if account_body is not None:
+            body = await _ensure_owned_by_account(body, account_body)
+            faults.crash_point("after-owner-reference")
+        holds = _holds_slot(account_body, uid)
+        facts = _facts(body, credential, account_body, holds_slot=holds)
+        step = rules.decide(facts, _policy(settings))
+
+    if isinstance(step, rules.Wait | rules.Admit):
+        # A waiting credential still expires on time, without ever being issued.
+        expiry = rules.resolved_expiry(facts, _policy(settings))
+        if expiry is not None:
+            _runtime.scheduler.schedule(("expire", namespace, name, uid), expiry)
+    generation = int(metadata.get("generation", 1))
+    stamp = format_time(created_at)
+    if isinstance(step, rules.Settled):
+        await _finish_ended(body)
+        return
+    if isinstance(step, rules.End):
+        new = rules.ended_status(
+            status,
+            generation=generation,
+            created_at=stamp,
+            state=step.state,
+            reason=step.reason,
+            message=step.message,
+            now=_now(),
+        )
+        body = await _write_status(body, new)
+        events.post(body, "Normal", str(step.reason), step.message)
+        await _finish_ended(body)
+        return
+    if isinstance(step, rules.Fail):
+        new = rules.ended_status(
+            status,
+            generation=generation,
+            created_at=stamp,
+            state=State.FAILED,
+            reason=step.reason,
+            message=step.message,
+            now=_now(),
+        )
+        body = await _write_status(body, new)
+        events.post(body, "Warning", str(step.reason), step.message)
+        await settle_account(account_key, ended={uid})
+        return
+    if isinstance(step, rules.KeepActive):
+        await _keep_active(body, account_body)
+        return
+    if isinstance(step, rules.Wait):
+        await _write_pending(body, step.reason, step.message)
+        return
+    if isinstance(step, rules.Admit):
+        holders = await settle_account(account_key, issue_except=uid)
+        if uid in holders:
+            # Admitted: issue with a fresh read, since the ledger write changed nothing here.
+            fresh = await api.get_credential(namespace, name)
+            if fresh is not None and fresh["metadata"]["uid"] == uid:
+                await reconcile(fresh)
+            return
+        me = Contender(metadata["creationTimestamp"], name, uid)
+        queue = {
+            Contender(view.created_at, view.name, view.uid)
+            for view in _runtime.views(account_key)
+            if view.waiting and view.uid not in holders
+        } | {me}
+        message = rules.limit_message(settings.max_active_credentials, position_in_queue(me, queue))
+        await _write_pending(body, Reason.LIMIT_EXCEEDED, message)
+        return
+    if isinstance(step, rules.Issue):
+        assert account_body is not None
+        await _issue(body, credential, account_body, step.expires_at, settings)
+
+
+def _facts(
+    body: Mapping[str, Any],
+    credential: ServiceAccountCredential,
+    account_body: Mapping[str, Any] | None,
+    *,
+    holds_slot: bool,
+) -> rules.CredentialFacts:
+    metadata = body["metadata"]
+    account = None
+    if account_body is not None:
+        account_spec = account_body.get("spec") or {}
+        account = rules.Account(
+            uid=account_body["metadata"]["uid"],
+            client_id=(account_body.get("status") or {}).get("clientId"),
+            disabled=bool(account_spec.get("disabled")),
+            roles=tuple(account_spec.get("roles") or ()),
+            holds_slot=holds_slot,
+        )
+    spec = credential.spec
+    return rules.CredentialFacts(
+        name=metadata["name"],
+        uid=metadata["uid"],
+        generation=int(metadata.get("generation", 1)),
+        created_at=datetime.datetime.fromisoformat(
+            metadata["creationTimestamp"].replace("Z", "+00:00")
+        ),
+        revoked=bool(spec.revoked),
+        expires_at=spec.expires_at,
+        expires_in=spec.expires_in,
+        status=body.get("status") or {},
+        account=account,
+        account_name=spec.service_account_name,
+        now=_now(),
+    )
+
+
+def _holds_slot(account_body: Mapping[str, Any] | None, uid: str) -> bool:
+    if account_body is None:
+        return False
+    ledger = (account_body.get("status") or {}).get("activeCredentials") or []
+    return any(entry.get("uid") == uid for entry in ledger)
+
+
+async def _write_status(body: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str, Any]:
+    """CAS-write what differs; `api.Conflict` if the credential changed since `body`."""
+    current = body.get("status") or {}
+    changes = {k: v for k, v in desired.items() if current.get(k) != v}
+    if not changes:
+        return dict(body)
+    metadata = body["metadata"]
+    return await api.patch_status(
+        CREDENTIALS,
+        metadata["namespace"],
+        metadata["name"],
+        metadata["resourceVersion"],
+        changes,
+    )
+
+
+async def _write_pending(body: Mapping[str, Any], reason: Reason, message: str) -> None:
+    metadata = body["metadata"]
+    status = body.get("status") or {}
+    new = rules.pending_status(
+        status,
+        generation=int(metadata.get("generation", 1)),
+        created_at=metadata["creationTimestamp"],
+        reason=reason,
+        message=message,
+        now=_now(),
+    )
+    previous_reason = next(
+        (c.get("reason") for c in status.get("conditions") or [] if c.get("type") == "Ready"), None
+    )
+    written = await _write_status(body, new)
+    if previous_reason != str(reason):
+        events.post(written, "Normal", str(reason), message)
+
+
+async def _ensure_owned_by_account(
+    body: Mapping[str, Any], account_body: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Make the account own the credential, so deleting the account removes it (GC)."""
+    metadata = body["metadata"]
+    account_uid = account_body["metadata"]["uid"]
+    references = list(metadata.get("ownerReferences") or [])
+    if any(ref.get("uid") == account_uid for ref in references):
+        return dict(body)
+    references.append(
+        {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "ServiceAccount",
+            "name": account_body["metadata"]["name"],
+            "uid": account_uid,
+        }
+    )
+    return await api.patch_metadata(
+        CREDENTIALS,
+        metadata["namespace"],
+        metadata["name"],
+        metadata["resourceVersion"],
+        {"ownerReferences": references},
+    )
+
+
+async def _issue(
+    body: Mapping[str, Any],
+    credential: ServiceAccountCredential,
+    account_body: Mapping[str, Any],
+    expires_at: datetime.datetime,
+    settings: Settings,
+) -> None:
+    metadata = body["metadata"]
+    namespace, name, uid = metadata["namespace"], metadata["name"], metadata["uid"]
+    spec = credential.spec
+    account_status = account_body.get("status") or {}
+    client_id = account_status.get("clientId")
+    if not client_id:
+        raise kopf.TemporaryError("The account has no client id yet.", delay=1)
+    template = spec.secret_template
+    secret_name = spec.secret_name or name
+    request = SecretRequest(
+        namespace=namespace,
+        name=secret_name,
+        credential=name,
+        credential_uid=uid,
+        credential_id=credential_id(uid),
+        account=spec.service_account_name,
+        client_id=client_id,
+        token_url=settings.token_url,
+        expires_at=expires_at,
+        keys=(template.keys.resolved() if template and template.keys else _default_keys()),
+        labels=(template.labels or {}) if template else {},
+        annotations=(template.annotations or {}) if template else {},
+    )
+    outcome = await write_once(request)
+    if isinstance(outcome, Taken):
+        message = (
+            f"Secret {secret_name!r} already exists and belongs to {outcome.owner}; it is left "
+            "untouched. Choose another spec.secretName (a new credential) or remove that Secret."
+        )
+        new = rules.ended_status(
+            body.get("status") or {},
+            generation=int(metadata.get("generation", 1)),
+            created_at=metadata["creationTimestamp"],
+            state=State.FAILED,
+            reason=Reason.SECRET_CONFLICT,
+            message=message,
+            now=_now(),
+        )
+        written = await _write_status(body, new)
+        events.post(written, "Warning", str(Reason.SECRET_CONFLICT), message)
+        await settle_account((namespace, spec.service_account_name), ended={uid})
+        return
+    faults.crash_point("after-secret-created")
+    issuance = rules.Issuance(
+        credential_id=request.credential_id,
+        client_id=client_id,
+        secret_name=secret_name,
+        secret_hash=outcome.secret_hash,
+        expires_at=expires_at,
+        effective_roles=rules.effective_roles(
+            (account_body.get("spec") or {}).get("roles") or [], spec.scoped_roles
+        ),
+        deletion_policy=str(spec.secret_deletion_policy or settings.secret_deletion_policy),
+    )
+    new = rules.active_status(
+        body.get("status") or {},
+        generation=int(metadata.get("generation", 1)),
+        created_at=metadata["creationTimestamp"],
+        issuance=issuance,
+        now=_now(),
+    )
+    written = await _write_status(body, new)
+    faults.crash_point("after-status-written")
+    events.post(
+        written,
+        "Normal",
+        str(Reason.ISSUED),
+        f"Issued; the client secret is in Secret {secret_name!r}, expiring at "
+        f"{format_time(expires_at)}.",
+    )
+    _track_expiry(_view(written))
+
+
+def _default_keys() -> dict[str, str]:
+    from kubeiam.api.credential import DEFAULT_SECRET_KEYS
+
+    return dict(DEFAULT_SECRET_KEYS)
+
+
+async def _keep_active(body: Mapping[str, Any], account_body: Mapping[str, Any] | None) -> None:
+    """An issued credential: its Ready condition follows whether its Secret is still there."""
+    metadata = body["metadata"]
+    status = body.get("status") or {}
+    generation = int(metadata.get("generation", 1))
+    present = _secret_present(metadata["namespace"], status.get("secretName", ""), metadata["uid"])
+    if present:
+        new = rules.issued_ready_status(status, generation=generation, now=_now())
+    else:
+        new = rules.secret_deleted_status(status, generation=generation, now=_now())
+    was_ready = any(
+        c.get("type") == "Ready" and c.get("status") == "True"
+        for c in status.get("conditions") or []
+    )
+    written = await _write_status(body, new)
+    if not present and was_ready:
+        events.post(
+            written,
+            "Warning",
+            str(Reason.SECRET_DELETED),
+            f"Secret {status.get('secretName')!r} was deleted; it is not re-created.",
+        )
+    _track_expiry(_view(written))
+
+
+def _secret_present(namespace: str, secret_name: str, uid: str) -> bool:
+    index = _runtime.secrets
+    if index is None:
+        return True
+    key = (namespace, secret_name)
+    return key in index and uid in index[key]
+
+
+async def _reconcile_by_name(view: rules.CredentialView) -> None:
+    body = await api.get_credential(view.namespace, view.name)
+    if body is not None and body["metadata"]["uid"] == view.uid:
+        await reconcile_until_settled(body)
+
+
+async def _refresh_roles(view: rules.CredentialView, roles: list[str]) -> None:
+    """The account's roles changed: an issued credential's effectiveRoles follow."""
+    body = await api.get_credential(view.namespace, view.name)
+    if body is None or body["metadata"]["uid"] != view.uid:
+        return
+    await _write_status(body, {"effectiveRoles": roles})
+
+
+async def _finish_ended(body: Mapping[str, Any]) -> None:
+    """Idempotent clean-up of an ended credential: free its slot, apply the deletion policy."""
+    metadata = body["metadata"]
+    spec = body.get("spec") or {}
+    status = body.get("status") or {}
+    uid = metadata["uid"]
+    key = (metadata["namespace"], spec.get("serviceAccountName", ""))
+    if _runtime.may_hold_slot(key, uid):
+        await settle_account(key, ended={uid})
+    policy = (
+        status.get("secretDeletionPolicy")
+        or spec.get("secretDeletionPolicy")
+        or (get_settings().secret_deletion_policy)
+    )
+    secret_name = status.get("secretName")
+    if (
+        policy == "Delete"
+        and secret_name
+        and _secret_present(metadata["namespace"], secret_name, uid)
+        and await delete_owned(metadata["namespace"], secret_name, uid)
+    ):
+        events.post(
+            body,
+            "Normal",
+            "SecretRemoved",
+            f"Deleted Secret {secret_name!r}, as secretDeletionPolicy Delete says.",
+        )
+
+
+# -- the account's ledger of active slots --------------------------------------------------------
+
+
+async def settle_account(
+    key: AccountKey, *, ended: Iterable[str] = (), issue_except: str | None = None
+) -> set[str]:
+    """Bring the account's ledger up to date: release ended holders, admit the oldest waiting.
+
+    Returns the UIDs holding a slot afterwards. The write is a compare-and-swap on the
+    account's resourceVersion, retried on conflict, so concurrent writers never over-admit.
+    Credentials admitted here are issued right after, outside the lock.
+    """
+    namespace, account_name = key
+    if not account_name:
+        return set()
+    known_ended = set(ended)
+    async with _runtime.lock(key):
+        admitted, holders = await _update_ledger(key, known_ended)
+    for entry in admitted:
+        if entry.uid == issue_except:
+            continue
+        body = await api.get_credential(namespace, entry.name)
+        if body is not None and body["metadata"]["uid"] == entry.uid:
+            await _issue_admitted(body)
+    return holders
+
+
+async def _issue_admitted(body: Mapping[str, Any]) -> None:
+    try:
+        await reconcile_until_settled(body)
+    except kopf.TemporaryError:
+        # Its own handler (or the next one to look) finishes the job.
+        logger.info(
+            "Issuing %s/%s is deferred.", body["metadata"]["namespace"], body["metadata"]["name"]
+        )
+
+
+async def _update_ledger(
+    key: AccountKey, ended: set[str]
+) -> tuple[tuple[LedgerEntry, ...], set[str]]:
+    namespace, account_name = key
+    limit = get_settings().max_active_credentials
+    for attempt in range(_LEDGER_ATTEMPTS):
+        account = await api.get_account(namespace, account_name)
+        if account is None:
+            return (), set()
+        status = account.get("status") or {}
+        ledger = [
+            LedgerEntry(entry["name"], entry["uid"])
+            for entry in status.get("activeCredentials") or []
+        ]
+        views = {view.uid: view for view in _runtime.views(key)}
+        gone = ended | {uid for uid, view in views.items() if view.state in rules.TERMINAL}
+        gone |= await _confirm_ended(
+            [e for e in ledger if e.uid not in views and e.uid not in gone], namespace
+        )
+        disabled = bool((account.get("spec") or {}).get("disabled"))
+        waiting = (
+            []
+            if disabled
+            else [
+                Contender(view.created_at, view.name, view.uid)
+                for view in views.values()
+                if view.waiting and view.uid not in gone
+            ]
+        )
+        plan = plan_admission(ledger, waiting=waiting, ended=gone, limit=limit)
+        # The index may lag: a candidate it shows waiting may have ended meanwhile. Ask the
+        # API server about each one about to be admitted, and plan again without the ended.
+        while plan.admitted and (stale := await _confirm_ended(list(plan.admitted), namespace)):
+            gone |= stale
+            waiting = [c for c in waiting if c.uid not in gone]
+            plan = plan_admission(ledger, waiting=waiting, ended=gone, limit=limit)
+        count = len(plan.ledger)
+        if not plan.changed and status.get("activeCredentialCount") == count:
+            return (), {entry.uid for entry in plan.ledger}
+        try:
+            await api.patch_status(
+                SERVICE_ACCOUNTS,
+                namespace,
+                account_name,
+                account["metadata"]["resourceVersion"],
+                {
+                    "activeCredentials": [entry.as_dict() for entry in plan.ledger],
+                    "activeCredentialCount": count,
+                },
+            )
+        except api.Conflict:
+            await asyncio.sleep(min(0.05 * (attempt + 1), 0.5))
+            continue
+        if plan.admitted:
+            faults.crash_point("after-admission")
+        return plan.admitted, {entry.uid for entry in plan.ledger}
+    raise kopf.TemporaryError("The account's ledger kept changing; trying again.", delay=1)
+
+
+async def _confirm_ended(entries: list[LedgerEntry], namespace: str) -> set[str]:
+    """Ledger entries this process has not seen: ended only if the API server says so."""
+    confirmed = set()
+    for entry in entries:
+        body = await api.get_credential(namespace, entry.name)
+        if (
+            body is None
+            or body["metadata"]["uid"] != entry.uid
+            or (body.get("status") or {}).get("state") in rules.TERMINAL
+        ):
+            confirmed.add(entry.uid)
+    return confirmed
+
+
+# -- scheduled work: expiry and its warning -----------------------------------------------------
+
+
+async def _scheduled(key: ScheduleKey) -> None:
+    try:
+        await _run_scheduled(key)
+    except (kopf.TemporaryError, api.Conflict):
+        # Someone wrote the credential meanwhile: look again shortly, with a fresh read.
+        _runtime.scheduler.schedule(key, _now() + datetime.timedelta(seconds=0.5))
+
+
+async def _run_scheduled(key: ScheduleKey) -> None:
+    what, namespace, name, uid = key
+    body = await api.get_credential(namespace, name)
+    if body is None or body["metadata"]["uid"] != uid:
+        return
+    status = body.get("status") or {}
+    if status.get("state") in rules.TERMINAL:
+        return
+    if what == "expire":
+        await reconcile_until_settled(body)
+        return
+    if status.get("state") == State.ACTIVE and not rules.has_condition(status, rules.EXPIRING_SOON):
+        lead = get_settings().expiry_warning_lead
+        written = await _write_status(
+            body,
+            rules.expiring_soon(
+                status, generation=int(body["metadata"].get("generation", 1)), lead=lead, now=_now()
+            ),
+        )
+        events.post(
+            written,
+            "Warning",
+            str(Reason.EXPIRING_SOON),
+            f"Expires at {status.get('expiresAt')}; create a new credential and rotate to it.",
+        )

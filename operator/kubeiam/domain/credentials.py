@@ -1,0 +1,380 @@
+"""A credential's life: the next step from what is observed, and the status each step writes.
+
+The decision is a chain of checks, each of which either settles the matter with a step or
+passes; the controller performs the step and reports. Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from kubeiam.domain.conditions import READY, Condition, Reason, format_time, merge_condition
+from kubeiam.domain.lifetimes import ExpiryRefused, format_duration, resolve_expiry
+
+
+class State(StrEnum):
+    PENDING = "Pending"
+    ACTIVE = "Active"
+    EXPIRED = "Expired"
+    REVOKED = "Revoked"
+    FAILED = "Failed"
+
+
+TERMINAL = frozenset({State.EXPIRED, State.REVOKED, State.FAILED})
+EXPIRING_SOON = "ExpiringSoon"
+
+
+@dataclass(frozen=True)
+class CredentialView:
+    """The little the operator keeps in memory about every credential (an index value)."""
+
+    namespace: str
+    name: str
+    uid: str
+    account: str
+    created_at: str
+    state: str | None
+    revoked: bool
+    issued: bool
+    expires_at: str | None
+    scoped_roles: tuple[str, ...] = ()
+    effective_roles: tuple[str, ...] = ()
+    reason: str | None = None
+
+    @property
+    def ended(self) -> bool:
+        return self.revoked or self.state in TERMINAL
+
+    @property
+    def waiting(self) -> bool:
+        """Wants a slot: not issued yet and not ended."""
+        return not self.issued and not self.ended
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The organisation policy a credential is decided under."""
+
+    default_lifetime: datetime.timedelta
+    max_lifetime: datetime.timedelta
+    secret_deletion_policy: str
+    max_active: int
+
+
+@dataclass(frozen=True)
+class Account:
+    """What a credential needs to know of its account."""
+
+    uid: str
+    client_id: str | None
+    disabled: bool
+    roles: tuple[str, ...]
+    holds_slot: bool
+
+
+@dataclass(frozen=True)
+class CredentialFacts:
+    """Everything the next step of one credential depends on."""
+
+    name: str
+    uid: str
+    generation: int
+    created_at: datetime.datetime
+    revoked: bool
+    expires_at: datetime.datetime | None
+    expires_in: str | None
+    status: Mapping[str, Any]
+    account: Account | None
+    account_name: str
+    now: datetime.datetime
+
+
+# -- steps ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Wait:
+    """Stay Pending for a reason that may change (the account appears, a slot frees)."""
+
+    reason: Reason
+    message: str
+
+
+@dataclass(frozen=True)
+class Fail:
+    """End in Failed: retrying cannot fix this."""
+
+    reason: Reason
+    message: str
+
+
+@dataclass(frozen=True)
+class End:
+    """End in Expired or Revoked."""
+
+    state: State
+    reason: Reason
+    message: str
+
+
+@dataclass(frozen=True)
+class Admit:
+    """Ask the account's ledger for a slot."""
+
+
+@dataclass(frozen=True)
+class Issue:
+    """Write the Secret (once) and turn Active."""
+
+    expires_at: datetime.datetime
+
+
+@dataclass(frozen=True)
+class KeepActive:
+    """Issued already: only keep the status true (the Secret may have been deleted)."""
+
+    expires_at: datetime.datetime
+
+
+@dataclass(frozen=True)
+class Settled:
+    """Ended already; nothing may change."""
+
+
+Step = Wait | Fail | End | Admit | Issue | KeepActive | Settled
+
+
+def _parse_time(value: Any) -> datetime.datetime | None:
+    if not value:
+        return None
+    if isinstance(value, datetime.datetime):
+        return value
+    return datetime.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+
+
+def resolved_expiry(facts: CredentialFacts, policy: Policy) -> datetime.datetime | None:
+    """When the credential expires: as recorded at issuance, else as its spec resolves."""
+    recorded = _parse_time(facts.status.get("expiresAt"))
+    if recorded is not None:
+        return recorded
+    expiry = resolve_expiry(
+        created_at=facts.created_at,
+        expires_at=facts.expires_at,
+        expires_in=facts.expires_in,
+        default_lifetime=policy.default_lifetime,
+        max_lifetime=policy.max_lifetime,
+    )
+    return None if isinstance(expiry, ExpiryRefused) else expiry.expires_at
+
+
+def decide(facts: CredentialFacts, policy: Policy) -> Step:
+    """The next step for a credential. Order matters: an ended credential stays ended,
+    revocation wins over everything else, and a lifetime is checked before a slot is taken."""
+    current = facts.status.get("state")
+    if current in TERMINAL:
+        return Settled()
+    if facts.revoked:
+        return End(State.REVOKED, Reason.REVOKED, "Revoked by spec.revoked; it stays revoked.")
+    expiry = resolve_expiry(
+        created_at=facts.created_at,
+        expires_at=facts.expires_at,
+        expires_in=facts.expires_in,
+        default_lifetime=policy.default_lifetime,
+        max_lifetime=policy.max_lifetime,
+    )
+    if isinstance(expiry, ExpiryRefused):
+        return Fail(expiry.reason, expiry.message)
+    # Once issued, the recorded expiry is the truth: it never changes after issuance.
+    expires_at = _parse_time(facts.status.get("expiresAt")) or expiry.expires_at
+    if expires_at <= facts.now:
+        return End(State.EXPIRED, Reason.EXPIRED, f"Expired at {format_time(expires_at)}.")
+    if facts.status.get("secretHash"):
+        return KeepActive(expires_at)
+    account = facts.account
+    if account is None:
+        return Wait(
+            Reason.ACCOUNT_MISSING,
+            f"Waiting for ServiceAccount {facts.account_name!r} in this namespace to exist.",
+        )
+    if account.holds_slot:
+        return Issue(expiry.expires_at)
+    if account.disabled:
+        return Wait(
+            Reason.ACCOUNT_DISABLED,
+            f"Waiting: ServiceAccount {facts.account_name!r} is disabled (spec.disabled).",
+        )
+    return Admit()
+
+
+def limit_message(limit: int, position: int | None) -> str:
+    queue = f" It is number {position} in the queue;" if position else ""
+    return (
+        f"The account already has {limit} Active credentials, the organisation's limit of "
+        f"{limit}.{queue} it becomes Active, oldest first, when a slot frees (revocation, "
+        "expiry or deletion of another credential)."
+    )
+
+
+def effective_roles(account_roles: Sequence[str], scoped_roles: Sequence[str] | None) -> list[str]:
+    """The account's roles, narrowed to `scopedRoles` when the credential names any."""
+    if not scoped_roles:
+        return sorted(set(account_roles))
+    return sorted(set(account_roles) & set(scoped_roles))
+
+
+# -- statuses ------------------------------------------------------------------------------
+
+
+def _with_ready(
+    current: Mapping[str, Any],
+    generation: int,
+    now: datetime.datetime,
+    condition: Condition,
+    **fields: Any,
+) -> dict[str, Any]:
+    return {
+        **fields,
+        "observedGeneration": generation,
+        "conditions": merge_condition(
+            current.get("conditions") or [], condition, generation=generation, now=now
+        ),
+    }
+
+
+def pending_status(
+    current: Mapping[str, Any],
+    *,
+    generation: int,
+    created_at: str,
+    reason: Reason,
+    message: str,
+    now: datetime.datetime,
+) -> dict[str, Any]:
+    return _with_ready(
+        current,
+        generation,
+        now,
+        Condition(READY, "False", reason, message),
+        state=str(State.PENDING),
+        createdAt=created_at,
+    )
+
+
+@dataclass(frozen=True)
+class Issuance:
+    """What an issued credential's status records; the secret itself is never among it."""
+
+    credential_id: str
+    client_id: str
+    secret_name: str
+    secret_hash: str
+    expires_at: datetime.datetime
+    effective_roles: list[str]
+    deletion_policy: str
+
+
+def active_status(
+    current: Mapping[str, Any],
+    *,
+    generation: int,
+    created_at: str,
+    issuance: Issuance,
+    now: datetime.datetime,
+) -> dict[str, Any]:
+    message = (
+        f"Issued; the client secret is in Secret {issuance.secret_name!r} and expires at "
+        f"{format_time(issuance.expires_at)}."
+    )
+    return _with_ready(
+        current,
+        generation,
+        now,
+        Condition(READY, "True", Reason.ISSUED, message),
+        state=str(State.ACTIVE),
+        createdAt=created_at,
+        credentialId=issuance.credential_id,
+        clientId=issuance.client_id,
+        secretName=issuance.secret_name,
+        secretHash=issuance.secret_hash,
+        expiresAt=format_time(issuance.expires_at),
+        effectiveRoles=issuance.effective_roles,
+        secretDeletionPolicy=issuance.deletion_policy,
+    )
+
+
+def secret_deleted_status(
+    current: Mapping[str, Any], *, generation: int, now: datetime.datetime
+) -> dict[str, Any]:
+    """Still Active (the secret still works where it was copied), but its Secret is gone."""
+    message = (
+        f"Secret {current.get('secretName')!r} was deleted. It is not re-created: the client "
+        "secret is shown only once. Revoke this credential and create a new one."
+    )
+    return _with_ready(
+        current, generation, now, Condition(READY, "False", Reason.SECRET_DELETED, message)
+    )
+
+
+def issued_ready_status(
+    current: Mapping[str, Any], *, generation: int, now: datetime.datetime
+) -> dict[str, Any]:
+    """The Ready condition of an issued credential whose Secret is in place."""
+    expires_at = current.get("expiresAt")
+    message = (
+        f"Issued; the client secret is in Secret {current.get('secretName')!r} and expires at "
+        f"{expires_at}."
+    )
+    return _with_ready(current, generation, now, Condition(READY, "True", Reason.ISSUED, message))
+
+
+def ended_status(
+    current: Mapping[str, Any],
+    *,
+    generation: int,
+    created_at: str,
+    state: State,
+    reason: Reason,
+    message: str,
+    now: datetime.datetime,
+) -> dict[str, Any]:
+    return _with_ready(
+        current,
+        generation,
+        now,
+        Condition(READY, "False", reason, message),
+        state=str(state),
+        createdAt=created_at,
+    )
+
+
+def expiring_soon(
+    current: Mapping[str, Any], *, generation: int, lead: datetime.timedelta, now: datetime.datetime
+) -> dict[str, Any]:
+    """The condition that records the expiry warning, so it is given once."""
+    message = (
+        f"Expires at {current.get('expiresAt')}, within the warning lead time of "
+        f"{format_duration(lead)}. Create a new credential and move workloads to it."
+    )
+    return {
+        "conditions": merge_condition(
+            current.get("conditions") or [],
+            Condition(EXPIRING_SOON, "True", Reason.EXPIRING_SOON, message),
+            generation=generation,
+            now=now,
+        )
+    }
+
+
+def has_condition(current: Mapping[str, Any], condition_type: str) -> bool:
+    return any(
+        c.get("type") == condition_type and c.get("status") == "True"
+        for c in current.get("conditions") or []
+    )
+
+
+def warning_time(expires_at: datetime.datetime, lead: datetime.timedelta) -> datetime.datetime:
+    return expires_at - lead

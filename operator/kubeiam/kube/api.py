@@ -1,0 +1,204 @@
+"""The Kubernetes API calls kopf does not make for us, as awaitables over the official client.
+
+Every write that must not race another writer carries a resourceVersion precondition, so the API
+server, not this process, decides who wins; `Conflict` tells the caller to read again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from typing import Any, cast
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from kubeiam.kube.resources import CREDENTIALS, GROUP, SERVICE_ACCOUNTS, VERSION
+
+MERGE_PATCH = "application/merge-patch+json"
+PARTIAL_METADATA = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
+_TIMEOUT = 30
+
+
+class Conflict(Exception):
+    """Someone else wrote the object first: read it again and decide again."""
+
+
+class AlreadyExists(Exception):
+    """An object of that name exists already."""
+
+
+_api_client: client.ApiClient | None = None
+
+
+def connect() -> None:
+    """Load credentials the way kopf does: in-cluster in a pod, else the kubeconfig."""
+    global _api_client  # one client for the process, created at startup
+    if os.environ.get("KUBERNETES_SERVICE_HOST") and not os.environ.get("KUBECONFIG"):
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
+    else:
+        config.load_kube_config()  # type: ignore[no-untyped-call]
+    _api_client = client.ApiClient()
+
+
+def _client() -> client.ApiClient:
+    if _api_client is None:
+        connect()
+    assert _api_client is not None
+    return _api_client
+
+
+def _custom() -> client.CustomObjectsApi:
+    return client.CustomObjectsApi(_client())
+
+
+def _core() -> client.CoreV1Api:
+    return client.CoreV1Api(_client())
+
+
+def _translate(error: ApiException) -> Exception:
+    if error.status == 409:
+        return Conflict(str(error.reason))
+    return error
+
+
+async def _get_custom(plural: str, namespace: str, name: str) -> dict[str, Any] | None:
+    def call() -> Any:
+        return _custom().get_namespaced_custom_object(
+            GROUP, VERSION, namespace, plural, name, _request_timeout=_TIMEOUT
+        )
+
+    try:
+        result: dict[str, Any] = await asyncio.to_thread(call)
+    except ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+    return result
+
+
+async def get_account(namespace: str, name: str) -> dict[str, Any] | None:
+    return await _get_custom(SERVICE_ACCOUNTS, namespace, name)
+
+
+async def get_credential(namespace: str, name: str) -> dict[str, Any] | None:
+    return await _get_custom(CREDENTIALS, namespace, name)
+
+
+async def patch_status(
+    plural: str, namespace: str, name: str, resource_version: str, status: dict[str, Any]
+) -> dict[str, Any]:
+    """Merge-patch the status subresource if the object is still at `resource_version`."""
+    body = {"metadata": {"resourceVersion": resource_version}, "status": status}
+
+    def call() -> Any:
+        return _custom().patch_namespaced_custom_object_status(
+            GROUP,
+            VERSION,
+            namespace,
+            plural,
+            name,
+            body,
+            _content_type=MERGE_PATCH,
+            _request_timeout=_TIMEOUT,
+        )
+
+    try:
+        result: dict[str, Any] = await asyncio.to_thread(call)
+    except ApiException as error:
+        raise _translate(error) from None
+    return result
+
+
+async def patch_metadata(
+    plural: str, namespace: str, name: str, resource_version: str, metadata: dict[str, Any]
+) -> dict[str, Any]:
+    """Merge-patch metadata (owner references) if the object is still at `resource_version`."""
+    body = {"metadata": {**metadata, "resourceVersion": resource_version}}
+
+    def call() -> Any:
+        return _custom().patch_namespaced_custom_object(
+            GROUP,
+            VERSION,
+            namespace,
+            plural,
+            name,
+            body,
+            _content_type=MERGE_PATCH,
+            _request_timeout=_TIMEOUT,
+        )
+
+    try:
+        result: dict[str, Any] = await asyncio.to_thread(call)
+    except ApiException as error:
+        raise _translate(error) from None
+    return result
+
+
+async def create_secret(namespace: str, secret: dict[str, Any]) -> None:
+    """Create a Secret; `AlreadyExists` if the name is taken. The body is never logged."""
+
+    def call() -> None:
+        # The created object (with the data) is dropped here, unread.
+        _core().create_namespaced_secret(
+            namespace,
+            cast(client.V1Secret, client.V1Secret.from_dict(secret)),
+            _request_timeout=_TIMEOUT,
+        )
+
+    try:
+        await asyncio.to_thread(call)
+    except ApiException as error:
+        if error.status == 409:
+            raise AlreadyExists() from None
+        # The response body of a refused create may quote the request: keep only the status.
+        raise RuntimeError(
+            f"creating a Secret failed: HTTP {error.status} {error.reason}"
+        ) from None
+
+
+async def get_secret_metadata(namespace: str, name: str) -> dict[str, Any] | None:
+    """A Secret's metadata only, or None if there is none.
+
+    The API server is asked for PartialObjectMetadata, so the Secret's data never reaches this
+    process on a read.
+    """
+
+    def call() -> Any:
+        response: Any = _core().read_namespaced_secret(
+            name,
+            namespace,
+            _request_timeout=_TIMEOUT,
+            _preload_content=False,
+            _headers={"Accept": PARTIAL_METADATA},
+        )
+        try:
+            return json.loads(response.data)
+        finally:
+            response.release_conn()
+
+    try:
+        partial: dict[str, Any] = await asyncio.to_thread(call)
+    except ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+    metadata: dict[str, Any] = partial.get("metadata") or {}
+    return metadata
+
+
+async def delete_secret(namespace: str, name: str, uid: str) -> None:
+    """Delete the Secret if it is still the one with `uid`; gone already is fine."""
+    options = client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=uid))
+
+    def call() -> Any:
+        return _core().delete_namespaced_secret(
+            name, namespace, body=options, _request_timeout=_TIMEOUT
+        )
+
+    try:
+        await asyncio.to_thread(call)
+    except ApiException as error:
+        if error.status not in (404, 409):
+            raise

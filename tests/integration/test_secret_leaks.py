@@ -1,0 +1,55 @@
+"""No issued secret appears anywhere the operator writes or prints.
+
+Runs after every other integration test (see conftest), and looks for each client secret the
+suite read from a Secret in: the operator logs, every Event, and the status and annotations of
+every kube-iam object. A hit fails without printing the secret.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from .credentials_support import ISSUED
+from .support import ClusterHandle
+
+
+def _places(cluster: ClusterHandle) -> dict[str, str]:
+    places: dict[str, str] = {}
+    for path in sorted((cluster.log_dir / "operators").glob("*.log")):
+        places[f"log {path.name}"] = path.read_text(errors="replace")
+    events = cluster.kubectl("get", "events", "--all-namespaces", "-o", "json").stdout
+    places["events"] = events
+    objects = json.loads(cluster.kubectl("get", "iam", "--all-namespaces", "-o", "json").stdout)
+    for item in objects["items"]:
+        where = f"{item['kind']} {item['metadata']['namespace']}/{item['metadata']['name']}"
+        places[f"{where} status"] = json.dumps(item.get("status") or {})
+        places[f"{where} annotations"] = json.dumps(item["metadata"].get("annotations") or {})
+    secrets = json.loads(
+        cluster.kubectl(
+            "get",
+            "secrets",
+            "--all-namespaces",
+            "-l",
+            "app.kubernetes.io/managed-by=kube-iam",
+            "-o",
+            "json",
+        ).stdout
+    )
+    for item in secrets["items"]:
+        where = f"Secret {item['metadata']['namespace']}/{item['metadata']['name']}"
+        places[f"{where} annotations"] = json.dumps(item["metadata"].get("annotations") or {})
+        places[f"{where} labels"] = json.dumps(item["metadata"].get("labels") or {})
+    return places
+
+
+@pytest.mark.runs_last
+def test_no_issued_secret_is_found_in_logs_events_status_or_annotations(
+    cluster: ClusterHandle,
+) -> None:
+    assert len(ISSUED) >= 10, "the credential tests must run first and read their secrets"
+    places = _places(cluster)
+    assert any(name.startswith("log ") for name in places), "no operator log was found"
+    leaks = sorted(where for where, text in places.items() for secret in ISSUED if secret in text)
+    assert leaks == [], f"{len(leaks)} places hold an issued client secret"
