@@ -52,6 +52,21 @@ def many(manifests: list[str]) -> str:
     return "\n---\n".join(manifests)
 
 
+def revoke(cluster: ClusterHandle, namespace: str, *names: str) -> None:
+    """What a user does to end a credential at once."""
+    for name in names:
+        cluster.kubectl(
+            "patch",
+            "iamcred",
+            name,
+            "-n",
+            namespace,
+            "--type=merge",
+            "-p",
+            '{"spec":{"revoked":true}}',
+        )
+
+
 def state_of(cluster: ClusterHandle, namespace: str, name: str) -> str | None:
     obj = cluster.get("iamcred", name, namespace)
     return None if obj is None else (obj.get("status") or {}).get("state")

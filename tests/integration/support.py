@@ -58,6 +58,36 @@ class ClusterHandle:
     def apply(self, manifest: str, namespace: str, *extra: str) -> None:
         self.kubectl("apply", "-n", namespace, "-f", "-", *extra, input=manifest)
 
+    def assert_no_drift(
+        self,
+        resource: str,
+        name: str,
+        namespace: str,
+        manifest: str,
+        manager: str,
+        *also_users: str,
+    ) -> None:
+        """What a GitOps tool checks: only the user's managers own spec fields (never the
+        operator), and a server-side diff of the same manifest is empty."""
+        obj = self.get(resource, name, namespace, "--show-managed-fields")
+        assert obj is not None
+        for entry in obj["metadata"]["managedFields"]:
+            if entry["manager"] not in (manager, *also_users):
+                assert "f:spec" not in entry.get("fieldsV1", {}), entry
+        diff = self.kubectl(
+            "diff",
+            "-n",
+            namespace,
+            "-f",
+            "-",
+            "--server-side",
+            f"--field-manager={manager}",
+            "--force-conflicts",
+            input=manifest,
+            check=False,
+        )
+        assert diff.returncode == 0, diff.stdout + diff.stderr
+
     def wait_condition(
         self, resource: str, name: str, namespace: str, condition: str = "Ready", timeout: int = 60
     ) -> None:

@@ -19,6 +19,7 @@ from .credentials_support import (
     many,
     read_secret,
     ready,
+    revoke,
     sha256,
     states,
     wait_state,
@@ -93,16 +94,7 @@ def test_seven_at_once_five_active_two_pending_and_revocation_admits_the_oldest(
         assert status["effectiveRoles"] == ["compute.deployer", "storage.reader"]
     assert len(managed_secrets(cluster, namespace)) == 5
 
-    cluster.kubectl(
-        "patch",
-        "iamcred",
-        "key-2",
-        "-n",
-        namespace,
-        "--type=merge",
-        "-p",
-        '{"spec":{"revoked":true}}',
-    )
+    revoke(cluster, namespace, "key-2")
     wait_state(cluster, namespace, "key-2", "Revoked")
     wait_state(cluster, namespace, "key-6", "Active")
     assert states(cluster, namespace)["key-7"] == "Pending"
@@ -319,25 +311,13 @@ def test_applying_the_same_manifests_again_changes_nothing(
     assert before is not None
     cluster.apply(manifest, namespace)
     cluster.apply(manifest, namespace, "--server-side", "--force-conflicts")
-    after = cluster.get("iamcred", "steady", namespace, "--show-managed-fields")
+    after = cluster.get("iamcred", "steady", namespace)
     assert after is not None
     assert after["metadata"]["generation"] == before["metadata"]["generation"] == 1
     assert after["status"] == before["status"]
-    for entry in after["metadata"]["managedFields"]:
-        if not entry["manager"].startswith("kubectl"):
-            assert "f:spec" not in entry.get("fieldsV1", {}), entry
-    diff = cluster.kubectl(
-        "diff",
-        "-n",
-        namespace,
-        "-f",
-        "-",
-        "--server-side",
-        "--force-conflicts",
-        input=manifest,
-        check=False,
+    cluster.assert_no_drift(
+        "iamcred", "steady", namespace, manifest, "kubectl", "kubectl-client-side-apply"
     )
-    assert diff.returncode == 0, diff.stdout + diff.stderr
     refused = cluster.kubectl(
         "apply",
         "-n",
@@ -361,17 +341,7 @@ def test_twenty_at_once_never_more_than_five_active_at_any_observed_instant(
         cluster.wait_condition("iamsa", "pipeline", namespace)
         cluster.apply(many([credential_manifest(n) for n in names]), namespace)
         settle(cluster, namespace, {"Active": 5, "Pending": 15})
-        for name in names[:3]:
-            cluster.kubectl(
-                "patch",
-                "iamcred",
-                name,
-                "-n",
-                namespace,
-                "--type=merge",
-                "-p",
-                '{"spec":{"revoked":true}}',
-            )
+        revoke(cluster, namespace, *names[:3])
         cluster.kubectl("delete", "iamcred", names[3], names[4], "-n", namespace)
         settle(cluster, namespace, {"Active": 5, "Pending": 10, "Revoked": 3})
         wait_for(lambda: recorder.events >= 40, what="the watch to see the burst")
@@ -394,17 +364,7 @@ def test_two_operator_processes_side_by_side_keep_the_limit_and_write_each_secre
         cluster.apply(account_manifest(), namespace)
         cluster.apply(many([credential_manifest(n) for n in names]), namespace)
         settle(cluster, namespace, {"Active": 5, "Pending": 15})
-        for name in names[:5]:
-            cluster.kubectl(
-                "patch",
-                "iamcred",
-                name,
-                "-n",
-                namespace,
-                "--type=merge",
-                "-p",
-                '{"spec":{"revoked":true}}',
-            )
+        revoke(cluster, namespace, *names[:5])
         # One replica dies mid-way; the other finishes the work.
         first.kill()
         settle(cluster, namespace, {"Active": 5, "Pending": 10, "Revoked": 5})

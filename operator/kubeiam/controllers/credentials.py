@@ -264,11 +264,7 @@ async def reconcile(body: Mapping[str, Any]) -> None:
     metadata = body["metadata"]
     namespace, name, uid = metadata["namespace"], metadata["name"], metadata["uid"]
     spec = credential.spec
-    status: Mapping[str, Any] = body.get("status") or {}
     account_key = (namespace, spec.service_account_name)
-    created_at = datetime.datetime.fromisoformat(
-        metadata["creationTimestamp"].replace("Z", "+00:00")
-    )
     account_body = None
     facts = _facts(body, credential, None, holds_slot=False)
     step = rules.decide(facts, _policy(settings))
@@ -287,38 +283,14 @@ async def reconcile(body: Mapping[str, Any]) -> None:
         expiry = rules.resolved_expiry(facts, _policy(settings))
         if expiry is not None:
             _runtime.scheduler.schedule(("expire", namespace, name, uid), expiry)
-    generation = int(metadata.get("generation", 1))
-    stamp = format_time(created_at)
     if isinstance(step, rules.Settled):
-        await _finish_ended(body)
+        await _finish_ended(body, just_ended=False)
         return
     if isinstance(step, rules.End):
-        new = rules.ended_status(
-            status,
-            generation=generation,
-            created_at=stamp,
-            state=step.state,
-            reason=step.reason,
-            message=step.message,
-            now=_now(),
-        )
-        body = await _write_status(body, new)
-        events.post(body, "Normal", str(step.reason), step.message)
-        await _finish_ended(body)
+        await _end(body, step.state, step.reason, step.message)
         return
     if isinstance(step, rules.Fail):
-        new = rules.ended_status(
-            status,
-            generation=generation,
-            created_at=stamp,
-            state=State.FAILED,
-            reason=step.reason,
-            message=step.message,
-            now=_now(),
-        )
-        body = await _write_status(body, new)
-        events.post(body, "Warning", str(step.reason), step.message)
-        await settle_account(account_key, ended={uid})
+        await _end(body, State.FAILED, step.reason, step.message)
         return
     if isinstance(step, rules.KeepActive):
         await _keep_active(body, account_body)
@@ -488,18 +460,7 @@ async def _issue(
             f"Secret {secret_name!r} already exists and belongs to {outcome.owner}; it is left "
             "untouched. Choose another spec.secretName (a new credential) or remove that Secret."
         )
-        new = rules.ended_status(
-            body.get("status") or {},
-            generation=int(metadata.get("generation", 1)),
-            created_at=metadata["creationTimestamp"],
-            state=State.FAILED,
-            reason=Reason.SECRET_CONFLICT,
-            message=message,
-            now=_now(),
-        )
-        written = await _write_status(body, new)
-        events.post(written, "Warning", str(Reason.SECRET_CONFLICT), message)
-        await settle_account((namespace, spec.service_account_name), ended={uid})
+        await _end(body, State.FAILED, Reason.SECRET_CONFLICT, message)
         return
     faults.crash_point("after-secret-created")
     issuance = rules.Issuance(
@@ -585,14 +546,35 @@ async def _refresh_roles(view: rules.CredentialView, roles: list[str]) -> None:
     await _write_status(body, {"effectiveRoles": roles})
 
 
-async def _finish_ended(body: Mapping[str, Any]) -> None:
-    """Idempotent clean-up of an ended credential: free its slot, apply the deletion policy."""
+async def _end(body: Mapping[str, Any], state: State, reason: Reason, message: str) -> None:
+    """Record the end first (the slot is then certainly no longer used), then clean up."""
+    metadata = body["metadata"]
+    new = rules.ended_status(
+        body.get("status") or {},
+        generation=int(metadata.get("generation", 1)),
+        created_at=metadata["creationTimestamp"],
+        state=state,
+        reason=reason,
+        message=message,
+        now=_now(),
+    )
+    written = await _write_status(body, new)
+    events.post(written, "Warning" if state is State.FAILED else "Normal", str(reason), message)
+    await _finish_ended(written, just_ended=True)
+
+
+async def _finish_ended(body: Mapping[str, Any], *, just_ended: bool) -> None:
+    """Idempotent clean-up of an ended credential: free its slot, apply the deletion policy.
+
+    A credential that ended long ago is looked up in the ledger index first, so that a restart
+    over many of them costs no API call.
+    """
     metadata = body["metadata"]
     spec = body.get("spec") or {}
     status = body.get("status") or {}
     uid = metadata["uid"]
     key = (metadata["namespace"], spec.get("serviceAccountName", ""))
-    if _runtime.may_hold_slot(key, uid):
+    if just_ended or _runtime.may_hold_slot(key, uid):
         await settle_account(key, ended={uid})
     policy = (
         status.get("secretDeletionPolicy")

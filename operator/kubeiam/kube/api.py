@@ -86,14 +86,16 @@ async def get_credential(namespace: str, name: str) -> dict[str, Any] | None:
     return await _get_custom(CREDENTIALS, namespace, name)
 
 
-async def patch_status(
-    plural: str, namespace: str, name: str, resource_version: str, status: dict[str, Any]
+async def _patch_if_unchanged(
+    plural: str, namespace: str, name: str, body: dict[str, Any], *, status: bool
 ) -> dict[str, Any]:
-    """Merge-patch the status subresource if the object is still at `resource_version`."""
-    body = {"metadata": {"resourceVersion": resource_version}, "status": status}
+    api = _custom()
+    patch = (
+        api.patch_namespaced_custom_object_status if status else api.patch_namespaced_custom_object
+    )
 
     def call() -> Any:
-        return _custom().patch_namespaced_custom_object_status(
+        return patch(
             GROUP,
             VERSION,
             namespace,
@@ -109,6 +111,14 @@ async def patch_status(
     except ApiException as error:
         raise _translate(error) from None
     return result
+
+
+async def patch_status(
+    plural: str, namespace: str, name: str, resource_version: str, status: dict[str, Any]
+) -> dict[str, Any]:
+    """Merge-patch the status subresource if the object is still at `resource_version`."""
+    body = {"metadata": {"resourceVersion": resource_version}, "status": status}
+    return await _patch_if_unchanged(plural, namespace, name, body, status=True)
 
 
 async def patch_metadata(
@@ -116,24 +126,7 @@ async def patch_metadata(
 ) -> dict[str, Any]:
     """Merge-patch metadata (owner references) if the object is still at `resource_version`."""
     body = {"metadata": {**metadata, "resourceVersion": resource_version}}
-
-    def call() -> Any:
-        return _custom().patch_namespaced_custom_object(
-            GROUP,
-            VERSION,
-            namespace,
-            plural,
-            name,
-            body,
-            _content_type=MERGE_PATCH,
-            _request_timeout=_TIMEOUT,
-        )
-
-    try:
-        result: dict[str, Any] = await asyncio.to_thread(call)
-    except ApiException as error:
-        raise _translate(error) from None
-    return result
+    return await _patch_if_unchanged(plural, namespace, name, body, status=False)
 
 
 async def create_secret(namespace: str, secret: dict[str, Any]) -> None:
