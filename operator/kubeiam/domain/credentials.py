@@ -179,17 +179,22 @@ def decide(facts: CredentialFacts, policy: Policy) -> Step:
         return Settled()
     if facts.revoked:
         return End(State.REVOKED, Reason.REVOKED, "Revoked by spec.revoked; it stays revoked.")
-    expiry = resolve_expiry(
-        created_at=facts.created_at,
-        expires_at=facts.expires_at,
-        expires_in=facts.expires_in,
-        default_lifetime=policy.default_lifetime,
-        max_lifetime=policy.max_lifetime,
-    )
-    if isinstance(expiry, ExpiryRefused):
-        return Fail(expiry.reason, expiry.message)
-    # Once issued, the recorded expiry is the truth: it never changes after issuance.
-    expires_at = _parse_time(facts.status.get("expiresAt")) or expiry.expires_at
+    # Once issued, the recorded expiry is the truth: it never changes after issuance, and a
+    # policy tightened later does not reach back to credentials issued under the old one.
+    recorded = _parse_time(facts.status.get("expiresAt"))
+    if recorded is not None:
+        expires_at = recorded
+    else:
+        expiry = resolve_expiry(
+            created_at=facts.created_at,
+            expires_at=facts.expires_at,
+            expires_in=facts.expires_in,
+            default_lifetime=policy.default_lifetime,
+            max_lifetime=policy.max_lifetime,
+        )
+        if isinstance(expiry, ExpiryRefused):
+            return Fail(expiry.reason, expiry.message)
+        expires_at = expiry.expires_at
     if expires_at <= facts.now:
         return End(State.EXPIRED, Reason.EXPIRED, f"Expired at {format_time(expires_at)}.")
     if facts.status.get("secretHash"):
@@ -201,7 +206,7 @@ def decide(facts: CredentialFacts, policy: Policy) -> Step:
             f"Waiting for ServiceAccount {facts.account_name!r} in this namespace to exist.",
         )
     if account.holds_slot:
-        return Issue(expiry.expires_at)
+        return Issue(expires_at)
     if account.disabled:
         return Wait(
             Reason.ACCOUNT_DISABLED,
@@ -277,6 +282,11 @@ class Issuance:
     deletion_policy: str
 
 
+def _issued(secret_name: str, expires_at: str) -> Condition:
+    message = f"Issued; the client secret is in Secret {secret_name!r} and expires at {expires_at}."
+    return Condition(READY, "True", Reason.ISSUED, message)
+
+
 def active_status(
     current: Mapping[str, Any],
     *,
@@ -285,15 +295,11 @@ def active_status(
     issuance: Issuance,
     now: datetime.datetime,
 ) -> dict[str, Any]:
-    message = (
-        f"Issued; the client secret is in Secret {issuance.secret_name!r} and expires at "
-        f"{format_time(issuance.expires_at)}."
-    )
     return _with_ready(
         current,
         generation,
         now,
-        Condition(READY, "True", Reason.ISSUED, message),
+        _issued(issuance.secret_name, format_time(issuance.expires_at)),
         state=str(State.ACTIVE),
         createdAt=created_at,
         credentialId=issuance.credential_id,
@@ -323,12 +329,8 @@ def issued_ready_status(
     current: Mapping[str, Any], *, generation: int, now: datetime.datetime
 ) -> dict[str, Any]:
     """The Ready condition of an issued credential whose Secret is in place."""
-    expires_at = current.get("expiresAt")
-    message = (
-        f"Issued; the client secret is in Secret {current.get('secretName')!r} and expires at "
-        f"{expires_at}."
-    )
-    return _with_ready(current, generation, now, Condition(READY, "True", Reason.ISSUED, message))
+    issued = _issued(str(current.get("secretName")), str(current.get("expiresAt")))
+    return _with_ready(current, generation, now, issued)
 
 
 def ended_status(
