@@ -39,6 +39,10 @@ logger = logging.getLogger(__name__)
 AccountKey = tuple[str, str]  # (namespace, account name)
 ScheduleKey = tuple[str, str, str, str]  # (what, namespace, name, uid)
 _LEDGER_ATTEMPTS = 20
+# A level-triggered safety net: a nudge lost to an error (an event handler is not retried) is
+# picked up within this interval, from memory, at no API cost when nothing waits.
+SWEEP: ScheduleKey = ("sweep", "", "", "")
+SWEEP_INTERVAL = datetime.timedelta(seconds=30)
 
 
 class _Runtime:
@@ -57,6 +61,20 @@ class _Runtime:
         which `kopf.event` needs to post events from scheduled work."""
         if self.task is None or self.task.done():
             self.task = asyncio.create_task(self.scheduler.run(), name="kube-iam schedule")
+            self.scheduler.schedule(SWEEP, _now() + SWEEP_INTERVAL)
+
+    def accounts_with_free_slots(self, limit: int) -> list[AccountKey]:
+        """Accounts with waiting credentials whose ledger, as last seen, has room."""
+        if self.credentials is None:
+            return []
+        found = []
+        for key in self.credentials:
+            if not any(view.waiting for view in self.credentials[key]):
+                continue
+            ledgers = list(self.ledgers[key]) if self.ledgers and key in self.ledgers else []
+            if ledgers and all(len(ledger) < limit for ledger in ledgers):
+                found.append(key)
+        return found
 
     def lock(self, key: AccountKey) -> asyncio.Lock:
         return self.locks.setdefault(key, asyncio.Lock())
@@ -719,6 +737,11 @@ async def _scheduled(key: ScheduleKey) -> None:
 
 async def _run_scheduled(key: ScheduleKey) -> None:
     what, namespace, name, uid = key
+    if what == "sweep":
+        _runtime.scheduler.schedule(SWEEP, _now() + SWEEP_INTERVAL)
+        for account in _runtime.accounts_with_free_slots(get_settings().max_active_credentials):
+            await settle_account(account)
+        return
     body = await api.get_credential(namespace, name)
     if body is None or body["metadata"]["uid"] != uid:
         return
