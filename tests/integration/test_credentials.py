@@ -42,7 +42,10 @@ def settle(
             counts[str(state)] = counts.get(str(state), 0) + 1
         return current if counts == expected else None
 
-    return wait_for(probe, timeout=90, what=f"credentials to settle as {expected}")
+    try:
+        return wait_for(probe, timeout=90, what=f"credentials to settle as {expected}")
+    except AssertionError as error:
+        raise AssertionError(f"{error}; states now: {states(cluster, namespace)}") from None
 
 
 def test_seven_at_once_five_active_two_pending_and_revocation_admits_the_oldest(

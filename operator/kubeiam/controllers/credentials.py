@@ -63,16 +63,18 @@ class _Runtime:
             self.task = asyncio.create_task(self.scheduler.run(), name="kube-iam schedule")
             self.scheduler.schedule(SWEEP, _now() + SWEEP_INTERVAL)
 
-    def accounts_with_free_slots(self, limit: int) -> list[AccountKey]:
-        """Accounts with waiting credentials whose ledger, as last seen, has room."""
+    def accounts_to_sweep(self, limit: int) -> list[AccountKey]:
+        """Accounts with waiting credentials whose ledger, as last seen, has room, or names
+        one of them (admitted, not issued: its admitter may have died)."""
         if self.credentials is None:
             return []
         found = []
         for key in self.credentials:
-            if not any(view.waiting for view in self.credentials[key]):
+            waiting = {view.uid for view in self.credentials[key] if view.waiting}
+            if not waiting:
                 continue
             ledgers = list(self.ledgers[key]) if self.ledgers and key in self.ledgers else []
-            if ledgers and all(len(ledger) < limit for ledger in ledgers):
+            if any(len(ledger) < limit or ledger & waiting for ledger in ledgers):
                 found.append(key)
         return found
 
@@ -266,6 +268,8 @@ async def reconcile_until_settled(body: Mapping[str, Any], *, attempts: int = 5)
     for _attempt in range(attempts):
         try:
             await reconcile(body)
+            return
+        except api.Gone:
             return
         except api.Conflict:
             fresh = await api.get_credential(metadata["namespace"], metadata["name"])
@@ -618,27 +622,37 @@ async def _finish_ended(body: Mapping[str, Any], *, just_ended: bool) -> None:
 
 
 async def settle_account(
-    key: AccountKey, *, ended: Iterable[str] = (), issue_except: str | None = None
+    key: AccountKey,
+    *,
+    ended: Iterable[str] = (),
+    issue_except: str | None = None,
+    adopt_orphans: bool = False,
 ) -> set[str]:
     """Bring the account's ledger up to date: release ended holders, admit the oldest waiting.
 
     Returns the UIDs holding a slot afterwards. The write is a compare-and-swap on the
     account's resourceVersion, retried on conflict, so concurrent writers never over-admit.
-    Credentials admitted here are issued right after, outside the lock.
+    Credentials admitted here are issued right after, outside the lock. With `adopt_orphans`,
+    so are holders that are not issued yet: another process may have admitted them and died
+    before issuing.
     """
     namespace, account_name = key
     if not account_name:
         return set()
     known_ended = set(ended)
     async with _runtime.lock(key):
-        admitted, holders = await _update_ledger(key, known_ended)
-    for entry in admitted:
+        admitted, ledger = await _update_ledger(key, known_ended)
+    to_issue = list(admitted)
+    if adopt_orphans:
+        unissued = {view.uid for view in _runtime.views(key) if view.waiting}
+        to_issue += [e for e in ledger if e.uid in unissued and e not in admitted]
+    for entry in to_issue:
         if entry.uid == issue_except:
             continue
         body = await api.get_credential(namespace, entry.name)
         if body is not None and body["metadata"]["uid"] == entry.uid:
             await _issue_admitted(body)
-    return holders
+    return {entry.uid for entry in ledger}
 
 
 async def _issue_admitted(body: Mapping[str, Any]) -> None:
@@ -653,13 +667,13 @@ async def _issue_admitted(body: Mapping[str, Any]) -> None:
 
 async def _update_ledger(
     key: AccountKey, ended: set[str]
-) -> tuple[tuple[LedgerEntry, ...], set[str]]:
+) -> tuple[tuple[LedgerEntry, ...], tuple[LedgerEntry, ...]]:
     namespace, account_name = key
     limit = get_settings().max_active_credentials
     for attempt in range(_LEDGER_ATTEMPTS):
         account = await api.get_account(namespace, account_name)
         if account is None:
-            return (), set()
+            return (), ()
         status = account.get("status") or {}
         ledger = [
             LedgerEntry(entry["name"], entry["uid"])
@@ -689,7 +703,7 @@ async def _update_ledger(
             plan = plan_admission(ledger, waiting=waiting, ended=gone, limit=limit)
         count = len(plan.ledger)
         if not plan.changed and status.get("activeCredentialCount") == count:
-            return (), {entry.uid for entry in plan.ledger}
+            return (), plan.ledger
         try:
             await api.patch_status(
                 SERVICE_ACCOUNTS,
@@ -701,12 +715,14 @@ async def _update_ledger(
                     "activeCredentialCount": count,
                 },
             )
+        except api.Gone:
+            return (), ()
         except api.Conflict:
             await asyncio.sleep(min(0.05 * (attempt + 1), 0.5))
             continue
         if plan.admitted:
             faults.crash_point("after-admission")
-        return plan.admitted, {entry.uid for entry in plan.ledger}
+        return plan.admitted, plan.ledger
     raise kopf.TemporaryError("The account's ledger kept changing; trying again.", delay=1)
 
 
@@ -730,6 +746,8 @@ async def _confirm_ended(entries: list[LedgerEntry], namespace: str) -> set[str]
 async def _scheduled(key: ScheduleKey) -> None:
     try:
         await _run_scheduled(key)
+    except api.Gone:
+        return
     except (kopf.TemporaryError, api.Conflict):
         # Someone wrote the credential meanwhile: look again shortly, with a fresh read.
         _runtime.scheduler.schedule(key, _now() + datetime.timedelta(seconds=0.5))
@@ -739,8 +757,8 @@ async def _run_scheduled(key: ScheduleKey) -> None:
     what, namespace, name, uid = key
     if what == "sweep":
         _runtime.scheduler.schedule(SWEEP, _now() + SWEEP_INTERVAL)
-        for account in _runtime.accounts_with_free_slots(get_settings().max_active_credentials):
-            await settle_account(account)
+        for account in _runtime.accounts_to_sweep(get_settings().max_active_credentials):
+            await settle_account(account, adopt_orphans=True)
         return
     body = await api.get_credential(namespace, name)
     if body is None or body["metadata"]["uid"] != uid:

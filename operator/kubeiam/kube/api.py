@@ -25,6 +25,10 @@ class Conflict(Exception):
     """Someone else wrote the object first: read it again and decide again."""
 
 
+class Gone(Exception):
+    """The object was deleted meanwhile; there is nothing left to write."""
+
+
 class AlreadyExists(Exception):
     """An object of that name exists already."""
 
@@ -60,6 +64,8 @@ def _core() -> client.CoreV1Api:
 def _translate(error: ApiException) -> Exception:
     if error.status == 409:
         return Conflict(str(error.reason))
+    if error.status == 404:
+        return Gone(str(error.reason))
     return error
 
 
