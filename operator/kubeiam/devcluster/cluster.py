@@ -340,9 +340,11 @@ def apply_crds(kubectl: Kubectl) -> None:
         group, plural = crd["spec"]["group"], crd["spec"]["names"]["plural"]
         version = crd["spec"]["versions"][0]["name"]
         deadline = time.monotonic() + 60
-        while kubectl(
-            "explain", plural, f"--api-version={group}/{version}", check=False
-        ).returncode:
+        # Listing as well: right after a CRD is established its storage may still answer 429.
+        while (
+            kubectl("explain", plural, f"--api-version={group}/{version}", check=False).returncode
+            or kubectl("get", f"{plural}.{group}", "--all-namespaces", check=False).returncode
+        ):
             if time.monotonic() > deadline:
-                raise ControlPlaneError(f"The API server does not explain {plural} after 60s.")
+                raise ControlPlaneError(f"The API server does not serve {plural} after 60s.")
             time.sleep(0.5)
