@@ -65,9 +65,6 @@ class Settings(BaseSettings):
     watch_client_timeout: int = Field(
         default=330, ge=10, description="Seconds before the operator gives up on a silent watch."
     )
-    worker_limit: int = Field(
-        default=20, ge=1, description="Objects handled concurrently per kind (bounds API load)."
-    )
 
     @field_validator("token_url")
     @classmethod

@@ -288,6 +288,50 @@ def test_the_secret_template_names_keys_and_adds_labels_and_annotations(
     assert mounted.metadata["annotations"]["example.com/rotate"] == "monthly"
 
 
+def test_a_credential_deleted_and_created_again_under_its_name_gets_a_new_secret(
+    cluster: ClusterHandle, namespace: str
+) -> None:
+    """What `kubectl replace --force` or a GitOps re-create does."""
+    cluster.apply(many([account_manifest(), credential_manifest("again")]), namespace)
+    first = wait_state(cluster, namespace, "again", "Active")
+    cluster.kubectl("delete", "iamcred", "again", "-n", namespace)
+    cluster.apply(credential_manifest("again"), namespace)
+    second = wait_for(
+        lambda: (
+            (o := cluster.get("iamcred", "again", namespace))
+            and o["metadata"]["uid"] != first["metadata"]["uid"]
+            and (o.get("status") or {}).get("state") == "Active"
+            and o
+        ),
+        what="the new credential to be issued",
+    )
+    assert second["status"]["secretHash"] != first["status"]["secretHash"]
+    mounted = read_secret(cluster, namespace, "again")
+    assert sha256(mounted.client_secret()) == second["status"]["secretHash"]
+
+
+def test_effective_roles_follow_the_account_roles(cluster: ClusterHandle, namespace: str) -> None:
+    cluster.apply(
+        many(
+            [
+                account_manifest(roles="compute.deployer, storage.reader"),
+                credential_manifest("narrow", scopedRoles=["storage.reader", "billing.admin"]),
+            ]
+        ),
+        namespace,
+    )
+    obj = wait_state(cluster, namespace, "narrow", "Active")
+    assert obj["status"]["effectiveRoles"] == ["storage.reader"]
+    cluster.apply(account_manifest(roles="compute.deployer, billing.admin"), namespace)
+    wait_for(
+        lambda: (
+            (o := cluster.get("iamcred", "narrow", namespace))
+            and o["status"]["effectiveRoles"] == ["billing.admin"]
+        ),
+        what="effectiveRoles to follow the account's new roles",
+    )
+
+
 def test_deleting_the_account_removes_its_credentials_and_their_secrets(
     cluster: ClusterHandle, namespace: str
 ) -> None:

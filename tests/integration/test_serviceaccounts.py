@@ -148,6 +148,13 @@ def test_a_restarted_operator_catches_up_and_leaves_settled_accounts_alone(
     settled = cluster.get("iamsa", settled_name, namespace)
     assert settled is not None
 
+    # More objects than kopf's workers would ever hold at once, so a start that waited for a
+    # worker per object (a worker limit with indices) would hang here.
+    crowd = "\n---\n".join(
+        account().replace("name: builder", f"name: crowd-{i:02d}") for i in range(30)
+    )
+    cluster.apply(crowd, namespace)
+    cluster.wait_condition("iamsa", "crowd-29", namespace)
     operator.stop()
     log = Path(str(operator.log_path))
     offset = log.stat().st_size

@@ -36,7 +36,7 @@ def test_a_new_account_is_active_and_ready_with_its_client_id() -> None:
     assert status["clientId"] == "pipeline-prod@team-a.acme.iam"
     assert status["state"] == "Active"
     assert status["createdAt"] == "2026-11-23T11:00:00Z"
-    assert status["activeCredentialCount"] == 0
+    assert "activeCredentialCount" not in status  # the admission ledger's, not ours
     assert status["observedGeneration"] == 1
     condition = ready(status)
     assert (condition["status"], condition["reason"]) == ("True", "Active")
@@ -72,13 +72,6 @@ def test_the_client_id_never_changes_once_issued() -> None:
     first = desired_status(facts(), organization="acme", now=NOW)
     renamed_org = desired_status(facts(status=first), organization="globex", now=LATER)
     assert renamed_org["clientId"] == "pipeline-prod@team-a.acme.iam"
-
-
-def test_the_active_credential_count_is_kept() -> None:
-    status = desired_status(
-        facts(status={"activeCredentialCount": 3}), organization="acme", now=NOW
-    )
-    assert status["activeCredentialCount"] == 3
 
 
 def test_a_state_change_is_reported_once() -> None:

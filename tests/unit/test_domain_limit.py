@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kubeiam.domain.limit import Contender, LedgerEntry, plan_admission, position_in_queue
+from kubeiam.domain.limit import Contender, LedgerEntry, plan_admission
 
 
 def contender(index: int, created: str | None = None) -> Contender:
@@ -52,12 +52,6 @@ def test_a_lowered_limit_admits_nobody_but_revokes_nobody() -> None:
     plan = plan_admission([entry(c) for c in holders], waiting=[contender(9)], ended=set(), limit=2)
     assert len(plan.ledger) == 4
     assert plan.admitted == ()
-
-
-def test_the_queue_position_counts_from_one() -> None:
-    waiting = [contender(3), contender(1)]
-    assert position_in_queue(contender(1), waiting) == 1
-    assert position_in_queue(contender(3), waiting) == 2
 
 
 @st.composite

@@ -20,7 +20,7 @@ from kubeiam.api import ServiceAccountCredential
 from kubeiam.domain import credentials as rules
 from kubeiam.domain.conditions import Reason, format_time
 from kubeiam.domain.credentials import State
-from kubeiam.domain.limit import Contender, LedgerEntry, plan_admission, position_in_queue
+from kubeiam.domain.limit import Contender, LedgerEntry, plan_admission
 from kubeiam.domain.secret_format import credential_id
 from kubeiam.kube import api, events, faults
 from kubeiam.kube.resources import CREDENTIALS, GROUP, SERVICE_ACCOUNTS, VERSION
@@ -30,6 +30,7 @@ from kubeiam.kube.secrets import (
     SecretRequest,
     Taken,
     delete_owned,
+    secret_state,
     write_once,
 )
 from kubeiam.settings import Settings, get_settings
@@ -52,6 +53,7 @@ class _Runtime:
         self.credentials: kopf.Index[AccountKey, rules.CredentialView] | None = None
         self.secrets: kopf.Index[tuple[str, str], str] | None = None
         self.ledgers: kopf.Index[AccountKey, frozenset[str]] | None = None
+        self.roles: kopf.Index[AccountKey, tuple[str, ...]] | None = None
         self.scheduler: Scheduler[ScheduleKey] = Scheduler(lambda key: _scheduled(key))
         self.locks: dict[AccountKey, asyncio.Lock] = {}
         self.task: asyncio.Task[None] | None = None
@@ -70,16 +72,34 @@ class _Runtime:
             return []
         found = []
         for key in self.credentials:
-            waiting = {view.uid for view in self.credentials[key] if view.waiting}
-            if not waiting:
-                continue
+            views = list(self.credentials[key])
+            waiting = {view.uid for view in views if view.waiting}
+            live = {view.uid for view in views if not view.ended}
             ledgers = list(self.ledgers[key]) if self.ledgers and key in self.ledgers else []
-            if any(len(ledger) < limit or ledger & waiting for ledger in ledgers):
-                found.append(key)
+            for ledger in ledgers:
+                room = waiting and len(ledger) < limit
+                if room or ledger & waiting or ledger - live:
+                    found.append(key)
+                    break
         return found
 
     def lock(self, key: AccountKey) -> asyncio.Lock:
         return self.locks.setdefault(key, asyncio.Lock())
+
+    def stale_roles(self) -> list[tuple[rules.CredentialView, list[str]]]:
+        """Issued credentials whose effectiveRoles no longer follow their account's roles."""
+        if self.credentials is None or self.roles is None:
+            return []
+        stale = []
+        for key in self.credentials:
+            if key not in self.roles:
+                continue
+            roles = next(iter(self.roles[key]), ())
+            for view in self.credentials[key]:
+                wanted = rules.effective_roles(roles, view.scoped_roles)
+                if view.issued and not view.ended and list(view.effective_roles) != wanted:
+                    stale.append((view, wanted))
+        return stale
 
     def may_hold_slot(self, key: AccountKey, uid: str) -> bool:
         """False only when the account's ledger, as last seen, does not name the credential."""
@@ -161,6 +181,14 @@ def ledgers_by_account(body: kopf.Body, **_: Any) -> dict[AccountKey, frozenset[
     return {key: frozenset(entry.get("uid", "") for entry in ledger)}
 
 
+@kopf.index(GROUP, VERSION, SERVICE_ACCOUNTS)
+def roles_by_account(body: kopf.Body, **_: Any) -> dict[AccountKey, tuple[str, ...]]:
+    """The roles of every account, which its credentials' effectiveRoles must follow."""
+    spec: Mapping[str, Any] = body.get("spec") or {}
+    key = (body.metadata.namespace or "", body.metadata.name or "")
+    return {key: tuple(spec.get("roles") or ())}
+
+
 def _track_expiry(view: rules.CredentialView) -> None:
     """Issued credentials are scheduled from here; waiting ones by `reconcile`."""
     keys = (
@@ -190,6 +218,7 @@ async def start(**kwargs: Any) -> None:
     _runtime.credentials = kwargs["credentials_by_account"]
     _runtime.secrets = kwargs["secrets_by_name"]
     _runtime.ledgers = kwargs["ledgers_by_account"]
+    _runtime.roles = kwargs["roles_by_account"]
 
 
 @kopf.on.cleanup()
@@ -328,13 +357,7 @@ async def reconcile(body: Mapping[str, Any]) -> None:
             if fresh is not None and fresh["metadata"]["uid"] == uid:
                 await reconcile(fresh)
             return
-        me = Contender(metadata["creationTimestamp"], name, uid)
-        queue = {
-            Contender(view.created_at, view.name, view.uid)
-            for view in _runtime.views(account_key)
-            if view.waiting and view.uid not in holders
-        } | {me}
-        message = rules.limit_message(settings.max_active_credentials, position_in_queue(me, queue))
+        message = rules.limit_message(settings.max_active_credentials, None)
         await _write_pending(body, Reason.LIMIT_EXCEEDED, message)
         return
     if isinstance(step, rules.Issue):
@@ -526,7 +549,11 @@ async def _keep_active(body: Mapping[str, Any], account_body: Mapping[str, Any] 
     metadata = body["metadata"]
     status = body.get("status") or {}
     generation = int(metadata.get("generation", 1))
-    present = _secret_present(metadata["namespace"], status.get("secretName", ""), metadata["uid"])
+    secret_name = status.get("secretName", "")
+    # The index may not have seen a just-created Secret yet: ask before saying it is gone.
+    present = _secret_present(metadata["namespace"], secret_name, metadata["uid"]) or (
+        await secret_state(metadata["namespace"], secret_name, metadata["uid"]) == "present"
+    )
     if present:
         new = rules.issued_ready_status(status, generation=generation, now=_now())
     else:
@@ -603,11 +630,11 @@ async def _finish_ended(body: Mapping[str, Any], *, just_ended: bool) -> None:
         or spec.get("secretDeletionPolicy")
         or (get_settings().secret_deletion_policy)
     )
-    secret_name = status.get("secretName")
+    # The spec names the Secret too: a revocation may have overtaken the status write.
+    secret_name = status.get("secretName") or spec.get("secretName") or metadata["name"]
     if (
         policy == "Delete"
-        and secret_name
-        and _secret_present(metadata["namespace"], secret_name, uid)
+        and (just_ended or _secret_present(metadata["namespace"], secret_name, uid))
         and await delete_owned(metadata["namespace"], secret_name, uid)
     ):
         events.post(
@@ -658,7 +685,7 @@ async def settle_account(
 async def _issue_admitted(body: Mapping[str, Any]) -> None:
     try:
         await reconcile_until_settled(body)
-    except kopf.TemporaryError:
+    except Exception:
         # Its own handler (or the next one to look) finishes the job.
         logger.info(
             "Issuing %s/%s is deferred.", body["metadata"]["namespace"], body["metadata"]["name"]
@@ -758,13 +785,23 @@ async def _run_scheduled(key: ScheduleKey) -> None:
     if what == "sweep":
         _runtime.scheduler.schedule(SWEEP, _now() + SWEEP_INTERVAL)
         for account in _runtime.accounts_to_sweep(get_settings().max_active_credentials):
-            await settle_account(account, adopt_orphans=True)
+            try:
+                await settle_account(account, adopt_orphans=True)
+            except Exception:
+                logger.exception("Settling %s/%s failed; the next sweep tries again.", *account)
+        for view, roles in _runtime.stale_roles():
+            try:
+                await _refresh_roles(view, roles)
+            except Exception:
+                logger.exception("Updating the roles of %s/%s failed.", view.namespace, view.name)
         return
     body = await api.get_credential(namespace, name)
     if body is None or body["metadata"]["uid"] != uid:
         return
     status = body.get("status") or {}
     if status.get("state") in rules.TERMINAL:
+        # Ended, perhaps by an earlier run of this job whose clean-up failed: finish it.
+        await _finish_ended(body, just_ended=True)
         return
     if what == "expire":
         await reconcile_until_settled(body)

@@ -52,7 +52,9 @@ def ready_condition(state: AccountState) -> Condition:
 def desired_status(
     facts: AccountFacts, *, organization: str, now: datetime.datetime
 ) -> dict[str, Any]:
-    """The status the account should have. Fields the operator does not own here are absent.
+    """The status the account should have. Fields the operator does not own here are absent:
+    the ledger and `activeCredentialCount` are written only by credential admission, with a
+    compare-and-swap.
 
     The client id, once issued, never changes: a later change of the organisation setting must
     not break the workloads that already use it.
@@ -62,8 +64,6 @@ def desired_status(
     status: dict[str, Any] = {
         "clientId": current.get("clientId") or client_id(facts.name, facts.namespace, organization),
         "state": str(state),
-        # The count belongs to the credential admission ledger; it is only initialised here.
-        "activeCredentialCount": current.get("activeCredentialCount", 0),
         "observedGeneration": facts.generation,
         "conditions": merge_condition(
             current.get("conditions") or [],

@@ -69,8 +69,3 @@ def plan_admission(
     ]
     admitted = tuple(LedgerEntry(c.name, c.uid) for c in candidates[:free])
     return AdmissionPlan(ledger=kept + admitted, admitted=admitted, released=released)
-
-
-def position_in_queue(candidate: Contender, waiting: Collection[Contender]) -> int:
-    """1 for the next credential to be admitted, 2 for the one after it, and so on."""
-    return admission_order(waiting).index(candidate) + 1

@@ -64,6 +64,14 @@ def _owned_by(metadata: Mapping[str, Any], uid: str) -> bool:
     return any(ref.get("uid") == uid for ref in metadata.get("ownerReferences") or [])
 
 
+def _left_by_predecessor(metadata: Mapping[str, Any], credential: str) -> bool:
+    """Owned by a credential of this name but another UID: one deleted and created again."""
+    return bool(metadata.get("deletionTimestamp")) or any(
+        ref.get("kind") == "ServiceAccountCredential" and ref.get("name") == credential
+        for ref in metadata.get("ownerReferences") or []
+    )
+
+
 def _describe_owner(metadata: Mapping[str, Any]) -> str:
     owners = [
         f"{ref.get('kind')} {ref.get('name')!r}" for ref in metadata.get("ownerReferences") or []
@@ -134,7 +142,12 @@ async def write_once(
         raise api.Conflict(f"Secret {request.name!r} vanished while being adopted")
     if _owned_by(metadata, request.credential_uid):
         annotations = metadata.get("annotations") or {}
-        return Written(str(annotations.get(HASH_ANNOTATION, "")), adopted=True)
+        digest = str(annotations.get(HASH_ANNOTATION, ""))
+        if digest.startswith("sha256:"):
+            return Written(digest, adopted=True)
+    elif _left_by_predecessor(metadata, request.credential):
+        # A deleted credential of the same name owned it; the garbage collector removes it.
+        raise api.Conflict(f"Secret {request.name!r} still belongs to a deleted credential")
     return Taken(_describe_owner(metadata))
 
 
