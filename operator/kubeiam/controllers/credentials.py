@@ -357,7 +357,7 @@ async def reconcile(body: Mapping[str, Any]) -> None:
             if fresh is not None and fresh["metadata"]["uid"] == uid:
                 await reconcile(fresh)
             return
-        message = rules.limit_message(settings.max_active_credentials, None)
+        message = rules.limit_message(settings.max_active_credentials)
         await _write_pending(body, Reason.LIMIT_EXCEEDED, message)
         return
     if isinstance(step, rules.Issue):

@@ -215,12 +215,12 @@ def decide(facts: CredentialFacts, policy: Policy) -> Step:
     return Admit()
 
 
-def limit_message(limit: int, position: int | None) -> str:
-    queue = f" It is number {position} in the queue;" if position else ""
+def limit_message(limit: int) -> str:
+    # No queue position: it would go stale as others are admitted, and status must stay true.
     return (
         f"The account already has {limit} Active credentials, the organisation's limit of "
-        f"{limit}.{queue} it becomes Active, oldest first, when a slot frees (revocation, "
-        "expiry or deletion of another credential)."
+        f"{limit}. It becomes Active, oldest first, when a slot frees (revocation, expiry or "
+        "deletion of another credential)."
     )
 
 
