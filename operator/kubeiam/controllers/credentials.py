@@ -147,6 +147,7 @@ def _view(body: Mapping[str, Any]) -> rules.CredentialView:
             (c.get("reason") for c in status.get("conditions") or [] if c.get("type") == "Ready"),
             None,
         ),
+        warned=rules.has_condition(status, rules.EXPIRING_SOON),
     )
 
 
@@ -203,6 +204,9 @@ def _track_expiry(view: rules.CredentialView) -> None:
         return
     expires_at = datetime.datetime.fromisoformat(view.expires_at.replace("Z", "+00:00"))
     _runtime.scheduler.schedule(keys[0], expires_at)
+    if view.warned:
+        _runtime.scheduler.cancel(keys[1])
+        return
     warn_at = rules.warning_time(expires_at, get_settings().expiry_warning_lead)
     _runtime.scheduler.schedule(keys[1], max(warn_at, _now()))
 

@@ -44,6 +44,7 @@ class CredentialView:
     scoped_roles: tuple[str, ...] = ()
     effective_roles: tuple[str, ...] = ()
     reason: str | None = None
+    warned: bool = False
 
     @property
     def ended(self) -> bool:
