@@ -260,13 +260,14 @@ def pending_status(
     message: str,
     now: datetime.datetime,
 ) -> dict[str, Any]:
-    return _with_ready(
+    return ended_status(
         current,
-        generation,
-        now,
-        Condition(READY, "False", reason, message),
-        state=str(State.PENDING),
-        createdAt=created_at,
+        generation=generation,
+        created_at=created_at,
+        state=State.PENDING,
+        reason=reason,
+        message=message,
+        now=now,
     )
 
 
@@ -344,6 +345,7 @@ def ended_status(
     message: str,
     now: datetime.datetime,
 ) -> dict[str, Any]:
+    """A status whose Ready is False: ended (Expired, Revoked, Failed) or, for Pending, waiting."""
     return _with_ready(
         current,
         generation,
