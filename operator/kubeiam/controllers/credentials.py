@@ -18,7 +18,7 @@ import kopf
 
 from kubeiam.api import ServiceAccountCredential
 from kubeiam.domain import credentials as rules
-from kubeiam.domain.conditions import Reason, format_time
+from kubeiam.domain.conditions import READY, Reason, format_time
 from kubeiam.domain.credentials import State
 from kubeiam.domain.limit import Contender, LedgerEntry, plan_admission
 from kubeiam.domain.secret_format import credential_id
@@ -86,13 +86,15 @@ class _Runtime:
     def lock(self, key: AccountKey) -> asyncio.Lock:
         return self.locks.setdefault(key, asyncio.Lock())
 
-    def stale_roles(self) -> list[tuple[rules.CredentialView, list[str]]]:
+    def stale_roles(
+        self, keys: Iterable[AccountKey] | None = None
+    ) -> list[tuple[rules.CredentialView, list[str]]]:
         """Issued credentials whose effectiveRoles no longer follow their account's roles."""
         if self.credentials is None or self.roles is None:
             return []
         stale = []
-        for key in self.credentials:
-            if key not in self.roles:
+        for key in self.credentials if keys is None else keys:
+            if key not in self.credentials or key not in self.roles:
                 continue
             roles = next(iter(self.roles[key]), ())
             for view in self.credentials[key]:
@@ -143,10 +145,7 @@ def _view(body: Mapping[str, Any]) -> rules.CredentialView:
         expires_at=status.get("expiresAt"),
         scoped_roles=tuple(spec.get("scopedRoles") or ()),
         effective_roles=tuple(status.get("effectiveRoles") or ()),
-        reason=next(
-            (c.get("reason") for c in status.get("conditions") or [] if c.get("type") == "Ready"),
-            None,
-        ),
+        reason=rules.ready_reason(status),
         warned=rules.has_condition(status, rules.EXPIRING_SOON),
     )
 
@@ -272,11 +271,9 @@ async def account_changed(event: kopf.RawEvent, **_: Any) -> None:
         outdated = view.reason in stale or (disabled and view.reason != Reason.ACCOUNT_DISABLED)
         if outdated and view.uid not in holders:
             await _reconcile_by_name(view)
-    roles = (account.get("spec") or {}).get("roles") or []
-    for view in views:
-        wanted = tuple(rules.effective_roles(roles, view.scoped_roles))
-        if view.issued and not view.ended and view.effective_roles != wanted:
-            await _refresh_roles(view, list(wanted))
+    # The role index already holds this event's roles: kopf indexes before it calls handlers.
+    for view, roles in _runtime.stale_roles([key]):
+        await _refresh_roles(view, roles)
 
 
 @kopf.on.event("v1", "secrets", labels=MANAGED_BY)
@@ -348,7 +345,7 @@ async def reconcile(body: Mapping[str, Any]) -> None:
         await _end(body, State.FAILED, step.reason, step.message)
         return
     if isinstance(step, rules.KeepActive):
-        await _keep_active(body, account_body)
+        await _keep_active(body)
         return
     if isinstance(step, rules.Wait):
         await _write_pending(body, step.reason, step.message)
@@ -439,9 +436,7 @@ async def _write_pending(body: Mapping[str, Any], reason: Reason, message: str) 
         message=message,
         now=_now(),
     )
-    previous_reason = next(
-        (c.get("reason") for c in status.get("conditions") or [] if c.get("type") == "Ready"), None
-    )
+    previous_reason = rules.ready_reason(status)
     written = await _write_status(body, new)
     if previous_reason != str(reason):
         events.post(written, "Normal", str(reason), message)
@@ -548,7 +543,7 @@ def _default_keys() -> dict[str, str]:
     return dict(DEFAULT_SECRET_KEYS)
 
 
-async def _keep_active(body: Mapping[str, Any], account_body: Mapping[str, Any] | None) -> None:
+async def _keep_active(body: Mapping[str, Any]) -> None:
     """An issued credential: its Ready condition follows whether its Secret is still there."""
     metadata = body["metadata"]
     status = body.get("status") or {}
@@ -562,10 +557,7 @@ async def _keep_active(body: Mapping[str, Any], account_body: Mapping[str, Any] 
         new = rules.issued_ready_status(status, generation=generation, now=_now())
     else:
         new = rules.secret_deleted_status(status, generation=generation, now=_now())
-    was_ready = any(
-        c.get("type") == "Ready" and c.get("status") == "True"
-        for c in status.get("conditions") or []
-    )
+    was_ready = rules.has_condition(status, READY)
     written = await _write_status(body, new)
     if not present and was_ready:
         events.post(

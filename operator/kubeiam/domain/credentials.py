@@ -157,8 +157,12 @@ def _parse_time(value: Any) -> datetime.datetime | None:
     return datetime.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
 
 
-def resolved_expiry(facts: CredentialFacts, policy: Policy) -> datetime.datetime | None:
-    """When the credential expires: as recorded at issuance, else as its spec resolves."""
+def _expiry(facts: CredentialFacts, policy: Policy) -> datetime.datetime | ExpiryRefused:
+    """As recorded at issuance, else as the spec resolves under the current policy.
+
+    Once issued, the recorded expiry is the truth: it never changes, and a policy tightened
+    later does not reach back to credentials issued under the old one.
+    """
     recorded = _parse_time(facts.status.get("expiresAt"))
     if recorded is not None:
         return recorded
@@ -169,7 +173,13 @@ def resolved_expiry(facts: CredentialFacts, policy: Policy) -> datetime.datetime
         default_lifetime=policy.default_lifetime,
         max_lifetime=policy.max_lifetime,
     )
-    return None if isinstance(expiry, ExpiryRefused) else expiry.expires_at
+    return expiry if isinstance(expiry, ExpiryRefused) else expiry.expires_at
+
+
+def resolved_expiry(facts: CredentialFacts, policy: Policy) -> datetime.datetime | None:
+    """When the credential expires; None when its request is refused."""
+    expiry = _expiry(facts, policy)
+    return None if isinstance(expiry, ExpiryRefused) else expiry
 
 
 def decide(facts: CredentialFacts, policy: Policy) -> Step:
@@ -180,22 +190,9 @@ def decide(facts: CredentialFacts, policy: Policy) -> Step:
         return Settled()
     if facts.revoked:
         return End(State.REVOKED, Reason.REVOKED, "Revoked by spec.revoked; it stays revoked.")
-    # Once issued, the recorded expiry is the truth: it never changes after issuance, and a
-    # policy tightened later does not reach back to credentials issued under the old one.
-    recorded = _parse_time(facts.status.get("expiresAt"))
-    if recorded is not None:
-        expires_at = recorded
-    else:
-        expiry = resolve_expiry(
-            created_at=facts.created_at,
-            expires_at=facts.expires_at,
-            expires_in=facts.expires_in,
-            default_lifetime=policy.default_lifetime,
-            max_lifetime=policy.max_lifetime,
-        )
-        if isinstance(expiry, ExpiryRefused):
-            return Fail(expiry.reason, expiry.message)
-        expires_at = expiry.expires_at
+    expires_at = _expiry(facts, policy)
+    if isinstance(expires_at, ExpiryRefused):
+        return Fail(expires_at.reason, expires_at.message)
     if expires_at <= facts.now:
         return End(State.EXPIRED, Reason.EXPIRED, f"Expired at {format_time(expires_at)}.")
     if facts.status.get("secretHash"):
@@ -372,6 +369,14 @@ def expiring_soon(
             now=now,
         )
     }
+
+
+def ready_reason(current: Mapping[str, Any]) -> str | None:
+    """The reason of the Ready condition, if there is one."""
+    return next(
+        (c.get("reason") for c in current.get("conditions") or [] if c.get("type") == READY),
+        None,
+    )
 
 
 def has_condition(current: Mapping[str, Any], condition_type: str) -> bool:

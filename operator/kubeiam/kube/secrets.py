@@ -50,7 +50,6 @@ class Written:
     """This call wrote the Secret, or adopted the one an earlier attempt wrote."""
 
     secret_hash: str
-    adopted: bool
 
 
 @dataclass(frozen=True)
@@ -130,7 +129,7 @@ async def write_once(
     faults.crash_point("after-secret-generated")
     try:
         await api.create_secret(request.namespace, _manifest(request, client_secret, digest))
-        return Written(digest, adopted=False)
+        return Written(digest)
     except api.AlreadyExists:
         pass
     finally:
@@ -144,7 +143,7 @@ async def write_once(
         annotations = metadata.get("annotations") or {}
         digest = str(annotations.get(HASH_ANNOTATION, ""))
         if digest.startswith("sha256:"):
-            return Written(digest, adopted=True)
+            return Written(digest)
     elif _left_by_predecessor(metadata, request.credential):
         # A deleted credential of the same name owned it; the garbage collector removes it.
         raise api.Conflict(f"Secret {request.name!r} still belongs to a deleted credential")
