@@ -4,12 +4,33 @@ from __future__ import annotations
 
 import datetime
 from functools import lru_cache
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_ORGANIZATION = "example"
+# Issuers whose tokens are minted for every customer alike: any repository on GitHub, any
+# project on gitlab.com. A trust that does not pin the tenant trusts all of them.
+MULTI_TENANT_ISSUERS = (
+    "https://token.actions.githubusercontent.com",
+    "https://gitlab.com",
+    "https://app.terraform.io",
+)
+TENANT_CLAIMS = (
+    "repository",
+    "repository_id",
+    "repository_owner",
+    "repository_owner_id",
+    "project_path",
+    "project_id",
+    "namespace_path",
+    "namespace_id",
+    "terraform_organization_id",
+    "terraform_organization_name",
+    "terraform_workspace_id",
+)
 
 
 class Settings(BaseSettings):
@@ -50,6 +71,64 @@ class Settings(BaseSettings):
     allowed_issuers: list[str] = Field(
         default_factory=list,
         description="Issuer URLs trusts may name (JSON list); empty allows any https issuer.",
+    )
+    multi_tenant_issuers: list[str] = Field(
+        default_factory=lambda: list(MULTI_TENANT_ISSUERS),
+        description="Issuers shared by many tenants (JSON list): a trust on one must pin a "
+        "tenant claim in its condition.",
+    )
+    tenant_claims: list[str] = Field(
+        default_factory=lambda: list(TENANT_CLAIMS),
+        description="Claims that name a tenant (repository, project, owner); a condition on a "
+        "multi-tenant issuer must pin one of them to a literal.",
+    )
+    max_trusts_per_account: int = Field(
+        default=20, ge=1, le=1000, description="Most FederationTrusts one account may have."
+    )
+    issuer_ca_bundle: Path | None = Field(
+        default=None,
+        description="PEM file of extra CA certificates trusted for issuer https (beside the "
+        "system's); verification is never turned off.",
+    )
+    issuer_allowed_networks: list[str] = Field(
+        default_factory=list,
+        description="CIDRs of loopback, link-local or private addresses issuers may resolve to "
+        "(JSON list); empty: only public addresses.",
+    )
+    issuer_connect_timeout: float = Field(
+        default=5.0, gt=0, le=60, description="Seconds to connect to an issuer."
+    )
+    issuer_read_timeout: float = Field(
+        default=10.0, gt=0, le=120, description="Seconds to wait for an issuer's response."
+    )
+    issuer_max_response_bytes: int = Field(
+        default=256 * 1024,
+        ge=1024,
+        description="Largest discovery document or JWKS accepted, in bytes.",
+    )
+    issuer_max_keys: int = Field(
+        default=20, ge=1, le=100, description="Most keys accepted in an issuer's JWKS."
+    )
+    issuer_refresh_min: datetime.timedelta = Field(
+        default=datetime.timedelta(minutes=5),
+        description="Shortest time between two checks of a reachable issuer, whatever its "
+        "Cache-Control says.",
+    )
+    issuer_refresh_max: datetime.timedelta = Field(
+        default=datetime.timedelta(hours=1),
+        description="Longest time between two checks of a reachable issuer.",
+    )
+    issuer_retry_min: datetime.timedelta = Field(
+        default=datetime.timedelta(seconds=5),
+        description="First retry delay after an issuer check failed; doubles on each failure.",
+    )
+    issuer_retry_max: datetime.timedelta = Field(
+        default=datetime.timedelta(minutes=5),
+        description="Longest retry delay after repeated issuer check failures.",
+    )
+    token_leeway: datetime.timedelta = Field(
+        default=datetime.timedelta(seconds=60),
+        description="Clock skew allowed on a token's exp, nbf and iat.",
     )
     secret_deletion_policy: Literal["Retain", "Delete"] = Field(
         default="Delete",

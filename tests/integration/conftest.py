@@ -19,7 +19,10 @@ from .support import ClusterHandle, OperatorProcess
 
 # Tests get a control plane of their own, apart from the one `make run` uses, so a developer can
 # keep both running; KUBECONFIG points them at another cluster instead.
-TEST_STATE_DIR = REPO_ROOT / ".local" / "test-cluster"
+# KUBEIAM_TEST_STATE_DIR gives a second checkout or a parallel run a control plane of its own.
+TEST_STATE_DIR = Path(
+    os.environ.get("KUBEIAM_TEST_STATE_DIR") or REPO_ROOT / ".local" / "test-cluster"
+)
 ORGANIZATION = "acme"
 
 

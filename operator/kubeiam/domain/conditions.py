@@ -30,6 +30,29 @@ class Reason(StrEnum):
     EXPIRING_SOON = "ExpiringSoon"
     EXPIRED = "Expired"
     REVOKED = "Revoked"
+    # Federation trusts
+    READY = "Ready"
+    ISSUER_NOT_ALLOWED = "IssuerNotAllowed"
+    ISSUER_UNREACHABLE = "IssuerUnreachable"
+    ISSUER_MISMATCH = "IssuerMismatch"
+    JWKS_INVALID = "JwksInvalid"
+    CONDITION_INVALID = "ConditionInvalid"
+    CONDITION_TOO_BROAD = "ConditionTooBroad"
+    RENAMEABLE_CLAIM = "RenameableClaim"
+    TOO_MANY_TRUSTS = "TooManyTrusts"
+    KEYS_ROTATED = "KeysRotated"
+    # Token checks (`kube-iam trust check` and the token service)
+    TOKEN_MALFORMED = "TokenMalformed"
+    ALGORITHM_NOT_ALLOWED = "AlgorithmNotAllowed"
+    UNKNOWN_KEY_ID = "UnknownKeyId"
+    SIGNATURE_INVALID = "SignatureInvalid"
+    TOKEN_EXPIRED = "TokenExpired"
+    TOKEN_NOT_YET_VALID = "TokenNotYetValid"
+    AUDIENCE_MISMATCH = "AudienceMismatch"
+    SUBJECT_MISMATCH = "SubjectMismatch"
+    CONDITION_FALSE = "ConditionFalse"
+    CONDITION_ERROR = "ConditionError"
+    TRUST_NOT_READY = "TrustNotReady"
 
 
 @dataclass(frozen=True)
