@@ -14,7 +14,7 @@ from typing import Any, cast
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from kubeiam.kube.resources import CREDENTIALS, GROUP, SERVICE_ACCOUNTS, VERSION
+from kubeiam.kube.resources import CREDENTIALS, GROUP, SERVICE_ACCOUNTS, TRUSTS, VERSION
 
 MERGE_PATCH = "application/merge-patch+json"
 PARTIAL_METADATA = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
@@ -90,6 +90,10 @@ async def get_account(namespace: str, name: str) -> dict[str, Any] | None:
 
 async def get_credential(namespace: str, name: str) -> dict[str, Any] | None:
     return await _get_custom(CREDENTIALS, namespace, name)
+
+
+async def get_trust(namespace: str, name: str) -> dict[str, Any] | None:
+    return await _get_custom(TRUSTS, namespace, name)
 
 
 async def _patch_if_unchanged(
