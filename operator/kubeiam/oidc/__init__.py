@@ -1,0 +1,1 @@
+"""OIDC federation: issuer discovery and keys, CEL conditions, token checks."""
