@@ -7,12 +7,15 @@ import dataclasses
 import datetime
 import ipaddress
 import json
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
+from aiohttp.abc import ResolveResult
 
 from kubeiam.domain.conditions import Reason
 from kubeiam.oidc.fetch import FetchPolicy, IssuerDocuments, IssuerError, fetch_issuer
@@ -187,6 +190,26 @@ def test_loopback_is_fetched_when_its_network_is_allowed(issuer: LocalIssuer) ->
     assert kids(fetch(issuer, allowed_networks=only_this)) == sorted(issuer.key_ids())
     other = (ipaddress.ip_network("10.0.0.0/8"),)
     assert refused(issuer, allowed_networks=other).reason == Reason.ISSUER_UNREACHABLE
+
+
+def test_a_public_name_that_resolves_to_loopback_is_refused_when_connecting(
+    issuer: LocalIssuer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # DNS rebinding: a name that looked public when the trust was written answers with an
+    # internal address when the operator connects. The check is in the connection's resolver.
+    real_resolve = aiohttp.ThreadedResolver.resolve
+
+    async def rebound(
+        self: aiohttp.ThreadedResolver, host: str, port: int = 0, family: int = socket.AF_INET
+    ) -> list[ResolveResult]:
+        return await real_resolve(self, "localhost" if host == "issuer.example.com" else host, port)
+
+    monkeypatch.setattr(aiohttp.ThreadedResolver, "resolve", rebound)
+    error = refused(issuer, f"https://issuer.example.com:{issuer.port}", allowed_networks=())
+    assert error.reason == Reason.ISSUER_UNREACHABLE
+    assert "issuer.example.com resolves only to" in error.message
+    assert "127.0.0.1, a loopback address" in error.message
+    assert issuer.requests == []
 
 
 def test_an_ip_literal_that_is_not_allowed_is_refused_before_connecting(
