@@ -259,7 +259,10 @@ class LocalCluster:
             f"--tls-cert-file={pki.apiserver.cert}",
             f"--tls-private-key-file={pki.apiserver.key}",
             f"--client-ca-file={pki.ca.cert}",
-            "--authorization-mode=RBAC",
+            # As a production cluster authorizes: RBAC decides for every identity except
+            # kubelets, so a ServiceAccount holds only what its bindings grant; the admin
+            # kubeconfig's client certificate is in system:masters and bypasses both.
+            "--authorization-mode=Node,RBAC",
             "--service-cluster-ip-range=10.0.0.0/24",
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
             f"--service-account-key-file={pki.service_account_pub}",
