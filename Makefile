@@ -31,8 +31,9 @@ $(UV):
 install: .venv/.synced ## install the locked Python dependencies into .venv
 
 .PHONY: crds
-crds: install ## regenerate crds/ from the API models
+crds: install ## regenerate crds/ (and its copy in deploy/crds) from the API models
 	$(RUN) kube-iam crds --dir crds
+	$(RUN) kube-iam crds --dir deploy/crds
 
 .PHONY: cluster-up
 cluster-up: install ## start the local control plane (builds it on first use) and install the CRDs

@@ -8,7 +8,10 @@ import pytest
 
 from kubeiam.api import crdgen
 
-CRDS_DIR = Path(__file__).resolve().parents[2] / "crds"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CRDS_DIR = REPO_ROOT / "crds"
+# deploy/ holds a copy: kustomize loads no file from outside its directory.
+DEPLOY_CRDS_DIR = REPO_ROOT / "deploy" / "crds"
 
 
 def test_crds_directory_matches_the_models() -> None:
@@ -17,6 +20,21 @@ def test_crds_directory_matches_the_models() -> None:
         "crds/ is out of date with operator/kubeiam/api; run `make crds` and commit the result.\n"
         + "\n".join(problems)
     )
+
+
+def test_the_copy_in_deploy_matches_the_models_and_is_installed() -> None:
+    # Besides the generated files, deploy/crds holds its kustomization and kopf's peering CRD,
+    # so only the generated ones are compared.
+    stale = []
+    for name, expected in crdgen.render_crds().items():
+        path = DEPLOY_CRDS_DIR / name
+        if not path.exists() or path.read_text(encoding="utf-8") != expected:
+            stale.append(name)
+    assert not stale, f"deploy/crds is out of date ({', '.join(stale)}); run `make crds`."
+    kustomization = (DEPLOY_CRDS_DIR / "kustomization.yaml").read_text(encoding="utf-8")
+    listed = {line.strip().removeprefix("- ") for line in kustomization.splitlines()}
+    missing = sorted(set(crdgen.render_crds()) - listed)
+    assert not missing, f"deploy/crds/kustomization.yaml does not list {missing}"
 
 
 def test_the_check_reports_a_hand_edit_missing_file_and_stray_file(
