@@ -37,9 +37,6 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # No worker limit: with indices, kopf holds a worker per object until every object is
     # indexed, so a limit below the object count would hang the start (nolar/kopf#1243).
     # API concurrency is bounded by the executor our client calls run in instead.
-    # Only kube-iam's own Secrets are watched, filtered by the API server: kopf's `labels=`
-    # on a handler filters in the client, after every Secret's data has been received.
-    settings.watching.label_selectors["v1", "secrets"] = "app.kubernetes.io/managed-by=kube-iam"
     # Only explicit events are posted; log lines stay in the log.
     settings.posting.loggers = False
     settings.posting.reporting_component = "kube-iam"

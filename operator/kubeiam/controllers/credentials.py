@@ -12,6 +12,7 @@ import asyncio
 import datetime
 import logging
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, cast
 
 import kopf
@@ -23,10 +24,10 @@ from kubeiam.domain.credentials import State
 from kubeiam.domain.limit import Contender, LedgerEntry, plan_admission
 from kubeiam.domain.secret_format import credential_id
 from kubeiam.kube import api, events, faults
+from kubeiam.kube.audit import Audit
 from kubeiam.kube.resources import CREDENTIALS, GROUP, SERVICE_ACCOUNTS, VERSION
 from kubeiam.kube.scheduler import Scheduler
 from kubeiam.kube.secrets import (
-    MANAGED_BY,
     SecretRequest,
     Taken,
     delete_owned,
@@ -44,6 +45,27 @@ _LEDGER_ATTEMPTS = 20
 # picked up within this interval, from memory, at no API cost when nothing waits.
 SWEEP: ScheduleKey = ("sweep", "", "", "")
 SWEEP_INTERVAL = datetime.timedelta(seconds=30)
+# Secrets are not watched: a watch needs list and watch on every Secret in the cluster, which
+# RBAC cannot narrow to kube-iam's, and which would hand the operator every Secret's data. An
+# audit asks instead: one metadata-only GET per Active credential, AUDIT_RATE a second at most,
+# a full pass at most every AUDIT_MIN_PASS seconds. A deleted Secret is reported within
+# max(AUDIT_MIN_PASS, Active credentials / AUDIT_RATE) seconds (10s up to 200 credentials,
+# 50s for 1,000), and the API server's load stays bounded however many there are.
+AUDIT_RATE = 20.0
+AUDIT_MIN_PASS = 10.0
+
+
+@dataclass(frozen=True)
+class IssuedSecret:
+    """What the Secret audit needs of one issued credential (an index value; never the data)."""
+
+    namespace: str
+    credential: str
+    uid: str
+    secret_name: str
+    ended: bool
+    deletes_secret: bool
+    reported_deleted: bool
 
 
 class _Runtime:
@@ -51,19 +73,52 @@ class _Runtime:
 
     def __init__(self) -> None:
         self.credentials: kopf.Index[AccountKey, rules.CredentialView] | None = None
-        self.secrets: kopf.Index[tuple[str, str], str] | None = None
+        self.issued: kopf.Index[tuple[str, str], IssuedSecret] | None = None
         self.ledgers: kopf.Index[AccountKey, frozenset[str]] | None = None
         self.roles: kopf.Index[AccountKey, tuple[str, ...]] | None = None
         self.scheduler: Scheduler[ScheduleKey] = Scheduler(lambda key: _scheduled(key))
+        self.audit = Audit(
+            "Secret",
+            lambda: self.secrets_to_audit(),
+            lambda target: _audit_secret(target),
+            rate=AUDIT_RATE,
+            min_pass=AUDIT_MIN_PASS,
+        )
+        # Ended credentials whose Secret this process has seen to (deleted, or found gone).
+        self.cleaned: set[str] = set()
         self.locks: dict[AccountKey, asyncio.Lock] = {}
-        self.task: asyncio.Task[None] | None = None
+        self.tasks: list[asyncio.Task[None]] = []
 
-    def ensure_scheduler(self) -> None:
-        """Start the schedule from within a handler: its task then inherits kopf's context,
-        which `kopf.event` needs to post events from scheduled work."""
-        if self.task is None or self.task.done():
-            self.task = asyncio.create_task(self.scheduler.run(), name="kube-iam schedule")
+    def ensure_background(self) -> None:
+        """Start the schedule and the Secret audit from within a handler: their tasks then
+        inherit kopf's context, which `kopf.event` needs to post events from them."""
+        if not self.tasks or any(task.done() for task in self.tasks):
+            self.stop_background()
+            self.tasks = [
+                asyncio.create_task(self.scheduler.run(), name="kube-iam schedule"),
+                asyncio.create_task(self.audit.run(), name="kube-iam Secret audit"),
+            ]
             self.scheduler.schedule(SWEEP, _now() + SWEEP_INTERVAL)
+
+    def stop_background(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        self.tasks = []
+
+    def secrets_to_audit(self) -> list[IssuedSecret]:
+        """Every Active credential's Secret, then (once per process) the Secret of every ended
+        credential whose policy deletes it: its deletion may have been cut short by a crash."""
+        if self.issued is None:
+            return []
+        targets = [target for key in self.issued for target in self.issued[key]]
+        self.cleaned &= {target.uid for target in targets}
+        active = [target for target in targets if not target.ended]
+        leftover = [
+            target
+            for target in targets
+            if target.ended and target.deletes_secret and target.uid not in self.cleaned
+        ]
+        return active + leftover
 
     def accounts_to_sweep(self, limit: int) -> list[AccountKey]:
         """Accounts with waiting credentials whose ledger, as last seen, has room, or names
@@ -158,18 +213,28 @@ async def credentials_by_account(
     body: kopf.Body, **_: Any
 ) -> dict[AccountKey, rules.CredentialView]:
     """Every credential by its account; also feeds the expiry schedule from the watch."""
-    _runtime.ensure_scheduler()
+    _runtime.ensure_background()
     view = _view(body)
     _track_expiry(view)
     return {(view.namespace, view.account): view}
 
 
-@kopf.index("v1", "secrets", labels=MANAGED_BY)
-def secrets_by_name(body: kopf.Body, **_: Any) -> dict[tuple[str, str], str]:
-    """The owner UID of every Secret kube-iam wrote, by namespace and name (never the data)."""
-    references = body.get("metadata", {}).get("ownerReferences") or []
-    owners = [ref.get("uid", "") for ref in references]
-    return {(body.metadata.namespace or "", body.metadata.name or ""): owners[0] if owners else ""}
+@kopf.index(GROUP, VERSION, CREDENTIALS)
+def issued_secrets(body: kopf.Body, **_: Any) -> dict[tuple[str, str], IssuedSecret]:
+    """The Secret of every issued credential, by the credential's namespace and name."""
+    metadata, spec, status = body["metadata"], body.get("spec") or {}, body.get("status") or {}
+    if not status.get("secretHash"):
+        return {}
+    target = IssuedSecret(
+        namespace=metadata["namespace"],
+        credential=metadata["name"],
+        uid=metadata["uid"],
+        secret_name=_secret_name(metadata, spec, status),
+        ended=_view(body).ended,
+        deletes_secret=_deletion_policy(spec, status) == "Delete",
+        reported_deleted=rules.ready_reason(status) == Reason.SECRET_DELETED,
+    )
+    return {(target.namespace, target.credential): target}
 
 
 @kopf.index(GROUP, VERSION, SERVICE_ACCOUNTS)
@@ -219,15 +284,14 @@ async def start(**kwargs: Any) -> None:
     api.connect()
     # kopf hands every index to every handler by its function's name.
     _runtime.credentials = kwargs["credentials_by_account"]
-    _runtime.secrets = kwargs["secrets_by_name"]
+    _runtime.issued = kwargs["issued_secrets"]
     _runtime.ledgers = kwargs["ledgers_by_account"]
     _runtime.roles = kwargs["roles_by_account"]
 
 
 @kopf.on.cleanup()
 async def stop(**_: Any) -> None:
-    if _runtime.task is not None:
-        _runtime.task.cancel()
+    _runtime.stop_background()
 
 
 # -- handlers ---------------------------------------------------------------------------------
@@ -236,8 +300,10 @@ async def stop(**_: Any) -> None:
 @kopf.on.resume(GROUP, VERSION, CREDENTIALS)
 @kopf.on.create(GROUP, VERSION, CREDENTIALS)
 @kopf.on.update(GROUP, VERSION, CREDENTIALS, field="spec")
-async def reconcile_credential(body: kopf.Body, **_: Any) -> None:
-    await reconcile_until_settled(dict(body))
+async def reconcile_credential(body: kopf.Body, reason: str, **_: Any) -> None:
+    # At start every credential is resumed at once: its Secret is left to the paced audit
+    # rather than read by all of them in one burst.
+    await reconcile_until_settled(dict(body), read_secret=reason != kopf.Reason.RESUME)
 
 
 @kopf.on.event(GROUP, VERSION, CREDENTIALS)
@@ -276,28 +342,41 @@ async def account_changed(event: kopf.RawEvent, **_: Any) -> None:
         await _refresh_roles(view, roles)
 
 
-@kopf.on.event("v1", "secrets", labels=MANAGED_BY)
-async def secret_gone(event: kopf.RawEvent, **_: Any) -> None:
-    """A deleted Secret is not re-created, but its credential's condition must say so."""
-    if event["type"] != "DELETED":
+async def _audit_secret(target: IssuedSecret) -> None:
+    """One metadata GET: is the Secret where the credential's condition says it is?
+
+    A deleted Secret is not re-created, but its credential's condition must say so; an ended
+    credential's Secret that its policy deletes and that is still there is deleted.
+    """
+    if target.ended:
+        if target.uid not in _runtime.cleaned:
+            await _remove_secret(
+                target.namespace, target.credential, target.uid, target.secret_name
+            )
         return
-    metadata = cast(Mapping[str, Any], event["object"])["metadata"]
-    for ref in metadata.get("ownerReferences") or []:
-        if ref.get("kind") == "ServiceAccountCredential":
-            current = await api.get_credential(metadata["namespace"], ref["name"])
-            if current is not None and current["metadata"]["uid"] == ref.get("uid"):
-                await reconcile_until_settled(current)
+    present = await secret_state(target.namespace, target.secret_name, target.uid) == "present"
+    if present != target.reported_deleted:
+        return
+    body = await api.get_credential(target.namespace, target.credential)
+    if body is not None and body["metadata"]["uid"] == target.uid:
+        await reconcile_until_settled(body)
 
 
 # -- the reconciler ---------------------------------------------------------------------------
 
 
-async def reconcile_until_settled(body: Mapping[str, Any], *, attempts: int = 5) -> None:
-    """Reconcile; when another writer got there first, read the credential again and retry."""
+async def reconcile_until_settled(
+    body: Mapping[str, Any], *, attempts: int = 5, read_secret: bool = True
+) -> None:
+    """Reconcile; when another writer got there first, read the credential again and retry.
+
+    Without `read_secret`, an issued credential's Secret is taken to be as its status says
+    (the audit checks it soon); with it, one metadata GET checks.
+    """
     metadata = body["metadata"]
     for _attempt in range(attempts):
         try:
-            await reconcile(body)
+            await reconcile(body, read_secret=read_secret)
             return
         except api.Gone:
             return
@@ -309,7 +388,7 @@ async def reconcile_until_settled(body: Mapping[str, Any], *, attempts: int = 5)
     raise kopf.TemporaryError("The credential kept changing while it was handled.", delay=1)
 
 
-async def reconcile(body: Mapping[str, Any]) -> None:
+async def reconcile(body: Mapping[str, Any], *, read_secret: bool = True) -> None:
     """Bring one credential one step closer to where its spec and the world say it should be."""
     settings = get_settings()
     credential = ServiceAccountCredential.model_validate(body)
@@ -336,7 +415,7 @@ async def reconcile(body: Mapping[str, Any]) -> None:
         if expiry is not None:
             _runtime.scheduler.schedule(("expire", namespace, name, uid), expiry)
     if isinstance(step, rules.Settled):
-        await _finish_ended(body, just_ended=False)
+        await _finish_ended(body, just_ended=False, read_secret=read_secret)
         return
     if isinstance(step, rules.End):
         await _end(body, step.state, step.reason, step.message)
@@ -345,7 +424,7 @@ async def reconcile(body: Mapping[str, Any]) -> None:
         await _end(body, State.FAILED, step.reason, step.message)
         return
     if isinstance(step, rules.KeepActive):
-        await _keep_active(body)
+        await _keep_active(body, read_secret=read_secret)
         return
     if isinstance(step, rules.Wait):
         await _write_pending(body, step.reason, step.message)
@@ -543,16 +622,18 @@ def _default_keys() -> dict[str, str]:
     return dict(DEFAULT_SECRET_KEYS)
 
 
-async def _keep_active(body: Mapping[str, Any]) -> None:
+async def _keep_active(body: Mapping[str, Any], *, read_secret: bool) -> None:
     """An issued credential: its Ready condition follows whether its Secret is still there."""
     metadata = body["metadata"]
     status = body.get("status") or {}
     generation = int(metadata.get("generation", 1))
     secret_name = status.get("secretName", "")
-    # The index may not have seen a just-created Secret yet: ask before saying it is gone.
-    present = _secret_present(metadata["namespace"], secret_name, metadata["uid"]) or (
-        await secret_state(metadata["namespace"], secret_name, metadata["uid"]) == "present"
-    )
+    if read_secret:
+        present = await secret_state(metadata["namespace"], secret_name, metadata["uid"]) == (
+            "present"
+        )
+    else:
+        present = rules.ready_reason(status) != Reason.SECRET_DELETED
     if present:
         new = rules.issued_ready_status(status, generation=generation, now=_now())
     else:
@@ -567,14 +648,6 @@ async def _keep_active(body: Mapping[str, Any]) -> None:
             f"Secret {status.get('secretName')!r} was deleted; it is not re-created.",
         )
     _track_expiry(_view(written))
-
-
-def _secret_present(namespace: str, secret_name: str, uid: str) -> bool:
-    index = _runtime.secrets
-    if index is None:
-        return True
-    key = (namespace, secret_name)
-    return key in index and uid in index[key]
 
 
 async def _reconcile_by_name(view: rules.CredentialView) -> None:
@@ -605,14 +678,15 @@ async def _end(body: Mapping[str, Any], state: State, reason: Reason, message: s
     )
     written = await _write_status(body, new)
     events.post(written, "Warning" if state is State.FAILED else "Normal", str(reason), message)
-    await _finish_ended(written, just_ended=True)
+    await _finish_ended(written, just_ended=True, read_secret=True)
 
 
-async def _finish_ended(body: Mapping[str, Any], *, just_ended: bool) -> None:
+async def _finish_ended(body: Mapping[str, Any], *, just_ended: bool, read_secret: bool) -> None:
     """Idempotent clean-up of an ended credential: free its slot, apply the deletion policy.
 
-    A credential that ended long ago is looked up in the ledger index first, so that a restart
-    over many of them costs no API call.
+    A credential that ended long ago is looked up in the ledger index first, and its Secret
+    left to the audit without `read_secret`, so that a restart over many of them costs no
+    burst of API calls.
     """
     metadata = body["metadata"]
     spec = body.get("spec") or {}
@@ -621,20 +695,38 @@ async def _finish_ended(body: Mapping[str, Any], *, just_ended: bool) -> None:
     key = (metadata["namespace"], spec.get("serviceAccountName", ""))
     if just_ended or _runtime.may_hold_slot(key, uid):
         await settle_account(key, ended={uid})
-    policy = (
+    if _deletion_policy(spec, status) == "Delete" and (just_ended or read_secret):
+        secret_name = _secret_name(metadata, spec, status)
+        await _remove_secret(metadata["namespace"], metadata["name"], uid, secret_name)
+
+
+def _deletion_policy(spec: Mapping[str, Any], status: Mapping[str, Any]) -> str:
+    return str(
         status.get("secretDeletionPolicy")
         or spec.get("secretDeletionPolicy")
-        or (get_settings().secret_deletion_policy)
+        or get_settings().secret_deletion_policy
     )
+
+
+def _secret_name(
+    metadata: Mapping[str, Any], spec: Mapping[str, Any], status: Mapping[str, Any]
+) -> str:
     # The spec names the Secret too: a revocation may have overtaken the status write.
-    secret_name = status.get("secretName") or spec.get("secretName") or metadata["name"]
-    if (
-        policy == "Delete"
-        and (just_ended or _secret_present(metadata["namespace"], secret_name, uid))
-        and await delete_owned(metadata["namespace"], secret_name, uid)
-    ):
+    return str(status.get("secretName") or spec.get("secretName") or metadata["name"])
+
+
+async def _remove_secret(namespace: str, credential: str, uid: str, secret_name: str) -> None:
+    """Delete an ended credential's own Secret, if it is still there, and say so."""
+    removed = await delete_owned(namespace, secret_name, uid)
+    # Seen to: the audit need not look at this credential's Secret again.
+    _runtime.cleaned.add(uid)
+    if removed:
         events.post(
-            body,
+            {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": "ServiceAccountCredential",
+                "metadata": {"namespace": namespace, "name": credential, "uid": uid},
+            },
             "Normal",
             "SecretRemoved",
             f"Deleted Secret {secret_name!r}, as secretDeletionPolicy Delete says.",
@@ -797,7 +889,7 @@ async def _run_scheduled(key: ScheduleKey) -> None:
     status = body.get("status") or {}
     if status.get("state") in rules.TERMINAL:
         # Ended, perhaps by an earlier run of this job whose clean-up failed: finish it.
-        await _finish_ended(body, just_ended=True)
+        await _finish_ended(body, just_ended=True, read_secret=True)
         return
     if what == "expire":
         await reconcile_until_settled(body)
