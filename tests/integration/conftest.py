@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from kubeiam.devcluster import install
 from kubeiam.devcluster.binaries import REPO_ROOT, ensure_binaries
 from kubeiam.devcluster.cluster import LocalCluster, apply_crds
 from kubeiam.devcluster.kubectl import Kubectl
 
-from .support import ClusterHandle, OperatorProcess
+from .support import ClusterHandle, InClusterOperator, OperatorProcess
 
 # Tests get a control plane of their own, apart from the one `make run` uses, so a developer can
 # keep both running; KUBECONFIG points them at another cluster instead.
@@ -24,6 +25,12 @@ TEST_STATE_DIR = Path(
     os.environ.get("KUBEIAM_TEST_STATE_DIR") or REPO_ROOT / ".local" / "test-cluster"
 )
 ORGANIZATION = "acme"
+# Set by `make kind-e2e`: the operator runs in the cluster (deploy/, applied with the image
+# built from this checkout), and the tests start no operator process of their own.
+EXTERNAL_OPERATOR = bool(os.environ.get("KUBEIAM_E2E_EXTERNAL_OPERATOR"))
+# What operator processes run with on top of the installed ConfigMap: the organisation the
+# tests' client ids name, and log lines the tests (and a person reading them) can search.
+TEST_SETTINGS = {"KUBEIAM_ORGANIZATION": ORGANIZATION, "KUBEIAM_LOG_FORMAT": "text"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -34,6 +41,22 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: item.get_closest_marker("runs_last") is not None)
 
 
+def _as_deployed(kubectl: Kubectl, log_dir: Path, *, workload: bool) -> ClusterHandle:
+    """Install deploy/, and hand operator processes its ServiceAccount and settings: every
+    test then runs the operator under the RBAC a user installs."""
+    install.install(kubectl, workload=workload)
+    operator_kubeconfig = install.operator_kubeconfig(
+        kubectl, TEST_STATE_DIR / "operator.kubeconfig"
+    )
+    return ClusterHandle(
+        kubeconfig=kubectl.kubeconfig,
+        kubectl=kubectl,
+        log_dir=log_dir,
+        operator_kubeconfig=operator_kubeconfig,
+        operator_env={**install.settings_env(kubectl), **TEST_SETTINGS},
+    )
+
+
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[ClusterHandle]:
     given = os.environ.get("KUBECONFIG")
@@ -42,18 +65,42 @@ def cluster() -> Iterator[ClusterHandle]:
         binary = shutil.which("kubectl") or ensure_binaries(log_dir) / "kubectl"
         kubectl = Kubectl(binary, Path(given))
         apply_crds(kubectl)
-        yield ClusterHandle(kubeconfig=Path(given), kubectl=kubectl, log_dir=log_dir)
+        if EXTERNAL_OPERATOR:
+            yield ClusterHandle(kubeconfig=Path(given), kubectl=kubectl, log_dir=log_dir)
+        else:
+            # A cluster with nodes would run the Deployment's pods beside the tests' processes.
+            yield _as_deployed(kubectl, log_dir, workload=False)
         return
     local = LocalCluster(TEST_STATE_DIR)
     started_here = not local.is_running()
     local.up(announce=True)
     try:
-        yield ClusterHandle(
-            kubeconfig=local.kubeconfig, kubectl=local.kubectl, log_dir=local.log_dir
-        )
+        # No kubelet runs here: the Deployment is accepted and its pods never start.
+        yield _as_deployed(local.kubectl, local.log_dir, workload=True)
     finally:
         if started_here and not os.environ.get("KUBEIAM_KEEP_TEST_CLUSTER"):
             local.down(quiet=True)
+            (TEST_STATE_DIR / "operator.kubeconfig").unlink(missing_ok=True)
+
+
+@pytest.fixture(autouse=True)
+def _in_cluster_operator_logs(request: pytest.FixtureRequest) -> None:
+    """Before the tests that read every operator log, fetch the in-cluster operator's."""
+    if not EXTERNAL_OPERATOR or request.node.get_closest_marker("runs_last") is None:
+        return
+    cluster: ClusterHandle = request.getfixturevalue("cluster")
+    logs = cluster.kubectl(
+        "logs",
+        "-n",
+        install.NAMESPACE,
+        "--selector=app.kubernetes.io/name=kube-iam",
+        "--all-containers",
+        "--prefix",
+        "--tail=-1",
+    ).stdout
+    path = cluster.log_dir / "operators" / "in-cluster.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(logs)
 
 
 @pytest.fixture
@@ -68,7 +115,10 @@ def namespace(cluster: ClusterHandle, request: pytest.FixtureRequest) -> Iterato
 
 @pytest.fixture(scope="session")
 def session_operator(cluster: ClusterHandle) -> Iterator[OperatorProcess]:
-    process = OperatorProcess(cluster, env={"KUBEIAM_ORGANIZATION": ORGANIZATION})
+    if cluster.operator_kubeconfig is None:
+        yield InClusterOperator(cluster, name="in-cluster")
+        return
+    process = OperatorProcess(cluster)
     try:
         yield process
     finally:
@@ -88,6 +138,8 @@ def operators(
     cluster: ClusterHandle, session_operator: OperatorProcess, request: pytest.FixtureRequest
 ) -> Iterator[Callable[..., OperatorProcess]]:
     """Operator processes of the test's own (the session's is stopped meanwhile)."""
+    if cluster.operator_kubeconfig is None:
+        pytest.skip("the operator runs in the cluster; this test needs processes of its own")
     session_operator.stop()
     started: list[OperatorProcess] = []
 
@@ -95,7 +147,7 @@ def operators(
         process = OperatorProcess(
             cluster,
             name=f"{request.node.name[:40]}-{name}",
-            env={"KUBEIAM_ORGANIZATION": ORGANIZATION, **env},
+            env=env,
         )
         started.append(process)
         return process.start()

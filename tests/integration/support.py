@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pytest
+
 from kubeiam.devcluster.kubectl import Kubectl
 
 T = TypeVar("T")
@@ -38,11 +40,19 @@ def wait_for(
 
 @dataclass
 class ClusterHandle:
-    """The cluster a test session runs against: a kubeconfig and a kubectl bound to it."""
+    """The cluster a test session runs against: a kubeconfig and a kubectl bound to it.
+
+    `kubeconfig` is the admin's, for what the tests do as a user. Operator processes get
+    `operator_kubeconfig` (the deploy/ ServiceAccount's token, so RBAC decides what they may
+    do) and `operator_env` (the installed ConfigMap's settings); without an operator
+    kubeconfig, the operator runs inside the cluster and the tests start none.
+    """
 
     kubeconfig: Path
     kubectl: Kubectl
     log_dir: Path
+    operator_kubeconfig: Path | None = None
+    operator_env: dict[str, str] = field(default_factory=dict)
 
     def get(self, resource: str, name: str, namespace: str, *extra: str) -> dict[str, Any] | None:
         result = self.kubectl(
@@ -122,11 +132,18 @@ class OperatorProcess:
     log_path: Path | None = None
 
     def start(self, *, timeout: float = DEFAULT_TIMEOUT) -> OperatorProcess:
+        if self.cluster.operator_kubeconfig is None:
+            pytest.skip("the operator runs in the cluster; this test needs processes of its own")
         port = _free_port()
         health = f"http://127.0.0.1:{port}/healthz"
         self.log_path = self.cluster.log_dir / "operators" / f"{self.name}.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ, KUBECONFIG=str(self.cluster.kubeconfig), **self.env)
+        env = {
+            **os.environ,
+            **self.cluster.operator_env,
+            **self.env,
+            "KUBECONFIG": str(self.cluster.operator_kubeconfig),
+        }
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "kubeiam.cli", "run", "--liveness", health, *self.args],
@@ -179,3 +196,21 @@ class OperatorProcess:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait()
+
+
+@dataclass
+class InClusterOperator(OperatorProcess):
+    """The operator a Deployment runs (`make kind-e2e`): always running, never ours to stop.
+
+    A test that stops, restarts or kills the operator is skipped against it.
+    """
+
+    @property
+    def running(self) -> bool:
+        return True
+
+    def stop(self, *, timeout: float = 30) -> None:
+        pytest.skip("the operator runs in the cluster; this test stops it")
+
+    def kill(self) -> None:
+        pytest.skip("the operator runs in the cluster; this test kills it")

@@ -1,0 +1,121 @@
+"""deploy/ as a user installs it: it applies cleanly, and the workload is locked down."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import pytest
+
+from kubeiam.devcluster import install
+from kubeiam.devcluster.binaries import REPO_ROOT
+from kubeiam.settings import Settings
+
+from .support import ClusterHandle, wait_for
+
+
+def _objects(cluster: ClusterHandle) -> dict[str, dict[str, Any]]:
+    return {
+        f"{doc['kind']}/{doc['metadata']['name']}": doc for doc in install.render(cluster.kubectl)
+    }
+
+
+def test_applying_deploy_again_changes_nothing(cluster: ClusterHandle) -> None:
+    """The session installed deploy/ the way the README says; the live objects match it."""
+    if cluster.operator_kubeconfig is None:
+        pytest.skip("the cluster runs an overlay of deploy/ (another image and settings)")
+    diff = cluster.kubectl("diff", "--kustomize", str(install.DEPLOY_DIR), check=False)
+    if cluster.get("deployment", "kube-iam", install.NAMESPACE) is None:
+        # Installed without the workload (a cluster with nodes): only the Deployment differs.
+        assert "kind: Deployment" in diff.stdout, diff.stderr
+        return
+    assert diff.returncode == 0, diff.stdout + diff.stderr
+
+
+def test_the_deployment_is_locked_down_and_probed(cluster: ClusterHandle) -> None:
+    objects = _objects(cluster)
+    deployment = objects["Deployment/kube-iam"]
+    spec = deployment["spec"]
+    pod = spec["template"]["spec"]
+    (container,) = pod["containers"]
+    assert spec["replicas"] == 2
+    assert pod["serviceAccountName"] == install.SERVICE_ACCOUNT
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] != 0
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    security = container["securityContext"]
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"] == {"drop": ["ALL"]}
+    for kind in ("requests", "limits"):
+        assert set(container["resources"][kind]) == {"cpu", "memory"}
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    assert ports == {"health": 8080, "metrics": 9090}
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "health"}, probe
+    command = " ".join(container["command"] + container["args"])
+    assert "kube-iam run --liveness=http://0.0.0.0:8080/healthz" in command
+    assert "--standalone" not in command
+    assert container["envFrom"] == [{"configMapRef": {"name": install.SETTINGS_CONFIGMAP}}]
+    assert re.fullmatch(r"kube-iam:\d+\.\d+\.\d+", container["image"])
+
+    budget = objects["PodDisruptionBudget/kube-iam"]["spec"]
+    assert budget["minAvailable"] == 1
+    assert budget["selector"] == spec["selector"]
+
+
+def test_every_setting_in_the_configmap_is_one_the_operator_reads(
+    cluster: ClusterHandle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = _objects(cluster)[f"ConfigMap/{install.SETTINGS_CONFIGMAP}"]["data"]
+    known = {f"KUBEIAM_{name.upper()}" for name in Settings.model_fields}
+    assert set(data) <= known, set(data) - known
+    for name, value in data.items():
+        monkeypatch.setenv(name, value)
+    Settings()  # a bad value would stop the operator at start
+
+
+def test_the_workload_pods_are_admitted_under_restricted_pod_security(
+    cluster: ClusterHandle,
+) -> None:
+    """The namespace enforces the restricted profile; the ReplicaSet's pods are accepted.
+
+    No kubelet runs on the local control plane, so they stay Pending: accepted is the point.
+    """
+    if cluster.get("deployment", "kube-iam", install.NAMESPACE) is None:
+        pytest.skip("deploy/ was installed without its workload")
+    namespace = cluster.get("namespace", install.NAMESPACE, "")
+    assert namespace is not None
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+
+    def pods() -> list[dict[str, Any]] | None:
+        listed = json.loads(
+            cluster.kubectl(
+                "get",
+                "pods",
+                "-n",
+                install.NAMESPACE,
+                "--selector=app.kubernetes.io/name=kube-iam",
+                "-o",
+                "json",
+            ).stdout
+        )["items"]
+        return listed if len(listed) >= 2 else None
+
+    assert len(wait_for(pods, what="the Deployment's two pods to be created")) >= 2
+
+
+def test_the_dockerfile_is_multi_stage_pinned_and_non_root() -> None:
+    text = (REPO_ROOT / "deploy" / "Dockerfile").read_text()
+    stages = re.split(r"^FROM ", text, flags=re.MULTILINE)[1:]
+    assert len(stages) >= 2, "a build stage and a final stage"
+    base = re.search(r"^ARG PYTHON_IMAGE=(\S+)", text, flags=re.MULTILINE)
+    assert base is not None
+    assert re.fullmatch(r"python:3\.11\.\d+-slim-\w+(@sha256:[0-9a-f]{64})?", base.group(1))
+    assert "uv sync --frozen" in stages[0]
+    final = stages[-1]
+    assert re.search(r"^USER \d+:\d+$", final, flags=re.MULTILINE), "a numeric non-root user"
+    assert not re.search(r"^USER (0|root)\b", final, flags=re.MULTILINE)
+    for tool in ("uv ", "pip install", "apt-get"):
+        assert tool not in final, f"the final stage installs nothing ({tool.strip()})"

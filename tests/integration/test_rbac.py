@@ -1,0 +1,153 @@
+"""Least privilege, proven: deploy/'s rules are narrow, and the API server enforces them.
+
+Every operator process the suite starts acts as deploy/'s ServiceAccount (see conftest), so a
+missing permission fails the test that needed it; the tests here show that a permission the
+operator must not have is really refused.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import pytest
+
+from kubeiam.devcluster import install
+from kubeiam.devcluster.binaries import REPO_ROOT
+from kubeiam.devcluster.kubectl import Kubectl
+
+from .support import ClusterHandle, OperatorProcess, wait_for
+
+RBAC_FILE = REPO_ROOT / "deploy" / "rbac.yaml"
+# How an RBAC refusal shows in a log: the API server's message (quoted as is by kopf, escaped
+# inside a JSON response body by the client library), or kopf's warning when it falls back. A
+# 403 for another reason (a namespace being deleted refuses new Events) is not one of them.
+PERMISSION_ERRORS = re.compile(r'is forbidden: User \\?"|Not enough permissions')
+
+
+def _rules(cluster: ClusterHandle) -> list[dict[str, Any]]:
+    roles = [
+        doc for doc in install.render(cluster.kubectl) if doc["kind"] in ("ClusterRole", "Role")
+    ]
+    assert roles, "deploy/ grants the operator nothing"
+    return [rule for role in roles for rule in role["rules"]]
+
+
+def _can(cluster: ClusterHandle, verb: str, resource: str, *extra: str) -> bool:
+    result = cluster.kubectl(
+        "auth", "can-i", verb, resource, f"--as={install.SUBJECT}", *extra, check=False
+    )
+    return result.stdout.strip() == "yes"
+
+
+def test_no_rule_has_a_wildcard_and_secrets_are_never_listed_or_watched(
+    cluster: ClusterHandle,
+) -> None:
+    rules = _rules(cluster)
+    for rule in rules:
+        for field in ("apiGroups", "resources", "verbs", "resourceNames"):
+            assert not any("*" in value for value in rule.get(field, [])), rule
+        assert "nonResourceURLs" not in rule, rule
+    for rule in rules:
+        if "" in rule["apiGroups"] and "secrets" in rule["resources"]:
+            assert sorted(rule["verbs"]) == ["create", "delete", "get"], rule
+            assert not {"list", "watch", "update", "patch"} & set(rule["verbs"]), rule
+    bindings = [
+        doc
+        for doc in install.render(cluster.kubectl)
+        if doc["kind"] in ("ClusterRoleBinding", "RoleBinding")
+    ]
+    for binding in bindings:
+        assert binding["roleRef"]["name"] == "kube-iam-operator", "only deploy/'s own role"
+        assert binding["subjects"] == [
+            {
+                "kind": "ServiceAccount",
+                "name": install.SERVICE_ACCOUNT,
+                "namespace": install.NAMESPACE,
+            }
+        ]
+
+
+def test_every_rule_says_why_and_the_readme_lists_it(cluster: ClusterHandle) -> None:
+    lines = RBAC_FILE.read_text().splitlines()
+    for number, line in enumerate(lines):
+        if line.strip().startswith("- apiGroups:"):
+            assert lines[number - 1].strip().startswith("#"), f"rbac.yaml:{number + 1} says why"
+    readme = (REPO_ROOT / "README.md").read_text()
+    for rule in _rules(cluster):
+        group = rule["apiGroups"][0] or "core"
+        resources = ", ".join(f"`{resource}`" for resource in rule["resources"])
+        if rule.get("resourceNames"):
+            resources += " named " + ", ".join(f"`{name}`" for name in rule["resourceNames"])
+        row = f"| `{group}` | {resources} | {', '.join(rule['verbs'])} |"
+        assert row in readme, f"the README's permission table lacks: {row}"
+
+
+def test_the_service_account_is_refused_what_it_was_not_granted(cluster: ClusterHandle) -> None:
+    assert not _can(cluster, "list", "secrets", "--all-namespaces")
+    assert not _can(cluster, "watch", "secrets", "--all-namespaces")
+    assert not _can(cluster, "update", "secrets", "-n", "default")
+    assert not _can(cluster, "create", "serviceaccountcredentials.iam.kubeiam.io", "-n", "x")
+    assert not _can(cluster, "delete", "serviceaccounts.iam.kubeiam.io", "-n", "x")
+    assert not _can(cluster, "list", "configmaps", "--all-namespaces")
+    assert not _can(cluster, "patch", "clusterkopfpeerings.kopf.dev/someone-else")
+    # ... and holds exactly what the operator uses.
+    assert _can(cluster, "create", "secrets", "-n", "default")
+    assert _can(cluster, "get", "secrets", "-n", "default")
+    assert _can(cluster, "delete", "secrets", "-n", "default")
+    assert _can(cluster, "patch", "serviceaccountcredentials.iam.kubeiam.io/status", "-n", "x")
+    assert _can(cluster, "patch", "clusterkopfpeerings.kopf.dev/default")
+
+
+def test_a_call_with_the_operators_own_token_is_refused_with_403(cluster: ClusterHandle) -> None:
+    if cluster.operator_kubeconfig is None:
+        pytest.skip("the operator's token lives in the cluster")
+    operator = Kubectl(cluster.kubectl.binary, cluster.operator_kubeconfig)
+    whoami = json.loads(operator("auth", "whoami", "-o", "json").stdout)
+    assert whoami["status"]["userInfo"]["username"] == install.SUBJECT
+    refused = operator("get", "--raw", "/api/v1/secrets", check=False)
+    assert refused.returncode != 0
+    assert "Forbidden" in refused.stderr
+    assert "(403)" in refused.stderr or "forbidden" in refused.stderr
+
+
+def test_peering_works_under_the_operators_rbac(
+    cluster: ClusterHandle, session_operator: OperatorProcess
+) -> None:
+    """deploy/ turns peering on: a replica that takes part in it needs no more permissions."""
+    if cluster.operator_kubeconfig is None:
+        pytest.skip("the operator runs in the cluster")
+    session_operator.stop()
+    replica = OperatorProcess(cluster, name="peering", args=("--priority", "100"))
+    try:
+        replica.start()
+
+        def registered() -> dict[str, Any] | None:
+            peering = cluster.get("clusterkopfpeering", "default", "")
+            peers = (peering or {}).get("status") or {}
+            return next((p for p in peers.values() if p.get("priority") == 100), None)
+
+        wait_for(registered, what="the replica's heartbeat in the peering object")
+    finally:
+        replica.stop()
+    assert replica.log_path is not None
+    log = replica.log_path.read_text(errors="replace")
+    assert not PERMISSION_ERRORS.search(log), replica.log_tail()
+
+
+@pytest.mark.runs_last
+def test_no_operator_process_was_refused_a_permission(cluster: ClusterHandle) -> None:
+    """After the whole suite: no operator log reports a 403 or a permission kopf lacked."""
+    logs = sorted((cluster.log_dir / "operators").glob("*.log"))
+    assert logs, "no operator log was found"
+    refused = {}
+    for path in logs:
+        found = [
+            line[:300]
+            for line in path.read_text(errors="replace").splitlines()
+            if PERMISSION_ERRORS.search(line)
+        ]
+        if found:
+            refused[path.name] = found[:3]
+    assert refused == {}, json.dumps(refused, indent=2)
