@@ -1,0 +1,347 @@
+"""Trust conditions in CEL: what compiles, what a person reads when it does not, and how
+evaluation treats missing claims, type errors and hostile tokens."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from kubeiam.domain.conditions import Reason
+from kubeiam.oidc import cel
+from kubeiam.oidc.cel import (
+    Claim,
+    Compare,
+    ConditionError,
+    ConditionEvaluationError,
+    Logical,
+    Method,
+    Not,
+    Value,
+    ValueList,
+    compile_condition,
+)
+
+GITHUB: dict[str, Any] = {
+    "iss": "https://token.actions.githubusercontent.com",
+    "sub": "repo:acme/api:ref:refs/heads/main",
+    "aud": "sts.example",
+    "repository": "acme/api",
+    "repository_id": "123456",
+    "repository_owner": "acme",
+    "repository_owner_id": "7890",
+    "ref": "refs/heads/main",
+    "environment": "prod",
+    "workflow": "deploy",
+    "groups": ["dev", "ops"],
+}
+
+
+def evaluate(source: str, claims: dict[str, Any] | None = None) -> bool:
+    return compile_condition(source).evaluate(GITHUB if claims is None else claims)
+
+
+def compile_error(source: str) -> str:
+    with pytest.raises(ConditionError) as caught:
+        compile_condition(source)
+    assert caught.value.reason is Reason.CONDITION_INVALID
+    return caught.value.message
+
+
+def evaluation_error(source: str, claims: dict[str, Any] | None = None) -> str:
+    with pytest.raises(ConditionEvaluationError) as caught:
+        evaluate(source, claims)
+    assert caught.value.reason is Reason.CONDITION_ERROR
+    return caught.value.message
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        ('claims.repository == "acme/api" && claims.ref == "refs/heads/main"', True),
+        ('claims.repository == "acme/api" && claims.ref == "refs/heads/dev"', False),
+        ("claims.repository_id == '123456'", True),
+        ('claims["repository_owner"] == "acme"', True),
+        ('"acme/api" == claims.repository', True),
+        ('claims.environment in ["prod", "staging"]', True),
+        ('"ops" in claims.groups', True),
+        ('claims.groups.exists(g, g == "ops")', True),
+        ('claims.groups.all(g, g.startsWith("d"))', False),
+        ('claims.repository.startsWith("acme/")', True),
+        ('claims.ref.matches("^refs/heads/(main|release/.+)$")', True),
+        ('claims.sub.endsWith(":ref:refs/heads/main")', True),
+        ("has(claims.environment) && !has(claims.job_workflow_ref)", True),
+        ('has(claims.job_workflow_ref) ? claims.job_workflow_ref == "x" : true', True),
+        ("size(claims.groups) == 2 && claims.ref.size() > 4", True),
+        ("int(claims.repository_id) > 100000", True),
+        ('.claims.workflow == "deploy"', True),
+        ('type(claims.ref) == string && dyn(claims.ref) != ""', True),
+        ('// a comment\nclaims.repository == "acme/api"', True),
+        ("true", True),
+        ("false", False),
+    ],
+)
+def test_conditions_read_the_claims(source: str, expected: bool) -> None:
+    assert evaluate(source) is expected
+
+
+def test_a_compiled_condition_keeps_its_source_and_is_equal_by_it() -> None:
+    source = 'claims.repository == "acme/api"'
+    assert compile_condition(source).source == source
+    assert compile_condition(source) == compile_condition(source)
+
+
+def test_a_syntax_error_names_line_and_column_and_shows_the_line() -> None:
+    message = compile_error('claims.repository == "acme/api" && claims.ref = "refs/heads/main"')
+    assert message.startswith("spec.condition: syntax error at line 1, column 47:")
+    assert "==" in message  # the hint for a single =
+    source_line, caret = message.splitlines()[1:3]
+    assert source_line.strip().startswith("claims.repository")
+    assert caret.index("^") == source_line.index("claims") + 46
+
+
+def test_a_condition_that_stops_short_points_where_text_is_missing() -> None:
+    message = compile_error('claims.repository == "acme/api" &&\n  claims.ref ==')
+    assert "syntax error at line 2, column 16: the condition ends too early" in message
+    assert message.splitlines()[-1].index("^") == message.splitlines()[-2].index("==") + 2
+
+
+def test_an_unclosed_parenthesis_says_what_is_expected() -> None:
+    message = compile_error('(claims.repository == "acme/api"')
+    assert "ends too early, expected ')'" in message
+
+
+@pytest.mark.parametrize(
+    ("source", "fragment"),
+    [
+        ('claims.repository == "unterminated', "a string is not closed"),
+        ("claims..repository", "unexpected '.'"),
+        ("claims.repository == 'a' @ 1", "unexpected character '@'"),
+        ("", "ends too early"),
+    ],
+)
+def test_syntax_errors_read_as_sentences(source: str, fragment: str) -> None:
+    assert fragment in compile_error(source)
+
+
+def test_a_long_line_is_clipped_around_the_error() -> None:
+    source = " && ".join(f'claims.c{i} == "v"' for i in range(40)) + " &&& true"
+    message = compile_error(source)
+    shown, caret = message.splitlines()[1:3]
+    assert len(shown) < 120
+    assert shown[caret.index("^")] == "&"
+
+
+def test_an_unknown_variable_is_an_error_at_compile_time() -> None:
+    message = compile_error('claim.repository == "acme/api"')
+    assert message == (
+        "spec.condition: undeclared reference to 'claim' at line 1, column 1 (did you mean"
+        " 'claims'?); the only variable is claims"
+    )
+
+
+def test_a_name_bound_by_a_macro_exists_only_inside_it() -> None:
+    assert evaluate('claims.groups.exists(g, g == "ops")')
+    message = compile_error('claims.groups.exists(g, g == "ops") && g == "dev"')
+    assert "undeclared reference to 'g' at line 1, column 40" in message
+    inner = compile_error('claims.groups.exists(g, h == "ops")')
+    assert "the only variables here are claims and g" in inner
+
+
+@pytest.mark.parametrize(
+    ("source", "fragment"),
+    [
+        ('claims.repository.startswith("acme/")', "unknown function 'startswith' at line 1,"),
+        ('lower(claims.repository) == "x"', "unknown function 'lower'"),
+        ('claims.groups.reduce(a, b, "", a + b) == ""', "unknown function 'reduce'"),
+        ("claims.groups.exists(1, true)", "takes a variable name and an expression"),
+        ("claims.groups.exists(claims, true)", "must not name its variable claims"),
+        ("has(claims)", "has() at line 1, column 1 takes one field selection"),
+        ('.repository == "x"', "undeclared reference to '.repository'"),
+        ("google.protobuf.Duration{seconds: 1} == duration('1s')", "message creation"),
+    ],
+)
+def test_unknown_functions_and_misused_macros_are_errors_at_compile_time(
+    source: str, fragment: str
+) -> None:
+    assert fragment in compile_error(source)
+
+
+def test_the_suggestion_for_a_mistyped_function() -> None:
+    assert "(did you mean 'startsWith'?)" in compile_error('claims.ref.startswith("refs/")')
+
+
+@pytest.mark.parametrize(
+    ("source", "gives"),
+    [
+        ("claims.repository_id + 1", "the result of +"),
+        ('"acme/api"', "a string"),
+        ("42", "a number"),
+        ("[true]", "a list"),
+        ("{'a': true}", "a map"),
+        ("claims", "the map of claims"),
+        ("size(claims.groups)", "a number"),
+        ('claims.groups.map(g, g == "x")', "a list"),
+        ('has(claims.x) ? true : "no"', "a string"),
+        ("null", "null"),
+    ],
+)
+def test_a_result_known_not_to_be_boolean_is_an_error_at_compile_time(
+    source: str, gives: str
+) -> None:
+    message = compile_error(source)
+    assert f"the condition must be true or false, but it gives {gives}" in message
+
+
+def test_a_result_that_turns_out_not_boolean_is_an_evaluation_error() -> None:
+    message = evaluation_error("claims.repository")
+    assert message == "the condition gave a value of type string, not true or false"
+
+
+def test_a_missing_claim_is_an_evaluation_error_that_suggests_has() -> None:
+    message = evaluation_error('claims.job_workflow_ref == "x"')
+    assert "the token has no claim or key 'job_workflow_ref'" in message
+    assert "has(claims.job_workflow_ref)" in message
+
+
+@pytest.mark.parametrize(
+    ("source", "fragment"),
+    [
+        ("claims.repository_id + 1 == 2", "no operator + for string and int"),
+        ("claims.repository_id == 123456", "no operator == for string and int"),
+        ("claims.groups[5] == 'x'", "could not be evaluated"),
+        ("1 / (size(claims.groups) - 2) == 1", "division by zero"),
+    ],
+)
+def test_type_errors_are_evaluation_errors_in_plain_words(source: str, fragment: str) -> None:
+    message = evaluation_error(source)
+    assert fragment in message
+    assert "activation" not in message  # cel-python's dump of every variable stays out
+
+
+def test_conditions_nested_deeper_than_the_limit_are_refused_at_compile_time() -> None:
+    message = compile_error("(" * 40 + "true" + ")" * 40)
+    assert "nests too deeply" in message
+    chain = " && ".join(["true"] * 130)
+    assert evaluate(chain)
+    assert "nests too deeply" in compile_error(" && ".join(["true"] * 400))
+
+
+def test_a_quadratic_macro_is_stopped_by_the_cost_limit() -> None:
+    claims = {"groups": [str(i) for i in range(3000)]}
+    started = time.monotonic()
+    message = evaluation_error(
+        "claims.groups.all(a, claims.groups.all(b, a == b || a != b))", claims
+    )
+    assert f"exceeded its cost limit of {cel.MAX_COST} steps" in message
+    assert time.monotonic() - started < 2 * cel.MAX_SECONDS
+
+
+def test_copying_a_large_claim_in_a_loop_costs_what_it_weighs() -> None:
+    claims = {"groups": list(range(5000)), "blob": "x" * 50_000}
+    message = evaluation_error("claims.groups.map(g, claims.blob + claims.blob).size() > 0", claims)
+    assert "cost limit" in message
+
+
+def test_the_deadline_stops_what_the_budget_does_not(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cel, "MAX_SECONDS", 0.0)
+    message = evaluation_error('claims.groups.exists(g, g == "ops")')
+    assert "ran longer than 0.0 seconds" in message
+
+
+def test_a_macro_over_a_realistic_group_list_fits_the_budget() -> None:
+    claims = {"groups": [f"group-{i}" for i in range(1000)]}
+    assert evaluate('claims.groups.exists(g, g == "group-999")', claims)
+
+
+@pytest.mark.parametrize(
+    ("claims", "fragment"),
+    [
+        ({"a": [[[[[[[[[[[[[[[[[[[[["deep"]]]]]]]]]]]]]]]]]]]]]}, "nest deeper than"),
+        ({"groups": list(range(20_000))}, "more than 10000 values"),
+        ({"blob": "x" * (300 * 1024)}, "characters"),
+        ({"n": 2**64}, "64-bit range"),
+        ({"n": float("nan")}, "not finite"),
+        ({"when": object()}, "which JSON does not have"),
+    ],
+)
+def test_hostile_claims_are_refused_before_evaluation(
+    claims: dict[str, Any], fragment: str
+) -> None:
+    message = evaluation_error("true", claims)
+    assert fragment in message
+
+
+def test_regular_expressions_take_linear_time_on_hostile_input() -> None:
+    claims = {"ref": "a" * 100_000 + "!"}
+    started = time.monotonic()
+    assert not evaluate('claims.ref.matches("^(a+)+$")', claims)
+    assert time.monotonic() - started < 1
+
+
+def outcome(
+    source: str, claims: dict[str, Any]
+) -> bool | ConditionError | ConditionEvaluationError:
+    """What a condition does with these claims: its value, or the error a person would read."""
+    try:
+        return compile_condition(source).evaluate(claims)
+    except (ConditionError, ConditionEvaluationError) as error:
+        return error
+
+
+@given(st.text(max_size=200))
+def test_any_text_compiles_or_is_refused_with_a_condition_error(source: str) -> None:
+    result = outcome(source, GITHUB)
+    if isinstance(result, ConditionError):
+        assert result.message.startswith("spec.condition: ")
+    elif isinstance(result, ConditionEvaluationError):
+        assert result.message
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=8), children, max_size=5)
+    ),
+    max_leaves=30,
+)
+
+
+@given(st.dictionaries(st.text(max_size=12), json_values, max_size=8))
+def test_any_json_claims_give_a_boolean_or_an_evaluation_error(claims: dict[str, Any]) -> None:
+    result = outcome(
+        'has(claims.repository) && claims.repository == "acme/api" || "x" in claims', claims
+    )
+    assert isinstance(result, bool | ConditionEvaluationError)
+
+
+def test_the_shape_names_claims_compared_with_literals() -> None:
+    shape = compile_condition(
+        '(claims.repository == "acme/api" || claims["repository_id"] in ["1", "2"])'
+        ' && !claims.repository_owner.startsWith("acme/")'
+    ).expression
+    assert shape == Logical(
+        "&&",
+        Logical(
+            "||",
+            Compare("==", Claim("repository"), Value("acme/api")),
+            Compare("in", Claim("repository_id"), ValueList((Value("1"), Value("2")))),
+        ),
+        Not(Method(Claim("repository_owner"), "startsWith", (Value("acme/"),))),
+    )
+
+
+def test_the_shape_reads_literals_as_cel_decodes_them() -> None:
+    shape = compile_condition(r'claims.repository == "acme\x2fapi"').expression
+    assert shape == Compare("==", Claim("repository"), Value("acme/api"))
+
+
+def test_a_literal_beyond_64_bits_is_an_error_at_compile_time() -> None:
+    message = compile_error("claims.n in [1, 99999999999999999999999]")
+    assert message == (
+        "spec.condition: the literal 99999999999999999999999 at line 1, column 17 cannot be"
+        " used: it is out of range"
+    )
