@@ -10,6 +10,7 @@ import kopf
 
 # Importing a controller module registers its handlers with kopf's default registry.
 from kubeiam.controllers import accounts, credentials  # noqa: F401
+from kubeiam.kube import metrics, peering
 from kubeiam.settings import get_settings
 
 ANNOTATION_PREFIX = "kubeiam.io"
@@ -42,4 +43,22 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.posting.reporting_component = "kube-iam"
     settings.posting.reporting_instance = socket.gethostname()
     settings.posting.event_name_prefix = "kube-iam-"
+    # How long a dead replica's heartbeat counts: the paused replica takes over after this.
+    settings.peering.lifetime = ours.peering_lifetime
+    peering.follow()
     logging.getLogger("kubeiam").setLevel(logging.INFO)
+
+
+@kopf.on.startup()
+async def serve_metrics(**_: Any) -> None:
+    """Serve /metrics from the start, so a scrape sees the operator as soon as it runs."""
+    try:
+        await metrics.serve(get_settings().metrics_port)
+    except RuntimeError as error:
+        # A port in use will not free itself: stop with the reason instead of retrying.
+        raise kopf.PermanentError(str(error)) from None
+
+
+@kopf.on.cleanup()
+async def stop_metrics(**_: Any) -> None:
+    await metrics.stop()

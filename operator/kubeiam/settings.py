@@ -144,6 +144,20 @@ class Settings(BaseSettings):
     watch_client_timeout: int = Field(
         default=330, ge=10, description="Seconds before the operator gives up on a silent watch."
     )
+    metrics_port: int = Field(
+        default=9090,
+        ge=0,
+        le=65535,
+        description="Port of the Prometheus metrics page (/metrics, on every interface); 0 "
+        "turns it off.",
+    )
+    peering_lifetime: int = Field(
+        default=60,
+        ge=10,
+        le=3600,
+        description="Seconds a replica's peering heartbeat counts: a paused replica takes over "
+        "this long after the active one died.",
+    )
 
     @field_validator("token_url")
     @classmethod

@@ -130,18 +130,22 @@ class OperatorProcess:
     args: tuple[str, ...] = ("--standalone",)
     process: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
+    metrics_port: int = 0
 
     def start(self, *, timeout: float = DEFAULT_TIMEOUT) -> OperatorProcess:
         if self.cluster.operator_kubeconfig is None:
             pytest.skip("the operator runs in the cluster; this test needs processes of its own")
         port = _free_port()
         health = f"http://127.0.0.1:{port}/healthz"
+        # Every process serves metrics on a port of its own: many run side by side.
+        self.metrics_port = int(self.env.get("KUBEIAM_METRICS_PORT") or _free_port())
         self.log_path = self.cluster.log_dir / "operators" / f"{self.name}.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         env = {
             **os.environ,
             **self.cluster.operator_env,
             **self.env,
+            "KUBEIAM_METRICS_PORT": str(self.metrics_port),
             "KUBECONFIG": str(self.cluster.operator_kubeconfig),
         }
         with self.log_path.open("ab") as log:
@@ -158,6 +162,13 @@ class OperatorProcess:
     @property
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
+
+    def scrape(self) -> str:
+        """The process's Prometheus metrics page, as Prometheus reads it."""
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            text: str = response.read().decode()
+            return text
 
     def wait_exit(self, *, timeout: float = DEFAULT_TIMEOUT) -> int:
         assert self.process is not None

@@ -1,7 +1,8 @@
 """The Kubernetes API calls kopf does not make for us, as awaitables over the official client.
 
 Every write that must not race another writer carries a resourceVersion precondition, so the API
-server, not this process, decides who wins; `Conflict` tells the caller to read again.
+server, not this process, decides who wins; `Conflict` tells the caller to read again. Every call
+is counted in `kubeiam_api_requests_total` by verb, resource and the status code it got.
 """
 
 from __future__ import annotations
@@ -9,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+from collections.abc import Callable
 from typing import Any, cast
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
+from kubeiam.kube import metrics
 from kubeiam.kube.resources import CREDENTIALS, GROUP, SERVICE_ACCOUNTS, TRUSTS, VERSION
 
 MERGE_PATCH = "application/merge-patch+json"
@@ -24,13 +27,27 @@ _TIMEOUT = 30
 class Conflict(Exception):
     """Someone else wrote the object first: read it again and decide again."""
 
+    status = 409
+
 
 class Gone(Exception):
     """The object was deleted meanwhile; there is nothing left to write."""
 
+    status = 404
+
 
 class AlreadyExists(Exception):
     """An object of that name exists already."""
+
+    status = 409
+
+
+class Refused(Exception):
+    """The API server refused a request; only its status is kept (the body may quote data)."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 _api_client: client.ApiClient | None = None
@@ -61,6 +78,20 @@ def _core() -> client.CoreV1Api:
     return client.CoreV1Api(_client())
 
 
+async def _call(verb: str, resource: str, request: Callable[[], Any]) -> Any:
+    """Run one `*_with_http_info` call off the event loop, count it, and return its data."""
+    try:
+        data, status, _headers = await asyncio.to_thread(request)
+    except ApiException as error:
+        metrics.count_api_request(verb, resource, error.status)
+        raise
+    except Exception:
+        metrics.count_api_request(verb, resource, None)
+        raise
+    metrics.count_api_request(verb, resource, status)
+    return data
+
+
 def _translate(error: ApiException) -> Exception:
     if error.status == 409:
         return Conflict(str(error.reason))
@@ -71,12 +102,12 @@ def _translate(error: ApiException) -> Exception:
 
 async def _get_custom(plural: str, namespace: str, name: str) -> dict[str, Any] | None:
     def call() -> Any:
-        return _custom().get_namespaced_custom_object(
+        return _custom().get_namespaced_custom_object_with_http_info(
             GROUP, VERSION, namespace, plural, name, _request_timeout=_TIMEOUT
         )
 
     try:
-        result: dict[str, Any] = await asyncio.to_thread(call)
+        result: dict[str, Any] = await _call("get", plural, call)
     except ApiException as error:
         if error.status == 404:
             return None
@@ -101,7 +132,9 @@ async def _patch_if_unchanged(
 ) -> dict[str, Any]:
     api = _custom()
     patch = (
-        api.patch_namespaced_custom_object_status if status else api.patch_namespaced_custom_object
+        api.patch_namespaced_custom_object_status_with_http_info
+        if status
+        else api.patch_namespaced_custom_object_with_http_info
     )
 
     def call() -> Any:
@@ -117,7 +150,9 @@ async def _patch_if_unchanged(
         )
 
     try:
-        result: dict[str, Any] = await asyncio.to_thread(call)
+        result: dict[str, Any] = await _call(
+            "patch", f"{plural}/status" if status else plural, call
+        )
     except ApiException as error:
         raise _translate(error) from None
     return result
@@ -142,22 +177,23 @@ async def patch_metadata(
 async def create_secret(namespace: str, secret: dict[str, Any]) -> None:
     """Create a Secret; `AlreadyExists` if the name is taken. The body is never logged."""
 
-    def call() -> None:
-        # The created object (with the data) is dropped here, unread.
-        _core().create_namespaced_secret(
+    def call() -> Any:
+        # The created object (with the data) is dropped unread: only the status is kept.
+        _data, status, headers = _core().create_namespaced_secret_with_http_info(
             namespace,
             cast(client.V1Secret, client.V1Secret.from_dict(secret)),
             _request_timeout=_TIMEOUT,
         )
+        return None, status, headers
 
     try:
-        await asyncio.to_thread(call)
+        await _call("create", "secrets", call)
     except ApiException as error:
         if error.status == 409:
             raise AlreadyExists() from None
         # The response body of a refused create may quote the request: keep only the status.
-        raise RuntimeError(
-            f"creating a Secret failed: HTTP {error.status} {error.reason}"
+        raise Refused(
+            f"creating a Secret failed: HTTP {error.status} {error.reason}", error.status
         ) from None
 
 
@@ -177,12 +213,12 @@ async def get_secret_metadata(namespace: str, name: str) -> dict[str, Any] | Non
             _headers={"Accept": PARTIAL_METADATA},
         )
         try:
-            return json.loads(response.data)
+            return json.loads(response.data), response.status, None
         finally:
             response.release_conn()
 
     try:
-        partial: dict[str, Any] = await asyncio.to_thread(call)
+        partial: dict[str, Any] = await _call("get", "secrets", call)
     except ApiException as error:
         if error.status == 404:
             return None
@@ -196,12 +232,12 @@ async def delete_secret(namespace: str, name: str, uid: str) -> None:
     options = client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=uid))
 
     def call() -> Any:
-        return _core().delete_namespaced_secret(
+        return _core().delete_namespaced_secret_with_http_info(
             name, namespace, body=options, _request_timeout=_TIMEOUT
         )
 
     try:
-        await asyncio.to_thread(call)
+        await _call("delete", "secrets", call)
     except ApiException as error:
         if error.status not in (404, 409):
             raise
