@@ -23,7 +23,7 @@ from kubeiam.domain.conditions import READY, Reason, format_time
 from kubeiam.domain.credentials import State
 from kubeiam.domain.limit import Contender, LedgerEntry, plan_admission
 from kubeiam.domain.secret_format import credential_id
-from kubeiam.kube import api, events, faults
+from kubeiam.kube import api, events, faults, ownership
 from kubeiam.kube.audit import Audit
 from kubeiam.kube.resources import CREDENTIALS, GROUP, SERVICE_ACCOUNTS, VERSION
 from kubeiam.kube.scheduler import Scheduler
@@ -403,7 +403,7 @@ async def reconcile(body: Mapping[str, Any], *, read_secret: bool = True) -> Non
         # Only now is the account needed: a settled credential costs no read at start-up.
         account_body = await api.get_account(namespace, spec.service_account_name)
         if account_body is not None:
-            body = await _ensure_owned_by_account(body, account_body)
+            body = await ownership.ensure_owned_by_account(CREDENTIALS, body, account_body)
             faults.crash_point("after-owner-reference")
         holds = _holds_slot(account_body, uid)
         facts = _facts(body, credential, account_body, holds_slot=holds)
@@ -519,32 +519,6 @@ async def _write_pending(body: Mapping[str, Any], reason: Reason, message: str) 
     written = await _write_status(body, new)
     if previous_reason != str(reason):
         events.post(written, "Normal", str(reason), message)
-
-
-async def _ensure_owned_by_account(
-    body: Mapping[str, Any], account_body: Mapping[str, Any]
-) -> dict[str, Any]:
-    """Make the account own the credential, so deleting the account removes it (GC)."""
-    metadata = body["metadata"]
-    account_uid = account_body["metadata"]["uid"]
-    references = list(metadata.get("ownerReferences") or [])
-    if any(ref.get("uid") == account_uid for ref in references):
-        return dict(body)
-    references.append(
-        {
-            "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": "ServiceAccount",
-            "name": account_body["metadata"]["name"],
-            "uid": account_uid,
-        }
-    )
-    return await api.patch_metadata(
-        CREDENTIALS,
-        metadata["namespace"],
-        metadata["name"],
-        metadata["resourceVersion"],
-        {"ownerReferences": references},
-    )
 
 
 async def _issue(
