@@ -8,7 +8,7 @@ from typing import Any
 import kopf
 
 from kubeiam.domain.accounts import AccountFacts, desired_status, state_change
-from kubeiam.kube import events
+from kubeiam.kube import events, metrics
 from kubeiam.kube.resources import GROUP, SERVICE_ACCOUNTS, VERSION
 from kubeiam.kube.status import stage_status
 from kubeiam.settings import get_settings
@@ -19,6 +19,7 @@ from kubeiam.settings import get_settings
 @kopf.on.resume(GROUP, VERSION, SERVICE_ACCOUNTS)
 @kopf.on.create(GROUP, VERSION, SERVICE_ACCOUNTS)
 @kopf.on.update(GROUP, VERSION, SERVICE_ACCOUNTS, field="spec")
+@metrics.counts_errors("ServiceAccount")
 def reconcile_account(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
     """Compute the account's status from its spec and write what differs."""
     current = dict(body.status)
@@ -36,4 +37,8 @@ def reconcile_account(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
     stage_status(patch, current, desired)
     new_state = state_change(current, desired)
     if new_state is not None:
-        events.post(body, "Normal", new_state, f"The account is now {new_state}.")
+        # The Ready condition's message says what the state means for the account's credentials.
+        ready = next(c for c in desired["conditions"] if c["type"] == "Ready")
+        events.post(
+            body, "Normal", new_state, f"The account is now {new_state}. {ready['message']}"
+        )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -23,8 +23,9 @@ from kubeiam.domain.conditions import READY, Reason, format_time
 from kubeiam.domain.credentials import State
 from kubeiam.domain.limit import Contender, LedgerEntry, plan_admission
 from kubeiam.domain.secret_format import credential_id
-from kubeiam.kube import api, events, faults, ownership
+from kubeiam.kube import api, events, faults, metrics, ownership, peering
 from kubeiam.kube.audit import Audit
+from kubeiam.kube.logs import about
 from kubeiam.kube.resources import CREDENTIALS, GROUP, SERVICE_ACCOUNTS, VERSION
 from kubeiam.kube.scheduler import Scheduler
 from kubeiam.kube.secrets import (
@@ -38,6 +39,7 @@ from kubeiam.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
 
+KIND = "ServiceAccountCredential"
 AccountKey = tuple[str, str]  # (namespace, account name)
 ScheduleKey = tuple[str, str, str, str]  # (what, namespace, name, uid)
 _LEDGER_ATTEMPTS = 20
@@ -53,6 +55,23 @@ SWEEP_INTERVAL = datetime.timedelta(seconds=30)
 # 50s for 1,000), and the API server's load stays bounded however many there are.
 AUDIT_RATE = 20.0
 AUDIT_MIN_PASS = 10.0
+# While kopf's peering pauses this replica, the active one does the work: scheduled work is
+# looked at again this often, and done here only if this replica is active again by then.
+PAUSED_RECHECK = datetime.timedelta(seconds=5)
+
+ISSUANCE_SECONDS = metrics.histogram(
+    "kubeiam_credential_issuance_seconds",
+    "From a credential's creation (creationTimestamp, whole seconds) to its Secret written "
+    "and its status Active. waited: whether it was Pending first (no slot, account missing or "
+    "disabled), which then counts in the time.",
+    buckets=(0.25, 0.5, 1, 2, 3, 5, 10, 30, 60, 300, 3600, 86400),
+    labels=["waited"],
+)
+EXPIRY_LATENESS_SECONDS = metrics.histogram(
+    "kubeiam_credential_expiry_lateness_seconds",
+    "From a credential's expiry to its status saying Expired.",
+    buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 3600),
+)
 
 
 @dataclass(frozen=True)
@@ -80,7 +99,7 @@ class _Runtime:
         self.audit = Audit(
             "Secret",
             lambda: self.secrets_to_audit(),
-            lambda target: _audit_secret(target),
+            lambda target: _audit_secret_counted(target),
             rate=AUDIT_RATE,
             min_pass=AUDIT_MIN_PASS,
         )
@@ -108,7 +127,7 @@ class _Runtime:
     def secrets_to_audit(self) -> list[IssuedSecret]:
         """Every Active credential's Secret, then (once per process) the Secret of every ended
         credential whose policy deletes it: its deletion may have been cut short by a crash."""
-        if self.issued is None:
+        if self.issued is None or peering.paused():
             return []
         targets = [target for key in self.issued for target in self.issued[key]]
         self.cleaned &= {target.uid for target in targets}
@@ -137,6 +156,28 @@ class _Runtime:
                     found.append(key)
                     break
         return found
+
+    def all_views(self) -> Iterator[rules.CredentialView]:
+        if self.credentials is None:
+            return
+        for key in self.credentials:
+            yield from self.credentials[key]
+
+    def count_by_state(self) -> Iterator[metrics.Sample]:
+        """Credentials by state, as `kubectl get iamcred` shows them; New: no status yet."""
+        counts = dict.fromkeys(["New", *State], 0)
+        for view in self.all_views():
+            state = view.state or "New"
+            counts[state] = counts.get(state, 0) + 1
+        for state, count in counts.items():
+            yield (state,), float(count)
+
+    def expiries(self) -> Iterator[metrics.Sample]:
+        """Each credential that has not ended, at the expiry its status records."""
+        for view in self.all_views():
+            if view.expires_at and not view.ended:
+                expires_at = datetime.datetime.fromisoformat(view.expires_at.replace("Z", "+00:00"))
+                yield (view.namespace, view.name, view.account), expires_at.timestamp()
 
     def lock(self, key: AccountKey) -> asyncio.Lock:
         return self.locks.setdefault(key, asyncio.Lock())
@@ -171,6 +212,20 @@ class _Runtime:
 
 
 _runtime = _Runtime()
+
+metrics.gauge_from_memory(
+    "kubeiam_credentials",
+    "Credentials by state (New: not handled yet), from this replica's watch.",
+    ["state"],
+    _runtime.count_by_state,
+)
+metrics.gauge_from_memory(
+    "kubeiam_credential_expiry_timestamp_seconds",
+    "When each credential that has not ended expires (Unix time), for alerts ahead of it. One "
+    "series per credential: the only metric whose series grow with the number of objects.",
+    ["namespace", "name", "account"],
+    _runtime.expiries,
+)
 
 
 def _policy(settings: Settings) -> rules.Policy:
@@ -300,6 +355,7 @@ async def stop(**_: Any) -> None:
 @kopf.on.resume(GROUP, VERSION, CREDENTIALS)
 @kopf.on.create(GROUP, VERSION, CREDENTIALS)
 @kopf.on.update(GROUP, VERSION, CREDENTIALS, field="spec")
+@metrics.counts_errors(KIND)
 async def reconcile_credential(body: kopf.Body, reason: str, **_: Any) -> None:
     # At start every credential is resumed at once: its Secret is left to the paced audit
     # rather than read by all of them in one burst.
@@ -307,6 +363,7 @@ async def reconcile_credential(body: kopf.Body, reason: str, **_: Any) -> None:
 
 
 @kopf.on.event(GROUP, VERSION, CREDENTIALS)
+@metrics.counts_errors(KIND)
 async def credential_gone(event: kopf.RawEvent, **_: Any) -> None:
     """A deleted credential frees its slot at once; its Secret goes with it (owner reference)."""
     if event["type"] != "DELETED":
@@ -316,6 +373,7 @@ async def credential_gone(event: kopf.RawEvent, **_: Any) -> None:
 
 
 @kopf.on.event(GROUP, VERSION, SERVICE_ACCOUNTS)
+@metrics.counts_errors("ServiceAccount")
 async def account_changed(event: kopf.RawEvent, **_: Any) -> None:
     """An account that appears, is enabled or changes roles may move its credentials on."""
     if event["type"] not in ("ADDED", "MODIFIED"):
@@ -340,6 +398,11 @@ async def account_changed(event: kopf.RawEvent, **_: Any) -> None:
     # The role index already holds this event's roles: kopf indexes before it calls handlers.
     for view, roles in _runtime.stale_roles([key]):
         await _refresh_roles(view, roles)
+
+
+@metrics.counts_errors(KIND)
+async def _audit_secret_counted(target: IssuedSecret) -> None:
+    await _audit_secret(target)
 
 
 async def _audit_secret(target: IssuedSecret) -> None:
@@ -418,7 +481,8 @@ async def reconcile(body: Mapping[str, Any], *, read_secret: bool = True) -> Non
         await _finish_ended(body, just_ended=False, read_secret=read_secret)
         return
     if isinstance(step, rules.End):
-        await _end(body, step.state, step.reason, step.message)
+        due = rules.resolved_expiry(facts, _policy(settings))
+        await _end(body, step.state, step.reason, step.message, expired_at=due)
         return
     if isinstance(step, rules.Fail):
         await _end(body, State.FAILED, step.reason, step.message)
@@ -580,6 +644,10 @@ async def _issue(
     )
     written = await _write_status(body, new)
     faults.crash_point("after-status-written")
+    waited = (body.get("status") or {}).get("state") == State.PENDING
+    ISSUANCE_SECONDS.labels(waited=str(waited).lower()).observe(
+        _seconds_since(metadata["creationTimestamp"])
+    )
     events.post(
         written,
         "Normal",
@@ -588,6 +656,11 @@ async def _issue(
         f"{format_time(expires_at)}.",
     )
     _track_expiry(_view(written))
+
+
+def _seconds_since(timestamp: str) -> float:
+    then = datetime.datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
+    return max(0.0, (_now() - then).total_seconds())
 
 
 def _default_keys() -> dict[str, str]:
@@ -638,7 +711,14 @@ async def _refresh_roles(view: rules.CredentialView, roles: list[str]) -> None:
     await _write_status(body, {"effectiveRoles": roles})
 
 
-async def _end(body: Mapping[str, Any], state: State, reason: Reason, message: str) -> None:
+async def _end(
+    body: Mapping[str, Any],
+    state: State,
+    reason: Reason,
+    message: str,
+    *,
+    expired_at: datetime.datetime | None = None,
+) -> None:
     """Record the end first (the slot is then certainly no longer used), then clean up."""
     metadata = body["metadata"]
     new = rules.ended_status(
@@ -651,6 +731,8 @@ async def _end(body: Mapping[str, Any], state: State, reason: Reason, message: s
         now=_now(),
     )
     written = await _write_status(body, new)
+    if state is State.EXPIRED and expired_at is not None:
+        EXPIRY_LATENESS_SECONDS.observe(max(0.0, (_now() - expired_at).total_seconds()))
     events.post(written, "Warning" if state is State.FAILED else "Normal", str(reason), message)
     await _finish_ended(written, just_ended=True, read_secret=True)
 
@@ -749,8 +831,12 @@ async def _issue_admitted(body: Mapping[str, Any]) -> None:
         await reconcile_until_settled(body)
     except Exception:
         # Its own handler (or the next one to look) finishes the job.
+        metadata = body["metadata"]
         logger.info(
-            "Issuing %s/%s is deferred.", body["metadata"]["namespace"], body["metadata"]["name"]
+            "Issuing %s/%s is deferred.",
+            metadata["namespace"],
+            metadata["name"],
+            extra=about(KIND, metadata["namespace"], metadata["name"], metadata["uid"]),
         )
 
 
@@ -832,7 +918,11 @@ async def _confirm_ended(entries: list[LedgerEntry], namespace: str) -> set[str]
 # -- scheduled work: expiry and its warning -----------------------------------------------------
 
 
+@metrics.counts_errors(KIND)
 async def _scheduled(key: ScheduleKey) -> None:
+    if peering.paused():
+        _runtime.scheduler.schedule(key, _now() + PAUSED_RECHECK)
+        return
     try:
         await _run_scheduled(key)
     except api.Gone:
@@ -850,12 +940,21 @@ async def _run_scheduled(key: ScheduleKey) -> None:
             try:
                 await settle_account(account, adopt_orphans=True)
             except Exception:
-                logger.exception("Settling %s/%s failed; the next sweep tries again.", *account)
+                logger.exception(
+                    "Settling %s/%s failed; the next sweep tries again.",
+                    *account,
+                    extra=about("ServiceAccount", *account),
+                )
         for view, roles in _runtime.stale_roles():
             try:
                 await _refresh_roles(view, roles)
             except Exception:
-                logger.exception("Updating the roles of %s/%s failed.", view.namespace, view.name)
+                logger.exception(
+                    "Updating the roles of %s/%s failed.",
+                    view.namespace,
+                    view.name,
+                    extra=about(KIND, view.namespace, view.name, view.uid),
+                )
         return
     body = await api.get_credential(namespace, name)
     if body is None or body["metadata"]["uid"] != uid:
