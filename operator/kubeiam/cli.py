@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -26,13 +27,19 @@ def _run(args: argparse.Namespace) -> int:
         log_prefix=not as_json,
         log_refkey="object" if as_json else None,
     )
-    kopf.run(
-        clusterwide=not args.namespace,
-        namespaces=args.namespace or (),
-        standalone=args.standalone or None,
-        priority=args.priority,
-        liveness_endpoint=args.liveness,
-    )
+    try:
+        kopf.run(
+            clusterwide=not args.namespace,
+            namespaces=args.namespace or (),
+            standalone=args.standalone or None,
+            priority=args.priority,
+            liveness_endpoint=args.liveness,
+        )
+    except Exception:
+        # Through the log, not Python's own traceback print: in JSON, a log pipeline must
+        # read the reason the operator stopped like any other line.
+        logging.getLogger("kubeiam").exception("The operator stopped on an error.")
+        return 1
     return 0
 
 
