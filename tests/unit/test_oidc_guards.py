@@ -176,6 +176,17 @@ def test_each_renameable_name_has_its_id_twin(name: str, twin: str) -> None:
     assert review(f'claims.{name} == "acme" && claims.{twin} == "1"', PRIVATE) == []
 
 
+def test_a_path_prefix_pins_the_owner_and_asks_for_the_owners_id() -> None:
+    (warning,) = review('claims.repository.startsWith("acme/")')
+    assert "claims.repository_owner is a name that can change hands" in warning.message
+    assert "require claims.repository_owner_id" in warning.message
+    assert (
+        review('claims.repository.startsWith("acme/") && claims.repository_owner_id == "7"') == []
+    )
+    (gitlab,) = review('claims.project_path.startsWith("acme/infra/")', "https://gitlab.com")
+    assert "require claims.namespace_id" in gitlab.message
+
+
 def test_the_warning_looks_at_each_way_the_condition_can_be_true() -> None:
     both = 'claims.repository == "acme/api" && claims.repository_id == "1"'
     assert review(both) == []

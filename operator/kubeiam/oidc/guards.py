@@ -9,7 +9,9 @@ organisation trusts all of them. What "pins" means, on the condition's shape (oi
   of literals only), with each value a non-empty string or an integer; and
   `claims.c.startsWith("p")` when `p` has a "/" after at least one character, so the prefix
   fixes a whole owner or group path segment ("acme/" fixes the owner acme; "acme" would also
-  admit "acme-evil/app").
+  admit "acme-evil/app"). What such a prefix fixes is the owner, so on `repository` it counts
+  as pinning `repository_owner`, and on `project_path` as pinning `namespace_path`: the rename
+  warning then asks for the owner's id, not the repository's.
 - Nothing else pins: `!=`, `has()`, `matches()`, `endsWith()`, `contains()`, comparisons with
   another claim, macros, and anything under `!` (a negation says what a token is not).
 - `a && b` holds only when both hold, so it pins what either side pins; `a || b` can hold
@@ -62,6 +64,8 @@ _RENAMED: Final = {
     "namespace_path": "group or namespace",
     "terraform_organization_name": "organisation",
 }
+# A path prefix ending in "/" fixes the owner part of these claims, not the whole claim.
+_OWNER_OF_PATH: Final = {"repository": "repository_owner", "project_path": "namespace_path"}
 # What the known shared issuers mint tokens for, and the claims that name their tenants.
 _TENANCY: Final = {
     "https://token.actions.githubusercontent.com": (
@@ -212,7 +216,7 @@ def _pin(node: Node) -> str | None:
         and isinstance(prefix.value, str)
         and prefix.value.find("/") >= 1
     ):
-        return node.target.name
+        return _OWNER_OF_PATH.get(node.target.name, node.target.name)
     return None
 
 
