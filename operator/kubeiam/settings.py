@@ -7,7 +7,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_ORGANIZATION = "example"
@@ -158,6 +158,18 @@ class Settings(BaseSettings):
         description="Seconds a replica's peering heartbeat counts: a paused replica takes over "
         "this long after the active one died.",
     )
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _seconds_as_durations(cls, value: object, info: ValidationInfo) -> object:
+        """A plain number of seconds is a duration too, as the docstring promises: pydantic
+        reads a bare "30" from the environment as a malformed ISO 8601 duration otherwise."""
+        field = cls.model_fields.get(info.field_name or "")
+        if field is not None and field.annotation is datetime.timedelta and isinstance(value, str):
+            stripped = value.strip()
+            if stripped.replace(".", "", 1).isdigit():
+                return datetime.timedelta(seconds=float(stripped))
+        return value
 
     @field_validator("token_url")
     @classmethod

@@ -49,3 +49,11 @@ def test_a_bad_value_is_refused_naming_the_setting(
     with pytest.raises(ValidationError) as error:
         Settings()
     assert expected in str(error.value)
+
+
+def test_a_duration_may_be_a_plain_number_of_seconds(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KUBEIAM_ISSUER_RETRY_MIN", "1.5")
+    monkeypatch.setenv("KUBEIAM_ISSUER_RETRY_MAX", "PT2S")
+    settings = Settings()
+    assert settings.issuer_retry_min == datetime.timedelta(seconds=1.5)
+    assert settings.issuer_retry_max == datetime.timedelta(seconds=2)
