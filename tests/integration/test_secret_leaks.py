@@ -1,8 +1,9 @@
 """No issued secret appears anywhere the operator writes or prints.
 
 Runs after every other integration test (see conftest), and looks for each client secret the
-suite read from a Secret in: the operator logs, every Event, and the status and annotations of
-every kube-iam object. A hit fails without printing the secret.
+suite read from a Secret in: the operator logs, every Event, the status and annotations of
+every kube-iam object, and the metrics pages (every page a test kept, and a scrape of a running
+operator). A hit fails without printing the secret.
 """
 
 from __future__ import annotations
@@ -12,13 +13,18 @@ import json
 import pytest
 
 from .credentials_support import ISSUED
-from .support import ClusterHandle
+from .support import ClusterHandle, OperatorProcess
 
 
-def _places(cluster: ClusterHandle) -> dict[str, str]:
+def _places(cluster: ClusterHandle, operator: OperatorProcess) -> dict[str, str]:
     places: dict[str, str] = {}
     for path in sorted((cluster.log_dir / "operators").glob("*.log")):
         places[f"log {path.name}"] = path.read_text(errors="replace")
+    for path in sorted((cluster.log_dir / "metrics").glob("*.prom")):
+        places[f"metrics {path.name}"] = path.read_text(errors="replace")
+    if cluster.operator_kubeconfig is not None:
+        # A fresh page from an operator that resumed every object the suite left behind.
+        places["metrics of the running operator"] = operator.scrape()
     events = cluster.kubectl("get", "events", "--all-namespaces", "-o", "json").stdout
     places["events"] = events
     objects = json.loads(cluster.kubectl("get", "iam", "--all-namespaces", "-o", "json").stdout)
@@ -45,11 +51,13 @@ def _places(cluster: ClusterHandle) -> dict[str, str]:
 
 
 @pytest.mark.runs_last
-def test_no_issued_secret_is_found_in_logs_events_status_or_annotations(
-    cluster: ClusterHandle,
+def test_no_issued_secret_is_found_in_logs_events_status_annotations_or_metrics(
+    cluster: ClusterHandle, operator: OperatorProcess
 ) -> None:
     assert len(ISSUED) >= 10, "the credential tests must run first and read their secrets"
-    places = _places(cluster)
+    places = _places(cluster, operator)
     assert any(name.startswith("log ") for name in places), "no operator log was found"
+    if cluster.operator_kubeconfig is not None:
+        assert "kubeiam_credentials" in places["metrics of the running operator"]
     leaks = sorted(where for where, text in places.items() for secret in ISSUED if secret in text)
     assert leaks == [], f"{len(leaks)} places hold an issued client secret"
