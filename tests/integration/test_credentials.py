@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime
 import json
-from collections.abc import Callable
 
 import pytest
 
@@ -25,7 +24,7 @@ from .credentials_support import (
     wait_state,
     well_formed,
 )
-from .support import ClusterHandle, OperatorProcess, wait_for
+from .support import ClusterHandle, wait_for
 
 pytestmark = pytest.mark.usefixtures("operator")
 
@@ -396,35 +395,6 @@ def test_twenty_at_once_never_more_than_five_active_at_any_observed_instant(
         recorder.stop()
     assert recorder.max_active == {"pipeline": 5}
     assert len(managed_secrets(cluster, namespace)) == 5
-
-
-def test_two_operator_processes_side_by_side_keep_the_limit_and_write_each_secret_once(
-    cluster: ClusterHandle,
-    namespace: str,
-    operators: Callable[..., OperatorProcess],
-) -> None:
-    first = operators("a")
-    operators("b")
-    recorder = StateRecorder(cluster, namespace).start()
-    try:
-        names = [f"pair-{i:02d}" for i in range(20)]
-        cluster.apply(account_manifest(), namespace)
-        cluster.apply(many([credential_manifest(n) for n in names]), namespace)
-        settle(cluster, namespace, {"Active": 5, "Pending": 15})
-        revoke(cluster, namespace, *names[:5])
-        # One replica dies mid-way; the other finishes the work.
-        first.kill()
-        settle(cluster, namespace, {"Active": 5, "Pending": 10, "Revoked": 5})
-    finally:
-        recorder.stop()
-    assert recorder.max_active == {"pipeline": 5}
-    secrets = managed_secrets(cluster, namespace)
-    assert sorted(s["metadata"]["name"] for s in secrets) == names[5:10]
-    for name in names[5:10]:
-        obj = cluster.get("iamcred", name, namespace)
-        assert obj is not None
-        mounted = read_secret(cluster, namespace, name)
-        assert sha256(mounted.client_secret()) == obj["status"]["secretHash"]
 
 
 def test_every_example_manifest_applies_and_settles(cluster: ClusterHandle, namespace: str) -> None:
