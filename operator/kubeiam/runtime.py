@@ -9,7 +9,7 @@ from typing import Any
 import kopf
 
 # Importing a controller module registers its handlers with kopf's default registry.
-from kubeiam.controllers import accounts, credentials  # noqa: F401
+from kubeiam.controllers import accounts, credentials, trusts  # noqa: F401
 from kubeiam.kube import metrics, peering
 from kubeiam.settings import get_settings
 
