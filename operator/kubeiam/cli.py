@@ -70,6 +70,46 @@ def _crds(args: argparse.Namespace) -> int:
     return crdgen.main(argv)
 
 
+def _trust_check(args: argparse.Namespace) -> int:
+    import asyncio
+    import datetime
+
+    from kubernetes import client, config
+    from kubernetes.client.exceptions import ApiException
+
+    from kubeiam.api import FederationTrust
+    from kubeiam.kube.resources import GROUP, TRUSTS, VERSION
+    from kubeiam.oidc.verify import verify
+    from kubeiam.settings import get_settings
+
+    namespace, _, name = args.trust.rpartition("/")
+    if not namespace or not name:
+        print("kube-iam: name the trust as <namespace>/<name>", file=sys.stderr)
+        return 2
+    token_source = sys.stdin if args.token == "-" else Path(args.token).open()  # noqa: SIM115
+    with token_source:
+        token = token_source.read().strip()
+    config.load_kube_config()  # type: ignore[no-untyped-call]
+    try:
+        body = client.CustomObjectsApi().get_namespaced_custom_object(
+            GROUP, VERSION, namespace, TRUSTS, name
+        )
+    except ApiException as error:
+        print(
+            f"kube-iam: cannot read trust {args.trust}: {error.status} {error.reason}",
+            file=sys.stderr,
+        )
+        return 1
+    trust = FederationTrust.model_validate(body)
+    now = datetime.datetime.now(datetime.UTC)
+    verdict = asyncio.run(verify(token, trust.spec, get_settings(), now=now))
+    for check in verdict.checks:
+        mark = "pass" if check.passed else f"FAIL {check.reason}"
+        print(f"{mark:<28} {check.name}: {check.message}")
+    print("trusted" if verdict.accepted else "not trusted")
+    return 0 if verdict.accepted else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kube-iam", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -97,6 +137,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--state-dir", help="where the cluster keeps its files (default: .local in the repository)"
     )
     cluster.set_defaults(handler=_cluster)
+
+    trust = commands.add_parser("trust", help="FederationTrusts")
+    trust_commands = trust.add_subparsers(dest="trust_command", required=True)
+    check = trust_commands.add_parser(
+        "check",
+        help="evaluate a token against a trust as the token service will; exit 0 if trusted",
+    )
+    check.add_argument("trust", metavar="NAMESPACE/NAME", help="the FederationTrust")
+    check.add_argument(
+        "--token", required=True, metavar="FILE", help="file holding the token (- for stdin)"
+    )
+    check.set_defaults(handler=_trust_check)
 
     crds = commands.add_parser("crds", help="generate crds/ from the API models")
     crds.add_argument("--check", action="store_true", help="fail if crds/ is out of date")
