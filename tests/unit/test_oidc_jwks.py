@@ -224,3 +224,11 @@ def test_any_document_gives_keys_or_a_jwks_error(document: Any) -> None:
         message = json.dumps(keys.key_ids)
         assert keys.keys
     assert message
+
+
+def test_an_rsa_modulus_eaten_by_yaml_as_false_gets_a_hint_to_quote_it() -> None:
+    key = rsa_jwk()
+    key["false"] = key.pop("n")  # what kubectl's YAML 1.1 makes of an unquoted `n:`
+    message = refused({"keys": [key]})
+    assert 'quote the key in YAML ("n": ...)' in message
+    assert key["false"] not in message

@@ -186,7 +186,13 @@ def _load(
         # token from `fits`.
         key = jwt.PyJWK(dict(entry), algorithm=min(fits))
     except (jwt.exceptions.PyJWTError, ValueError, TypeError):
-        raise JwksError(f"{source}: {label} has {kty} key material that does not load.") from None
+        hint = ""
+        if "false" in entry and "n" not in entry:
+            # YAML 1.1, which kubectl speaks, reads an unquoted key `n` as the boolean false.
+            hint = ' Its member "n" arrived as "false": quote the key in YAML ("n": ...).'
+        raise JwksError(
+            f"{source}: {label} has {kty} key material that does not load.{hint}"
+        ) from None
     public = key.key
     if isinstance(public, rsa.RSAPublicKey) and public.key_size < MIN_RSA_BITS:
         return f"is a {public.key_size}-bit RSA key, shorter than {MIN_RSA_BITS} bits"
