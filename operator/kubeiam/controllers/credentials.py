@@ -67,6 +67,10 @@ ISSUANCE_SECONDS = metrics.histogram(
     buckets=(0.25, 0.5, 1, 2, 3, 5, 10, 30, 60, 300, 3600, 86400),
     labels=["waited"],
 )
+SWEEPS = metrics.counter(
+    "kubeiam_credential_sweeps",
+    "Completed sweeps over accounts whose waiting credentials may have a slot by now.",
+)
 EXPIRY_LATENESS_SECONDS = metrics.histogram(
     "kubeiam_credential_expiry_lateness_seconds",
     "From a credential's expiry to its status saying Expired.",
@@ -955,6 +959,7 @@ async def _run_scheduled(key: ScheduleKey) -> None:
                     view.name,
                     extra=about(KIND, view.namespace, view.name, view.uid),
                 )
+        SWEEPS.inc()
         return
     body = await api.get_credential(namespace, name)
     if body is None or body["metadata"]["uid"] != uid:

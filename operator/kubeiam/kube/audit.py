@@ -15,7 +15,14 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from kubeiam.kube import metrics
+
 logger = logging.getLogger(__name__)
+PASSES = metrics.counter(
+    "kubeiam_audit_passes",
+    "Completed passes of each background audit: a stalled audit shows as a flat line.",
+    ["audit"],
+)
 
 T = TypeVar("T")
 
@@ -67,3 +74,4 @@ class Audit(Generic[T]):
                 logger.exception(
                     "The %s audit failed on %s; the next pass tries again.", self.name, target
                 )
+        PASSES.labels(self.name).inc()
