@@ -101,7 +101,7 @@ async def verify(
         name="issuer keys",
         passed=True,
         reason=None,
-        message=f"{len(key_set.key_ids)} signing keys: {', '.join(key_set.key_ids) or 'no kid'}.",
+        message=f"{len(key_set.keys)} signing keys: {', '.join(key_set.key_ids) or 'no kid'}.",
     )
     terms = TrustTerms(
         issuer=spec.issuer,
