@@ -175,3 +175,16 @@ def test_a_restart_over_settled_objects_writes_nothing(
     # ... and the objects say the same: not one resourceVersion moved.
     assert _versions(cluster, namespace) == versions
     assert page.value("kubeiam_reconcile_errors_total") == 0
+
+
+def test_each_crd_stores_one_version_and_the_api_server_has_stored_only_it(
+    cluster: ClusterHandle,
+) -> None:
+    """The starting point of the README's upgrade path to a later version."""
+    for plural in ("serviceaccounts", "serviceaccountcredentials", "federationtrusts"):
+        crd = cluster.get("crd", f"{plural}.iam.kubeiam.io", "")
+        assert crd is not None
+        versions = {v["name"]: (v["served"], v["storage"]) for v in crd["spec"]["versions"]}
+        assert versions == {"v1alpha1": (True, True)}, plural
+        assert crd["status"]["storedVersions"] == ["v1alpha1"], plural
+        assert crd["spec"].get("conversion", {}).get("strategy", "None") == "None", plural
