@@ -20,7 +20,7 @@ import kopf
 from kubeiam.api import FederationTrust
 from kubeiam.domain import trusts as rules
 from kubeiam.domain.conditions import READY, Reason, changed_fields
-from kubeiam.kube import api, events
+from kubeiam.kube import api, events, retry
 from kubeiam.kube.ownership import ensure_owned_by_account
 from kubeiam.kube.resources import GROUP, SERVICE_ACCOUNTS, TRUSTS, VERSION
 from kubeiam.oidc.cel import ConditionError, compile_condition
@@ -32,7 +32,6 @@ from kubeiam.settings import Settings, get_settings
 logger = logging.getLogger(__name__)
 
 AccountKey = tuple[str, str]  # (namespace, account name)
-_ATTEMPTS = 5
 
 
 @dataclass(frozen=True)
@@ -221,19 +220,11 @@ async def _reconcile_by_name(view: TrustView) -> None:
 
 async def reconcile_until_settled(body: Mapping[str, Any], *, announce: bool) -> None:
     """Reconcile; when another writer got there first, read the trust again and retry."""
-    metadata = body["metadata"]
-    for _attempt in range(_ATTEMPTS):
-        try:
-            await reconcile(body, announce=announce)
-            return
-        except api.Gone:
-            return
-        except api.Conflict:
-            fresh = await api.get_trust(metadata["namespace"], metadata["name"])
-            if fresh is None or fresh["metadata"]["uid"] != metadata["uid"]:
-                return
-            body = fresh
-    raise kopf.TemporaryError("The trust kept changing while it was handled.", delay=1)
+
+    async def step(current: Mapping[str, Any]) -> None:
+        await reconcile(current, announce=announce)
+
+    await retry.until_settled(body, step, api.get_trust, what="trust")
 
 
 async def reconcile(body: Mapping[str, Any], *, announce: bool) -> None:
