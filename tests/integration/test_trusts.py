@@ -448,3 +448,45 @@ def test_the_example_trusts_apply_and_pass_every_check_the_cluster_can_make(
         "get", "events", "-n", namespace, "--field-selector", "reason=RenameableClaim", "-o", "name"
     )
     assert warnings.stdout.strip() == "", "the example pins ids, so it needs no rename warning"
+
+
+def test_a_restart_over_settled_trusts_writes_nothing(
+    cluster: ClusterHandle, namespace: str, github: LocalIssuer, trust_operator: OperatorProcess
+) -> None:
+    accounts = [f"acct-{i}" for i in range(4)]
+    manifests = [account_manifest(name) for name in accounts]
+    for account in accounts:
+        for n in range(3):
+            body = json.loads(trust_manifest(f"{account}-t{n}", github.url))
+            body["spec"]["serviceAccountName"] = account
+            manifests.append(json.dumps(body))
+    cluster.apply(many(manifests), namespace)
+
+    def versions() -> dict[str, str]:
+        listed = cluster.kubectl("get", "iamtrust", "-n", namespace, "-o", "json")
+        return {
+            o["metadata"]["name"]: o["metadata"]["resourceVersion"]
+            for o in json.loads(listed.stdout)["items"]
+        }
+
+    def all_ready() -> dict[str, str] | None:
+        listed = json.loads(
+            cluster.kubectl("get", "iamtrust", "-n", namespace, "-o", "json").stdout
+        )
+        ready = [ready_of(o).get("reason") == "Ready" for o in listed["items"]]
+        return versions() if len(ready) == 12 and all(ready) else None
+
+    before = wait_for(all_ready, timeout=90, what="12 trusts Ready")
+    log = trust_operator.log_path
+    assert log is not None
+    marker = f"[{namespace}/"
+
+    def resumed() -> int:
+        lines = log.read_text(errors="replace").splitlines()
+        return sum(1 for line in lines if marker in line and "'trust_resumed' succeeded" in line)
+
+    already = resumed()
+    trust_operator.stop()
+    trust_operator.start()
+    wait_for(lambda: resumed() >= already + 12, what="the restarted operator to resume 12 trusts")
+    assert versions() == before, "a restart over settled trusts wrote to them"
