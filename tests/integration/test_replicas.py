@@ -49,6 +49,7 @@ FINAL = {
     **dict.fromkeys(["key-01", "key-02", "key-03", "key-04", "key-06"], "Active"),
     **dict.fromkeys(["key-07", "key-08", "key-09"], "Pending"),
 }
+ACTIVE = sorted(name for name, state in FINAL.items() if state == "Active")
 
 
 @pytest.fixture
@@ -132,8 +133,12 @@ def test_two_replicas_keep_the_limit_write_each_secret_once_and_survive_a_kill(
         victim.kill()
 
         def settled() -> dict[str, str | None] | None:
+            # An ended credential's Secret is deleted after the slot it freed is filled.
             now = states(cluster, namespace)
-            return now if now == FINAL and recorder.states == FINAL else None
+            if now != FINAL or recorder.states != FINAL:
+                return None
+            left = sorted(s["metadata"]["name"] for s in managed_secrets(cluster, namespace))
+            return now if left == ACTIVE else None
 
         try:
             wait_for(settled, timeout=120, what="the burst to settle")
@@ -149,20 +154,18 @@ def test_two_replicas_keep_the_limit_write_each_secret_once_and_survive_a_kill(
     # The counts settle right: the ledger holds exactly the Active credentials.
     account = cluster.get("iamsa", "pipeline", namespace)
     assert account is not None
-    active = sorted(name for name, state in FINAL.items() if state == "Active")
-    assert account["status"]["activeCredentialCount"] == len(active) == 5
-    assert sorted(e["name"] for e in account["status"]["activeCredentials"]) == active
-    # Each Active credential has exactly one Secret, the one its status' hash names; ended
-    # ones' Secrets are gone (secretDeletionPolicy Delete).
-    assert sorted(s["metadata"]["name"] for s in managed_secrets(cluster, namespace)) == active
-    for name in active:
+    assert account["status"]["activeCredentialCount"] == len(ACTIVE) == 5
+    assert sorted(e["name"] for e in account["status"]["activeCredentials"]) == ACTIVE
+    # Each Active credential has exactly one Secret (the ended ones' were deleted, as
+    # secretDeletionPolicy Delete says: see settled), the one its status' hash names.
+    for name in ACTIVE:
         obj = cluster.get("iamcred", name, namespace)
         assert obj is not None
         mounted = read_secret(cluster, namespace, name)
         assert sha256(mounted.client_secret()) == obj["status"]["secretHash"]
     # No Secret was written twice: one creation per name, never changed afterwards.
     added = secrets.count("ADDED")
-    assert set(active) <= set(added)
+    assert set(ACTIVE) <= set(added)
     assert set(added) <= set(FINAL) - {"key-05", "key-07", "key-08", "key-09"}
     assert all(count == 1 for count in added.values()), added
     assert secrets.count("MODIFIED") == {}
