@@ -94,6 +94,14 @@ class ApiServerRequests:
             )
         )
 
+    def all(self, verbs: frozenset[str] | set[str]) -> dict[str, int]:
+        """By verb, group and resource, whatever wrote it (the control plane's leases too)."""
+        return {
+            f"{verb} {resource}.{group or 'core'}": int(value)
+            for (verb, group, resource), value in sorted(self.counts.items())
+            if verb in verbs and value
+        }
+
     def kube_iam(self, verbs: frozenset[str] | set[str]) -> dict[str, int]:
         """By resource: kube-iam's kinds and Secrets, the objects kube-iam writes."""
         found: dict[str, int] = {}

@@ -2,9 +2,11 @@
 Secret. Measured by the API server's own request counts, not by what the operator says.
 
 100 accounts and 200 credentials (140 Active, 30 Pending for a slot, 30 Revoked) are settled by
-one operator process; a second one starts over them, resumes every object, runs two passes of
-the Secret audit and a sweep, and must not have written anything of kube-iam's kinds or any
-Secret. What it read at start is printed (run with -s to see it).
+one operator process; a second one starts over them the way deploy/ runs it (peering on, its
+start time as priority), resumes every object, runs two passes of the Secret audit and a sweep,
+and must not have written anything of kube-iam's kinds or any Secret. What it read, and every
+write the API server saw meanwhile (kopf's peering heartbeat, the control plane's own leases),
+are printed (run with -s to see them).
 """
 
 from __future__ import annotations
@@ -127,7 +129,26 @@ def test_a_restart_over_settled_objects_writes_nothing(
     assert len(versions) == 100 + 200 + EXPECTED["Active"]
     before = ApiServerRequests.read(cluster)
 
-    second = operators("second", KUBEIAM_LOG_FORMAT="json")
+    second = OperatorProcess(
+        cluster,
+        name="restart-second",
+        env={"KUBEIAM_LOG_FORMAT": "json"},
+        args=("--priority", str(time.time_ns())),
+    )
+    try:
+        _measure_restart(cluster, namespace, second, before, versions)
+    finally:
+        second.stop()
+
+
+def _measure_restart(
+    cluster: ClusterHandle,
+    namespace: str,
+    second: OperatorProcess,
+    before: ApiServerRequests,
+    versions: dict[str, str],
+) -> None:
+    second.start()
     started = time.monotonic()
     wait_for(
         lambda: len(_resumed(second, namespace)) == 300,
@@ -170,6 +191,7 @@ def test_a_restart_over_settled_objects_writes_nothing(
         f"\nrestart over 300 objects ({EXPECTED['Active']} Secrets): all resumed after "
         f"{resumed_after:.1f}s\nAPI server, kube-iam's kinds and Secrets, reads: {as_json(reads)}"
         f"\nthe operator's own count of its GETs: {as_json(ours)}"
+        f"\nevery write the API server saw meanwhile: {as_json(delta.all(WRITE_VERBS))}"
     )
     assert delta.kube_iam(WRITE_VERBS) == {}
     # ... and the objects say the same: not one resourceVersion moved.
