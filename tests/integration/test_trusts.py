@@ -490,3 +490,36 @@ def test_a_restart_over_settled_trusts_writes_nothing(
     trust_operator.start()
     wait_for(lambda: resumed() >= already + 12, what="the restarted operator to resume 12 trusts")
     assert versions() == before, "a restart over settled trusts wrote to them"
+
+
+def test_the_trusts_gauge_counts_every_trust_by_its_ready_reason(
+    cluster: ClusterHandle, namespace: str, github: LocalIssuer, trust_operator: OperatorProcess
+) -> None:
+    broad = trust_manifest("broad", github.url, "claims.ref == 'refs/heads/main'")
+    cluster.apply(many([account_manifest(), trust_manifest("ok", github.url), broad]), namespace)
+    wait_ready(cluster, namespace, "ok", "True", "Ready")
+    wait_ready(cluster, namespace, "broad", "False", "ConditionTooBroad")
+
+    def as_kubectl_sees_it() -> dict[str, float]:
+        listed = json.loads(cluster.kubectl("get", "iamtrust", "-A", "-o", "json").stdout)
+        counts: dict[str, float] = {}
+        for item in listed["items"]:
+            reason = ready_of(item).get("reason") or "Unknown"
+            counts[reason] = counts.get(reason, 0) + 1
+        return counts
+
+    def as_scraped() -> dict[str, float]:
+        found = {}
+        for line in trust_operator.scrape().splitlines():
+            if line.startswith("kubeiam_trusts{"):
+                labels, value = line.rsplit(" ", 1)
+                found[labels.split('reason="', 1)[1].split('"', 1)[0]] = float(value)
+        return found
+
+    def agree() -> dict[str, float] | None:
+        scraped = as_scraped()
+        return scraped if scraped == as_kubectl_sees_it() else None
+
+    scraped = wait_for(agree, what="kubeiam_trusts to agree with kubectl")
+    assert scraped["Ready"] >= 1
+    assert scraped["ConditionTooBroad"] >= 1

@@ -20,7 +20,7 @@ import kopf
 from kubeiam.api import FederationTrust
 from kubeiam.domain import trusts as rules
 from kubeiam.domain.conditions import READY, Reason, changed_fields
-from kubeiam.kube import api, events, retry
+from kubeiam.kube import api, events, metrics, retry
 from kubeiam.kube.ownership import ensure_owned_by_account
 from kubeiam.kube.resources import GROUP, SERVICE_ACCOUNTS, TRUSTS, VERSION
 from kubeiam.oidc.cel import ConditionError, compile_condition
@@ -112,6 +112,25 @@ class _Runtime:
 
 
 _runtime = _Runtime()
+KIND = FederationTrust.names.kind
+
+
+def _trusts_by_reason() -> list[tuple[tuple[str, ...], float]]:
+    counts: dict[str, int] = {}
+    for view in _runtime.all_views():
+        reason = view.ready_reason or "Unknown"
+        counts[reason] = counts.get(reason, 0) + 1
+    return [((reason,), float(count)) for reason, count in sorted(counts.items())]
+
+
+# Computed from the index when scraped, like the credentials gauge: it cannot drift. The reason
+# set is the bounded Reason enum.
+metrics.gauge_from_memory(
+    "kubeiam_trusts",
+    "FederationTrusts by the reason of their Ready condition (Ready when they work).",
+    ["reason"],
+    _trusts_by_reason,
+)
 
 
 def _now() -> datetime.datetime:
@@ -143,16 +162,19 @@ async def stop(**_: Any) -> None:
 # a restart only re-checks, silently, and writes nothing when nothing changed.
 @kopf.on.create(GROUP, VERSION, TRUSTS)
 @kopf.on.update(GROUP, VERSION, TRUSTS, field="spec")
+@metrics.counts_errors(KIND)
 async def trust_changed(body: kopf.Body, **_: Any) -> None:
     await reconcile_until_settled(body, announce=True)
 
 
 @kopf.on.resume(GROUP, VERSION, TRUSTS)
+@metrics.counts_errors(KIND)
 async def trust_resumed(body: kopf.Body, **_: Any) -> None:
     await reconcile_until_settled(body, announce=False)
 
 
 @kopf.on.event(GROUP, VERSION, TRUSTS)
+@metrics.counts_errors(KIND)
 async def trust_event(event: kopf.RawEvent, **_: Any) -> None:
     """A trust created or deleted moves its siblings over or under the per-account limit; a
     deleted one also stops its issuer's polling if no other trust uses it."""
@@ -174,6 +196,7 @@ async def trust_event(event: kopf.RawEvent, **_: Any) -> None:
 
 
 @kopf.on.event(GROUP, VERSION, SERVICE_ACCOUNTS)
+@metrics.counts_errors(KIND)
 async def account_event(event: kopf.RawEvent, **_: Any) -> None:
     """An account created, deleted, disabled or given other roles changes what its trusts do.
 
