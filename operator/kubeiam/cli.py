@@ -33,6 +33,7 @@ def _run(args: argparse.Namespace) -> int:
             namespaces=args.namespace or (),
             standalone=args.standalone or None,
             priority=args.priority,
+            peering_name=args.peering,
             liveness_endpoint=args.liveness,
         )
     except Exception:
@@ -123,6 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--standalone", action="store_true", help="do not take part in kopf peering")
     run.add_argument("--priority", type=int, default=0, help="kopf peering priority")
+    run.add_argument(
+        "--peering",
+        help="the ClusterKopfPeering the replicas meet in, which must then exist (default: "
+        "kube-iam, as deploy/ installs it, or standalone when it does not exist)",
+    )
     run.add_argument(
         "--liveness",
         default=os.environ.get("KUBEIAM_LIVENESS_ENDPOINT"),

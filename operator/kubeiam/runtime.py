@@ -14,12 +14,18 @@ from kubeiam.kube import metrics, peering
 from kubeiam.settings import get_settings
 
 ANNOTATION_PREFIX = "kubeiam.io"
+PEERING_NAME = "kube-iam"
 
 
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     """Apply kube-iam's choices to kopf before any watch starts."""
     ours = get_settings()
+    # Replicas meet in kube-iam's own peering object, not kopf's "default", which another kopf
+    # operator in the cluster may use. Unless `--peering` named one, it is optional: without
+    # it (a local run with no deploy/), kopf runs standalone.
+    if not settings.peering.mandatory:
+        settings.peering.name = PEERING_NAME
     # kopf's own bookkeeping lives in annotations under our prefix: status fields would be
     # pruned by the structural schema, and the prefix tells a person who wrote them.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(

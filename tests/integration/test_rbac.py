@@ -97,7 +97,7 @@ def test_the_service_account_is_refused_what_it_was_not_granted(cluster: Cluster
     assert _can(cluster, "get", "secrets", "-n", "default")
     assert _can(cluster, "delete", "secrets", "-n", "default")
     assert _can(cluster, "patch", "serviceaccountcredentials.iam.kubeiam.io/status", "-n", "x")
-    assert _can(cluster, "patch", "clusterkopfpeerings.kopf.dev/default")
+    assert _can(cluster, "patch", "clusterkopfpeerings.kopf.dev/kube-iam")
 
 
 def test_a_call_with_the_operators_own_token_is_refused_with_403(cluster: ClusterHandle) -> None:
@@ -124,7 +124,7 @@ def test_peering_works_under_the_operators_rbac(
         replica.start()
 
         def registered() -> dict[str, Any] | None:
-            peering = cluster.get("clusterkopfpeering", "default", "")
+            peering = cluster.get("clusterkopfpeering", "kube-iam", "")
             peers = (peering or {}).get("status") or {}
             return next((p for p in peers.values() if p.get("priority") == 100), None)
 

@@ -89,7 +89,7 @@ def _start_pair(
     """Start two replicas; return (the one to kill mid-burst, the one that must finish)."""
     if mode == "standalone":
         return start("a", "--standalone"), start("b", "--standalone")
-    # As deploy/ starts them: peering on (the default ClusterKopfPeering exists), each with its
+    # As deploy/ starts them: peering on (the kube-iam ClusterKopfPeering exists), each with its
     # start time in nanoseconds as priority, so the newer one is active and the older pauses.
     older = start("older", "--priority", str(time.time_ns()))
     newer = start("newer", "--priority", str(time.time_ns()))
