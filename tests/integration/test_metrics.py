@@ -121,29 +121,34 @@ def test_metrics_agree_with_the_cluster_after_issuance_expiry_revocation_and_an_
         name for name, state in states(cluster, namespace).items() if state == "Active"
     }
 
-    # A reconcile that fails (the API server refuses the Secret: an annotation key it does not
-    # accept) is counted by its reason, as is the refused request.
-    cluster.apply(
-        many(
-            [
-                account_manifest("other"),
-                credential_manifest(
-                    "refused",
-                    account="other",
-                    secretTemplate={"annotations": {"not a valid key!": "x"}},
-                ),
-            ]
-        ),
-        namespace,
-    )
+    # A reconcile that fails (the API server refuses the Secret: the namespace's quota allows
+    # none) is counted by its reason, as is the refused request.
+    quota_namespace = f"{namespace}-quota"
+    cluster.kubectl("create", "namespace", quota_namespace)
+    try:
+        cluster.apply(
+            many(
+                [
+                    "apiVersion: v1\nkind: ResourceQuota\nmetadata:\n  name: no-secrets\n"
+                    "spec:\n  hard:\n    secrets: '0'\n",
+                    account_manifest("other"),
+                    credential_manifest("refused", account="other"),
+                ]
+            ),
+            quota_namespace,
+        )
 
-    def refused() -> Page | None:
-        page = scrape(operator)
-        errors = page.value("kubeiam_reconcile_errors_total", kind=CREDENTIAL, reason="Invalid")
-        return page if errors >= 1 else None
+        def refused() -> Page | None:
+            page = scrape(operator)
+            errors = page.value(
+                "kubeiam_reconcile_errors_total", kind=CREDENTIAL, reason="Forbidden"
+            )
+            return page if errors >= 1 else None
 
-    page = wait_for(refused, what="the refused Secret to be counted as a reconcile error")
-    assert page.value("kubeiam_api_requests_total", resource="secrets", code="422") >= 1
+        page = wait_for(refused, what="the refused Secret to be counted as a reconcile error")
+        assert page.value("kubeiam_api_requests_total", resource="secrets", code="403") >= 1
+    finally:
+        cluster.kubectl("delete", "namespace", quota_namespace, "--wait=false", check=False)
     assert page.value("kubeiam_peering_paused") == 0
     _save(cluster, "metrics-test", page)
 

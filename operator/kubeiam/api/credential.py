@@ -124,19 +124,60 @@ class SecretKeys(ApiModel):
         return {field: given.get(field, default) for field, default in DEFAULT_SECRET_KEYS.items()}
 
 
+# A label or annotation key as Kubernetes accepts it: an optional DNS-subdomain prefix and a
+# slash, then a name of at most 63 characters. Checked in the CRD: a key the API server would
+# refuse on the Secret must be refused when the credential is applied, not at issuance.
+QUALIFIED_NAME_PATTERN = (
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+)
+MAX_TEMPLATE_ENTRIES = 64
+
+
+def _qualified_keys_rule(field: str) -> Rule:
+    return Rule(
+        rule=(
+            f"!has(self.{field}) || self.{field}.all(k, size(k) <= 317 && "
+            f"k.matches('{QUALIFIED_NAME_PATTERN}'))"
+        ),
+        message=(
+            f"spec.secretTemplate.{field} keys must be valid Kubernetes {field[:-1]} keys:"
+            " an optional DNS subdomain prefix and '/', then a name of at most 63 letters,"
+            " digits, '-', '_' or '.', beginning and ending with a letter or digit"
+        ),
+        field_path=f".{field}",
+        reason="FieldValueInvalid",
+    )
+
+
 class SecretTemplate(ApiModel):
     """How the generated Secret looks: its labels, annotations and data key names."""
 
-    labels: dict[str, LabelValue] | None = Field(
+    model_config = ConfigDict(
+        json_schema_extra=rules_extra(
+            _qualified_keys_rule("labels"), _qualified_keys_rule("annotations")
+        )
+    )
+
+    labels: Annotated[dict[str, LabelValue], Field(max_length=MAX_TEMPLATE_ENTRIES)] | None = Field(
         default=None,
         description=(
             "Labels to put on the generated Secret, for example for a tool that selects"
             " Secrets. Values follow the Kubernetes label value rules (at most 63 characters)."
         ),
     )
-    annotations: dict[str, str] | None = Field(
+    annotations: (
+        Annotated[
+            dict[str, Annotated[str, StringConstraints(max_length=4096)]],
+            Field(max_length=MAX_TEMPLATE_ENTRIES),
+        ]
+        | None
+    ) = Field(
         default=None,
-        description="Annotations to put on the generated Secret.",
+        description=(
+            "Annotations to put on the generated Secret: at most 64, each value at most 4096"
+            " characters."
+        ),
     )
     keys: SecretKeys | None = Field(
         default=None,
