@@ -15,7 +15,7 @@ from kubeiam.devcluster.errors import ControlPlaneError
 def _run(args: argparse.Namespace) -> int:
     import kopf
 
-    from kubeiam import runtime  # noqa: F401  (registers the handlers)
+    from kubeiam import runtime  # (importing it registers the handlers)
     from kubeiam.settings import get_settings
 
     settings = get_settings()  # fail here, with the variable's name, on a bad KUBEIAM_* value
@@ -28,14 +28,23 @@ def _run(args: argparse.Namespace) -> int:
         log_refkey="object" if as_json else None,
     )
     try:
-        kopf.run(
-            clusterwide=not args.namespace,
-            namespaces=args.namespace or (),
-            standalone=args.standalone or None,
-            priority=args.priority,
-            peering_name=args.peering,
-            liveness_endpoint=args.liveness,
-        )
+        if args.admission_only:
+            # Serves the webhook and watches nothing: no peering, every process answers.
+            kopf.run(
+                registry=runtime.admission_only_registry(),
+                clusterwide=True,
+                standalone=True,
+                liveness_endpoint=args.liveness,
+            )
+        else:
+            kopf.run(
+                clusterwide=not args.namespace,
+                namespaces=args.namespace or (),
+                standalone=args.standalone or None,
+                priority=args.priority,
+                peering_name=args.peering,
+                liveness_endpoint=args.liveness,
+            )
     except Exception:
         # Through the log, not Python's own traceback print: in JSON, a log pipeline must
         # read the reason the operator stopped like any other line.
@@ -133,6 +142,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--liveness",
         default=os.environ.get("KUBEIAM_LIVENESS_ENDPOINT"),
         help="serve kopf's health endpoint here, e.g. http://0.0.0.0:8080/healthz",
+    )
+    run.add_argument(
+        "--admission-only",
+        action="store_true",
+        help="serve the admission webhook only, reconciling nothing (a webhook-only replica)",
     )
     run.add_argument("--verbose", "-v", action="store_true", help="more log output")
     run.set_defaults(handler=_run)

@@ -2,25 +2,90 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
+from collections.abc import AsyncIterator
 from typing import Any
 
 import kopf
 
 # Importing a controller module registers its handlers with kopf's default registry.
-from kubeiam.controllers import accounts, credentials, trusts  # noqa: F401
+from kubeiam.controllers import accounts, admission, credentials, trusts  # noqa: F401
 from kubeiam.kube import metrics, peering
-from kubeiam.settings import get_settings
+from kubeiam.settings import Settings, get_settings
 
 ANNOTATION_PREFIX = "kubeiam.io"
 PEERING_NAME = "kube-iam"
+
+
+admission.register(kopf.get_default_registry())
+
+
+class WebhookOff:
+    """The admission server when KUBEIAM_WEBHOOK_PORT is 0: it serves nothing, ever."""
+
+    async def __call__(self, fn: Any) -> AsyncIterator[Any]:
+        await asyncio.Event().wait()
+        yield {}  # pragma: no cover  (never reached)
+
+
+def webhook_server(ours: Settings) -> Any:
+    """kopf's own webhook server, with our certificate, on every replica.
+
+    kopf re-reads the files when they change, so a renewed certificate (cert-manager rotates
+    the Secret) is served without a restart. The webhook configuration is not managed by the
+    operator: deploy/ (or the local control plane) registers it, so the operator needs no right
+    to change webhook configurations.
+    """
+    if ours.webhook_port == 0:
+        return WebhookOff()
+    cert, key = ours.webhook_cert_dir / "tls.crt", ours.webhook_cert_dir / "tls.key"
+    missing = [str(path) for path in (cert, key) if not path.is_file()]
+    if missing:
+        raise kopf.PermanentError(
+            f"KUBEIAM_WEBHOOK_CERT_DIR: no serving certificate at {', '.join(missing)}; mount "
+            "the kube-iam-webhook-tls Secret there (README, Admission), or set "
+            "KUBEIAM_WEBHOOK_PORT=0 where the webhook is not registered"
+        )
+    return kopf.WebhookServer(
+        addr=ours.webhook_address,
+        port=ours.webhook_port,
+        certfile=str(cert),
+        pkeyfile=str(key),
+    )
+
+
+def configure_admission(settings: kopf.OperatorSettings, ours: Settings) -> None:
+    settings.admission.server = webhook_server(ours)
+    settings.admission.managed = None
+
+
+def admission_only_registry() -> kopf.OperatorRegistry:
+    """A registry with the webhook alone: `kube-iam run --admission-only` serves admission and
+    watches nothing (a webhook-only Deployment, or the tests' session-wide webhook)."""
+    registry = kopf.OperatorRegistry()
+    admission.register(registry)
+    # The default registry logs in by itself; a registry of our own needs to be told how.
+    kopf.on.login(registry=registry)(kopf.login_via_client)
+
+    @kopf.on.startup(registry=registry)
+    def configure_webhook_only(settings: kopf.OperatorSettings, **_: Any) -> None:
+        configure_admission(settings, get_settings())
+        logging.getLogger("kubeiam").setLevel(logging.INFO)
+
+    @kopf.on.startup(registry=registry)
+    async def serve_metrics_webhook_only(**_: Any) -> None:
+        await _serve_metrics()
+
+    return registry
 
 
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     """Apply kube-iam's choices to kopf before any watch starts."""
     ours = get_settings()
+    configure_admission(settings, ours)
     # Replicas meet in kube-iam's own peering object, not kopf's "default", which another kopf
     # operator in the cluster may use. Unless `--peering` named one, it is optional: without
     # it (a local run with no deploy/), kopf runs standalone.
@@ -58,6 +123,10 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
 @kopf.on.startup()
 async def serve_metrics(**_: Any) -> None:
     """Serve /metrics from the start, so a scrape sees the operator as soon as it runs."""
+    await _serve_metrics()
+
+
+async def _serve_metrics() -> None:
     try:
         await metrics.serve(get_settings().metrics_port)
     except RuntimeError as error:

@@ -33,6 +33,10 @@ TENANT_CLAIMS = (
 )
 
 
+Scope = Literal["organization", "project"]
+SCOPES: tuple[Scope, ...] = ("organization", "project")
+
+
 class Settings(BaseSettings):
     """Every knob kube-iam has. Each field is set by the environment variable KUBEIAM_<NAME>.
 
@@ -130,6 +134,15 @@ class Settings(BaseSettings):
         default=datetime.timedelta(seconds=60),
         description="Clock skew allowed on a token's exp, nbf and iat.",
     )
+    role_catalogue: list[str] = Field(
+        default_factory=list,
+        description="The organisation's role slugs (JSON list): admission refuses any other role "
+        "on an account, credential or trust. Empty: any well-formed slug.",
+    )
+    allowed_scopes: list[Scope] = Field(
+        default_factory=lambda: list(SCOPES),
+        description="The scopes accounts may use (JSON list); admission refuses others.",
+    )
     secret_deletion_policy: Literal["Retain", "Delete"] = Field(
         default="Delete",
         description="What happens to a credential's Secret when it ends, unless the credential "
@@ -157,6 +170,37 @@ class Settings(BaseSettings):
         le=3600,
         description="Seconds a replica's peering heartbeat counts: a paused replica takes over "
         "this long after the active one died.",
+    )
+
+    webhook_port: int = Field(
+        default=9443,
+        ge=0,
+        le=65535,
+        description="Port of the admission webhook (https, every replica serves it); 0 turns it "
+        "off, for a cluster where the webhook is not registered.",
+    )
+    webhook_address: str = Field(
+        default="0.0.0.0",  # noqa: S104  (the API server calls the pod IP)
+        description="Address the admission webhook listens on.",
+    )
+    webhook_cert_dir: Path = Field(
+        default=Path("/etc/kube-iam/webhook"),
+        description="Directory holding the webhook's serving certificate as tls.crt and tls.key "
+        "(a mounted kubernetes.io/tls Secret); re-read when the files change.",
+    )
+    admission_timeout: float = Field(
+        default=2.0,
+        gt=0,
+        le=10,
+        description="Seconds the webhook waits for the API server when it reads an account or "
+        "reviews access; the webhook configuration allows 5 in all.",
+    )
+    access_review_ttl: float = Field(
+        default=10.0,
+        ge=0,
+        le=300,
+        description="Seconds an answer of a SubjectAccessReview is reused for the same user, "
+        "verb and name.",
     )
 
     @field_validator("*", mode="before")

@@ -15,6 +15,8 @@ from kubeiam.devcluster import install
 from kubeiam.devcluster.binaries import REPO_ROOT, ensure_binaries
 from kubeiam.devcluster.cluster import LocalCluster, apply_crds
 from kubeiam.devcluster.kubectl import Kubectl
+from kubeiam.devcluster.webhook import LocalWebhook
+from kubeiam.devcluster.webhook import unregister as unregister_webhook
 
 from .support import ClusterHandle, InClusterOperator, OperatorProcess
 
@@ -41,20 +43,46 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: item.get_closest_marker("runs_last") is not None)
 
 
-def _as_deployed(kubectl: Kubectl, log_dir: Path, *, workload: bool) -> ClusterHandle:
+def _as_deployed(
+    kubectl: Kubectl, log_dir: Path, *, workload: bool, webhook: LocalWebhook | None
+) -> ClusterHandle:
     """Install deploy/, and hand operator processes its ServiceAccount and settings: every
-    test then runs the operator under the RBAC a user installs."""
-    install.install(kubectl, workload=workload)
+    test then runs the operator under the RBAC a user installs. With a local webhook, the
+    API server calls processes on loopback for admission, as it calls the pods in a cluster."""
+    install.install(kubectl, workload=workload, local_webhook=webhook)
     operator_kubeconfig = install.operator_kubeconfig(
         kubectl, TEST_STATE_DIR / "operator.kubeconfig"
     )
+    if webhook is None:
+        # A cluster whose API server cannot reach this machine: no webhook is registered.
+        unregister_webhook(kubectl)
     return ClusterHandle(
         kubeconfig=kubectl.kubeconfig,
         kubectl=kubectl,
         log_dir=log_dir,
         operator_kubeconfig=operator_kubeconfig,
-        operator_env={**install.settings_env(kubectl), **TEST_SETTINGS},
+        operator_env={
+            **install.settings_env(kubectl),
+            **TEST_SETTINGS,
+            **(webhook.env() if webhook else {"KUBEIAM_WEBHOOK_PORT": "0"}),
+        },
+        webhook=webhook,
     )
+
+
+def _serving_admission(handle: ClusterHandle) -> Iterator[ClusterHandle]:
+    """Keep a webhook-only process (`kube-iam run --admission-only`) up for the session, so
+    kube-iam's kinds can be written while a test has stopped or killed every operator; the
+    operators a test starts serve the same port beside it."""
+    if handle.webhook is None:
+        yield handle
+        return
+    handle.admission = OperatorProcess(handle, name="admission", args=("--admission-only",))
+    handle.admission.start()
+    try:
+        yield handle
+    finally:
+        handle.admission.stop()
 
 
 @pytest.fixture(scope="session")
@@ -69,14 +97,15 @@ def cluster() -> Iterator[ClusterHandle]:
             yield ClusterHandle(kubeconfig=Path(given), kubectl=kubectl, log_dir=log_dir)
         else:
             # A cluster with nodes would run the Deployment's pods beside the tests' processes.
-            yield _as_deployed(kubectl, log_dir, workload=False)
+            yield _as_deployed(kubectl, log_dir, workload=False, webhook=None)
         return
     local = LocalCluster(TEST_STATE_DIR)
     started_here = not local.is_running()
     local.up(announce=True)
     try:
         # No kubelet runs here: the Deployment is accepted and its pods never start.
-        yield _as_deployed(local.kubectl, local.log_dir, workload=True)
+        handle = _as_deployed(local.kubectl, local.log_dir, workload=True, webhook=local.webhook)
+        yield from _serving_admission(handle)
     finally:
         if started_here and not os.environ.get("KUBEIAM_KEEP_TEST_CLUSTER"):
             local.down(quiet=True)

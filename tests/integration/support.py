@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import pytest
 
 from kubeiam.devcluster.kubectl import Kubectl
+from kubeiam.devcluster.webhook import LocalWebhook
 
 T = TypeVar("T")
 DEFAULT_TIMEOUT = 60.0
@@ -53,6 +54,9 @@ class ClusterHandle:
     log_dir: Path
     operator_kubeconfig: Path | None = None
     operator_env: dict[str, str] = field(default_factory=dict)
+    # The local webhook the API server calls, and the session's webhook-only process.
+    webhook: LocalWebhook | None = None
+    admission: OperatorProcess | None = None
 
     def get(self, resource: str, name: str, namespace: str, *extra: str) -> dict[str, Any] | None:
         result = self.kubectl(

@@ -8,6 +8,7 @@ from typing import Any
 import kopf
 
 from kubeiam.domain.accounts import AccountFacts, desired_status, state_change
+from kubeiam.domain.admission import with_created_by
 from kubeiam.kube import events, metrics
 from kubeiam.kube.resources import GROUP, SERVICE_ACCOUNTS, VERSION
 from kubeiam.kube.status import stage_status
@@ -31,8 +32,14 @@ def reconcile_account(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
         created_at=body.metadata.get("creationTimestamp"),
         current_status=current,
     )
-    desired = desired_status(
-        facts, organization=get_settings().organization, now=datetime.datetime.now(datetime.UTC)
+    desired = with_created_by(
+        desired_status(
+            facts,
+            organization=get_settings().organization,
+            now=datetime.datetime.now(datetime.UTC),
+        ),
+        body.metadata.annotations,
+        current,
     )
     stage_status(patch, current, desired)
     new_state = state_change(current, desired)

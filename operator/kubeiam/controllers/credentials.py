@@ -19,6 +19,7 @@ import kopf
 
 from kubeiam.api import ServiceAccountCredential
 from kubeiam.domain import credentials as rules
+from kubeiam.domain.admission import with_created_by
 from kubeiam.domain.conditions import READY, Reason, format_time
 from kubeiam.domain.credentials import State
 from kubeiam.domain.limit import Contender, LedgerEntry, plan_admission
@@ -559,6 +560,8 @@ def _holds_slot(account_body: Mapping[str, Any] | None, uid: str) -> bool:
 async def _write_status(body: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str, Any]:
     """CAS-write what differs; `api.Conflict` if the credential changed since `body`."""
     current = body.get("status") or {}
+    # The first write of a credential's status also records who created it.
+    desired = with_created_by(desired, body["metadata"].get("annotations"), current)
     changes = {k: v for k, v in desired.items() if current.get(k) != v}
     if not changes:
         return dict(body)

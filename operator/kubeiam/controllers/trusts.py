@@ -19,6 +19,7 @@ import kopf
 
 from kubeiam.api import FederationTrust
 from kubeiam.domain import trusts as rules
+from kubeiam.domain.admission import with_created_by
 from kubeiam.domain.conditions import READY, Reason, changed_fields
 from kubeiam.kube import api, events, metrics, retry
 from kubeiam.kube.ownership import ensure_owned_by_account
@@ -323,7 +324,11 @@ async def _write(
     body: Mapping[str, Any], facts: rules.TrustFacts, *, recheck_after: datetime.timedelta
 ) -> None:
     current = facts.current_status
-    desired = rules.desired_status(facts, now=_now(), recheck_after=recheck_after)
+    desired = with_created_by(
+        rules.desired_status(facts, now=_now(), recheck_after=recheck_after),
+        body["metadata"].get("annotations"),
+        current,
+    )
     changes = changed_fields(current, desired)
     if not changes:
         return

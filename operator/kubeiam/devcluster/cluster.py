@@ -18,8 +18,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from kubeiam.api.crdgen import crd_documents
+from kubeiam.devcluster import webhook
 from kubeiam.devcluster.binaries import REPO_ROOT, ensure_binaries, pinned_versions
-from kubeiam.devcluster.certs import ControlPlanePKI, create_pki
+from kubeiam.devcluster.certs import ControlPlanePKI, KeyPair, create_pki
 from kubeiam.devcluster.errors import ControlPlaneError
 from kubeiam.devcluster.kubeconfig import write_kubeconfig
 from kubeiam.devcluster.kubectl import Kubectl
@@ -134,6 +135,7 @@ class LocalCluster:
         if self.is_running():
             if install_crds:
                 self.install_crds()
+            self._register_webhook()
             return self.kubeconfig
         # Anything half-started by an earlier, interrupted call is ours to clear away first.
         self.down(quiet=True)
@@ -183,6 +185,8 @@ class LocalCluster:
             )
             if install_crds:
                 self.install_crds()
+            webhook.prepare(self.state_dir, pki.ca)
+            self._register_webhook()
         except BaseException:
             self.down(quiet=True)
             raise
@@ -294,6 +298,18 @@ class LocalCluster:
         """The cluster's kubectl, with the admin kubeconfig."""
         return Kubectl(self.kubectl_path, self.kubeconfig)
 
+    @property
+    def webhook(self) -> webhook.LocalWebhook | None:
+        """Where local operator processes serve the admission webhook the cluster calls."""
+        return webhook.load(self.state_dir)
+
+    def _register_webhook(self) -> None:
+        local = webhook.load(self.state_dir)
+        if local is None:  # a cluster started before the webhook existed
+            ca = KeyPair(self._pki_dir / "ca.crt", self._pki_dir / "ca.key")
+            local = webhook.prepare(self.state_dir, ca)
+        webhook.register(self.kubectl, local)
+
     def install_crds(self) -> None:
         """Apply crds/ and wait until the API server serves every kind."""
         apply_crds(self.kubectl)
@@ -306,6 +322,8 @@ class LocalCluster:
         for record in reversed(state.processes if state else []):
             self._stop(record, quiet=quiet)
         self._state_file.unlink(missing_ok=True)
+        for written in ("webhook.json", "webhook.env"):
+            (self.state_dir / written).unlink(missing_ok=True)
         for directory in (self._etcd_dir, self._pki_dir, self.state_dir / ".kube-cache"):
             shutil.rmtree(directory, ignore_errors=True)
         self.kubeconfig.unlink(missing_ok=True)

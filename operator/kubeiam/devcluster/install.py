@@ -21,6 +21,9 @@ from kubeiam.devcluster.binaries import REPO_ROOT, ensure_binaries
 from kubeiam.devcluster.errors import ControlPlaneError
 from kubeiam.devcluster.kubeconfig import write_token_kubeconfig
 from kubeiam.devcluster.kubectl import Kubectl
+from kubeiam.devcluster.webhook import LocalWebhook
+from kubeiam.devcluster.webhook import load as load_webhook
+from kubeiam.devcluster.webhook import register as register_webhook
 
 DEPLOY_DIR = REPO_ROOT / "deploy"
 NAMESPACE = "kube-iam-system"
@@ -37,12 +40,21 @@ def render(kubectl: Kubectl, directory: Path = DEPLOY_DIR) -> list[dict[str, Any
     return [doc for doc in yaml.safe_load_all(built) if doc]
 
 
-def install(kubectl: Kubectl, *, workload: bool = True) -> None:
+def install(
+    kubectl: Kubectl, *, workload: bool = True, local_webhook: LocalWebhook | None = None
+) -> None:
     """Apply deploy/ the way the README says: the CRDs first, then everything.
 
     Without `workload`, the Deployment is left out: on a cluster with nodes it would start
-    operator pods beside the processes the tests run.
+    operator pods beside the processes the tests run. With `local_webhook`, the webhook
+    configurations deploy/ points at its Service are pointed at local processes again.
     """
+    _apply(kubectl, workload=workload)
+    if local_webhook is not None:
+        register_webhook(kubectl, local_webhook)
+
+
+def _apply(kubectl: Kubectl, *, workload: bool) -> None:
     kubectl("apply", "--kustomize", str(DEPLOY_DIR / "crds"))
     # `kubectl wait` reads no kustomization: every CRD in deploy/crds carries this label.
     kubectl(
@@ -93,9 +105,11 @@ def main(argv: list[str] | None = None) -> int:
     binary = shutil.which("kubectl") or ensure_binaries(args.out / "logs") / "kubectl"
     kubectl = Kubectl(binary, args.kubeconfig)
     try:
-        install(kubectl)
+        # The local control plane calls the webhook on loopback, where this process will serve.
+        local = load_webhook(args.out)
+        install(kubectl, local_webhook=local)
         kubeconfig = operator_kubeconfig(kubectl, args.out / "operator.kubeconfig")
-        env = settings_env(kubectl)
+        env = {**settings_env(kubectl), **(local.env() if local else {})}
     except ControlPlaneError as error:
         print(f"kube-iam: {error}", file=sys.stderr)
         return 2

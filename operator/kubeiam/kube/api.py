@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, cast
 
 from kubernetes import client, config
@@ -100,10 +100,12 @@ def _translate(error: ApiException) -> Exception:
     return error
 
 
-async def _get_custom(plural: str, namespace: str, name: str) -> dict[str, Any] | None:
+async def _get_custom(
+    plural: str, namespace: str, name: str, request_timeout: float = _TIMEOUT
+) -> dict[str, Any] | None:
     def call() -> Any:
         return _custom().get_namespaced_custom_object_with_http_info(
-            GROUP, VERSION, namespace, plural, name, _request_timeout=_TIMEOUT
+            GROUP, VERSION, namespace, plural, name, _request_timeout=request_timeout
         )
 
     try:
@@ -115,8 +117,35 @@ async def _get_custom(plural: str, namespace: str, name: str) -> dict[str, Any] 
     return result
 
 
-async def get_account(namespace: str, name: str) -> dict[str, Any] | None:
-    return await _get_custom(SERVICE_ACCOUNTS, namespace, name)
+async def get_account(
+    namespace: str, name: str, *, request_timeout: float = _TIMEOUT
+) -> dict[str, Any] | None:
+    return await _get_custom(SERVICE_ACCOUNTS, namespace, name, request_timeout)
+
+
+async def review_access(
+    user: Mapping[str, Any], attributes: Mapping[str, str], *, request_timeout: float = _TIMEOUT
+) -> bool:
+    """Ask the API server whether `user` (username, uid, groups, extra) may do what
+    `attributes` (a SubjectAccessReview's resourceAttributes) say."""
+    body: Any = {
+        "apiVersion": "authorization.k8s.io/v1",
+        "kind": "SubjectAccessReview",
+        "spec": {**user, "resourceAttributes": dict(attributes)},
+    }
+
+    def call() -> Any:
+        response: Any = client.AuthorizationV1Api(_client()).create_subject_access_review(
+            body, _request_timeout=request_timeout, _preload_content=False
+        )
+        try:
+            return json.loads(response.data), response.status, None
+        finally:
+            response.release_conn()
+
+    review: dict[str, Any] = await _call("create", "subjectaccessreviews", call)
+    status = review.get("status") or {}
+    return bool(status.get("allowed")) and not status.get("denied")
 
 
 async def get_credential(namespace: str, name: str) -> dict[str, Any] | None:

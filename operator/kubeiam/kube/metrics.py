@@ -132,6 +132,19 @@ API_REQUESTS = counter(
     "verb, resource and HTTP status code; code is 'error' when no response came.",
     ["verb", "resource", "code"],
 )
+ADMISSION_SECONDS = histogram(
+    "kubeiam_admission_seconds",
+    "Time the admission webhook took to answer, by kind, operation and verdict (allowed, "
+    "refused or error): the API server waits this long on every write of kube-iam's kinds.",
+    (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+    ["kind", "operation", "verdict"],
+)
+ACCESS_REVIEWS = counter(
+    "kubeiam_access_reviews",
+    "SubjectAccessReviews the webhook needed, by verb and whether the answer came from the "
+    "short-lived cache (hit) or the API server (miss).",
+    ["verb", "cache"],
+)
 PAUSED = Gauge(
     "kubeiam_peering_paused",
     "1 while kopf peering has paused this replica (another one is active), else 0.",

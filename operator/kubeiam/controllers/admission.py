@@ -1,0 +1,208 @@
+"""The admission webhook: who may create, change and delete accounts, credentials and trusts.
+
+kopf serves it (its admission server, started by runtime.py on every replica, paused or not),
+so each handler here is one webhook of deploy/webhook.yaml, its id the URL path. The rules are
+in domain/admission.py; this module gathers their facts: the account, read fresh from the API
+server (an index could lag behind an account created a moment ago in the same `kubectl apply`),
+and SubjectAccessReviews, cached briefly.
+
+A mutating webhook stamps the creator into an annotation, because a validating one cannot
+write and the replica that reconciles the object may not be the one that admitted it; the
+controllers copy the stamp into status.createdBy.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any, Literal, cast
+
+import kopf
+from kubernetes.client.exceptions import ApiException
+
+from kubeiam.domain import admission as rules
+from kubeiam.kube import access, api, metrics
+from kubeiam.kube.resources import CREDENTIALS, GROUP, SERVICE_ACCOUNTS, TRUSTS, VERSION
+from kubeiam.settings import Settings, get_settings
+
+# The handler ids are the webhook URL paths deploy/webhook.yaml and the local control plane use.
+KINDS = {
+    SERVICE_ACCOUNTS: rules.Kind.ACCOUNT,
+    CREDENTIALS: rules.Kind.CREDENTIAL,
+    TRUSTS: rules.Kind.TRUST,
+}
+VALIDATE_IDS = {plural: f"validate-{plural}" for plural in KINDS}
+STAMP_IDS = {plural: f"created-by-{plural}" for plural in KINDS}
+# Credentials and trusts answer to their account's owners on delete too; accounts on delete are
+# RBAC's alone.
+_Operation = Literal["CREATE", "UPDATE", "DELETE"]
+VALIDATE_OPERATIONS: dict[str, tuple[_Operation, ...]] = {
+    SERVICE_ACCOUNTS: ("CREATE", "UPDATE"),
+    CREDENTIALS: ("CREATE", "UPDATE", "DELETE"),
+    TRUSTS: ("CREATE", "UPDATE", "DELETE"),
+}
+
+_cache: access.AccessCache | None = None
+
+
+def _access_cache(settings: Settings) -> access.AccessCache:
+    global _cache  # one cache a process, its TTL from the settings read at first use
+    if _cache is None:
+        _cache = access.AccessCache(ttl=settings.access_review_ttl)
+    return _cache
+
+
+def _policy(settings: Settings) -> rules.Policy:
+    return rules.Policy(
+        role_catalogue=frozenset(settings.role_catalogue),
+        allowed_scopes=frozenset(settings.allowed_scopes),
+    )
+
+
+def _spec(body: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+    if body is None:
+        return None
+    return dict(body.get("spec") or {})
+
+
+def _request(
+    kind: rules.Kind,
+    operation: str,
+    userinfo: Mapping[str, Any],
+    old: Mapping[str, Any] | None,
+    new: Mapping[str, Any] | None,
+) -> rules.Request:
+    body = new if new is not None else old or {}
+    metadata = body.get("metadata") or {}
+    return rules.Request(
+        kind=kind,
+        operation=rules.Operation(operation),
+        namespace=str(metadata.get("namespace") or ""),
+        name=str(metadata.get("name") or ""),
+        requester=rules.Requester.from_userinfo(userinfo),
+        new_spec=_spec(new),
+        old_spec=_spec(old),
+    )
+
+
+async def _judge(request: rules.Request, settings: Settings, warnings: list[str]) -> None:
+    """Raise kopf.AdmissionError with the rule's message when the request is refused."""
+    planned = rules.checks(request, _policy(settings))
+    if isinstance(planned, rules.Refusal):
+        raise kopf.AdmissionError(str(planned), code=403)
+    timeout = settings.admission_timeout
+    cache = _access_cache(settings)
+    account = None
+    account_roles: tuple[str, ...] = ()
+    if planned.account is not None:
+        body = await api.get_account(request.namespace, planned.account, request_timeout=timeout)
+        if body is not None:
+            account = rules.AccountFacts.from_body(body)
+            account_roles = tuple((body.get("spec") or {}).get("roles") or ())
+        refusal = rules.account_refusal(request, account)
+        if refusal is not None:
+            raise kopf.AdmissionError(str(refusal), code=403)
+    may_manage = False
+    if rules.needs_owner(request) and not (
+        account is not None and rules.is_owner(request.requester, account.owners)
+    ):
+        may_manage = await access.may(
+            cache,
+            request.requester,
+            rules.MANAGE,
+            rules.ACCOUNTS_RESOURCE,
+            request.namespace,
+            request.account_name,
+            request_timeout=timeout,
+        )
+    may_bind: dict[str, bool] = {}
+    if planned.bind_roles:
+        may_bind = await access.may_each(
+            cache,
+            request.requester,
+            rules.BIND,
+            rules.ROLES_RESOURCE,
+            request.namespace,
+            planned.bind_roles,
+            request_timeout=timeout,
+        )
+    refusal = rules.decide(request, account, may_manage=may_manage, may_bind=may_bind)
+    if refusal is not None:
+        raise kopf.AdmissionError(str(refusal), code=403)
+    if account is not None:
+        warnings.extend(rules.role_warnings(request, account_roles))
+
+
+async def validate(
+    resource: kopf.Resource,
+    operation: str,
+    userinfo: Mapping[str, Any],
+    old: Mapping[str, Any] | None,
+    new: Mapping[str, Any] | None,
+    warnings: list[str],
+    **_: Any,
+) -> None:
+    """Allow the request, or refuse it with the first rule it breaks."""
+    kind = KINDS[resource.plural]
+    started = time.perf_counter()
+    verdict = "allowed"
+    try:
+        await _judge(_request(kind, operation, userinfo, old, new), get_settings(), warnings)
+    except kopf.AdmissionError:
+        verdict = "refused"
+        raise
+    except (ApiException, api.Refused, TimeoutError, OSError) as error:
+        # Fail closed, with a message that says why and what to do; never the response body.
+        verdict = "error"
+        status = getattr(error, "status", None) or type(error).__name__
+        raise kopf.AdmissionError(
+            f"kube-iam could not check this request: the API server did not answer ({status});"
+            " nothing was changed, try again",
+            code=503,
+        ) from None
+    finally:
+        metrics.ADMISSION_SECONDS.labels(str(kind), operation, verdict).observe(
+            time.perf_counter() - started
+        )
+
+
+def stamp(
+    operation: str,
+    userinfo: Mapping[str, Any],
+    old: Mapping[str, Any] | None,
+    new: Mapping[str, Any] | None,
+    patch: kopf.Patch,
+    **_: Any,
+) -> None:
+    """Record who created the object, and keep that record as it was on every update."""
+    new_annotations = ((new or {}).get("metadata") or {}).get("annotations")
+    old_annotations = ((old or {}).get("metadata") or {}).get("annotations")
+    write, value = rules.stamped_annotation(
+        rules.Operation(operation),
+        rules.Requester.from_userinfo(userinfo),
+        new_annotations,
+        old_annotations,
+    )
+    if write:
+        patch.metadata.annotations[rules.CREATED_BY_ANNOTATION] = value
+
+
+def register(registry: kopf.OperatorRegistry) -> None:
+    """Put the webhook handlers into `registry`: the operator's, or an admission-only one."""
+    for plural in KINDS:
+        kopf.on.validate(
+            GROUP,
+            VERSION,
+            plural,
+            id=VALIDATE_IDS[plural],
+            operations=VALIDATE_OPERATIONS[plural],
+            registry=registry,
+        )(cast(Any, validate))
+        kopf.on.mutate(
+            GROUP,
+            VERSION,
+            plural,
+            id=STAMP_IDS[plural],
+            operations=("CREATE", "UPDATE"),
+            registry=registry,
+        )(cast(Any, stamp))
