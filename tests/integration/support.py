@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -11,7 +12,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -20,6 +21,8 @@ import pytest
 
 from kubeiam.devcluster.kubectl import Kubectl
 from kubeiam.devcluster.webhook import LocalWebhook
+from kubeiam.devcluster.webhook import register as register_webhook
+from kubeiam.devcluster.webhook import unregister as unregister_webhook
 
 T = TypeVar("T")
 DEFAULT_TIMEOUT = 60.0
@@ -115,6 +118,21 @@ class ClusterHandle:
             f"--timeout={timeout}s",
             timeout=timeout + 10,
         )
+
+
+@contextlib.contextmanager
+def admitted_before_the_webhook(cluster: ClusterHandle) -> Iterator[None]:
+    """Writes as on a cluster where the webhook is not registered yet (an upgrade from a
+    version without it): the operator must still handle what admission now refuses, such as
+    a credential whose account does not exist."""
+    if cluster.webhook is None:
+        yield
+        return
+    unregister_webhook(cluster.kubectl)
+    try:
+        yield
+    finally:
+        register_webhook(cluster.kubectl, cluster.webhook)
 
 
 def _free_port() -> int:

@@ -24,7 +24,7 @@ from .credentials_support import (
     wait_state,
     well_formed,
 )
-from .support import ClusterHandle, wait_for
+from .support import ClusterHandle, admitted_before_the_webhook, wait_for
 
 pytestmark = pytest.mark.usefixtures("operator")
 
@@ -166,7 +166,8 @@ def test_a_credential_expires_on_time_frees_its_slot_and_keeps_a_retained_secret
 def test_a_pending_credential_expires_without_being_issued(
     cluster: ClusterHandle, namespace: str
 ) -> None:
-    cluster.apply(credential_manifest("orphan", account="nobody", expiresIn="5s"), namespace)
+    with admitted_before_the_webhook(cluster):
+        cluster.apply(credential_manifest("orphan", account="nobody", expiresIn="5s"), namespace)
     waiting = wait_state(cluster, namespace, "orphan", "Pending")
     assert ready(waiting)["reason"] == "AccountMissing"
     expired = wait_state(cluster, namespace, "orphan", "Expired")
@@ -190,7 +191,8 @@ def test_a_lifetime_above_the_maximum_is_refused_naming_the_maximum(
 def test_a_credential_waits_for_its_account_to_exist_and_to_be_enabled(
     cluster: ClusterHandle, namespace: str
 ) -> None:
-    cluster.apply(credential_manifest("early"), namespace)
+    with admitted_before_the_webhook(cluster):
+        cluster.apply(credential_manifest("early"), namespace)
     assert ready(wait_state(cluster, namespace, "early", "Pending"))["reason"] == "AccountMissing"
 
     cluster.apply(account_manifest(disabled=True), namespace)

@@ -60,7 +60,7 @@ def reasons(events: list[dict[str, str]]) -> list[str]:
 def test_the_example_account_becomes_ready_with_its_client_id(
     cluster: ClusterHandle, namespace: str
 ) -> None:
-    cluster.kubectl("apply", "-n", namespace, "-f", str(EXAMPLES / "serviceaccount.yaml"))
+    cluster.kubectl("apply", "-n", namespace, "-f", str(EXAMPLES / "account.yaml"))
     cluster.wait_condition("iamsa", "pipeline-prod", namespace)
 
     obj = cluster.get("iamsa", "pipeline-prod", namespace)

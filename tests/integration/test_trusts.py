@@ -18,7 +18,7 @@ from kubeiam.devcluster.binaries import REPO_ROOT
 from .conftest import ORGANIZATION
 from .credentials_support import account_manifest, many
 from .oidc_issuer import LocalIssuer
-from .support import ClusterHandle, OperatorProcess, wait_for
+from .support import ClusterHandle, OperatorProcess, admitted_before_the_webhook, wait_for
 
 AUDIENCE = "sts.kubeiam.test"
 PINNED = "claims.repository == 'acme/api' && claims.ref == 'refs/heads/main'"
@@ -409,7 +409,8 @@ def test_deleting_the_account_removes_its_trusts(
 def test_a_trust_for_a_missing_account_says_so_and_follows_the_account(
     cluster: ClusterHandle, namespace: str, github: LocalIssuer
 ) -> None:
-    cluster.apply(trust_manifest("t", github.url), namespace)
+    with admitted_before_the_webhook(cluster):
+        cluster.apply(trust_manifest("t", github.url), namespace)
     wait_ready(cluster, namespace, "t", "False", "AccountMissing")
     cluster.apply(account_manifest(), namespace)
     obj = wait_ready(cluster, namespace, "t", "True", "Ready")
@@ -429,9 +430,7 @@ def test_a_trust_for_a_missing_account_says_so_and_follows_the_account(
 def test_the_example_trusts_apply_and_pass_every_check_the_cluster_can_make(
     cluster: ClusterHandle, namespace: str, trust_operator: OperatorProcess
 ) -> None:
-    cluster.kubectl(
-        "apply", "-n", namespace, "-f", str(REPO_ROOT / "examples" / "serviceaccount.yaml")
-    )
+    cluster.kubectl("apply", "-n", namespace, "-f", str(REPO_ROOT / "examples" / "account.yaml"))
     cluster.kubectl("apply", "-n", namespace, "-f", str(REPO_ROOT / "examples" / "trusts"))
     obj = wait_ready(cluster, namespace, "prod-cluster-ci-builder", "True", "Ready")
     assert obj["status"]["jwksKeyIds"] == ["prod-cluster-2026-11"]
