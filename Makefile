@@ -56,10 +56,12 @@ ifeq ($(strip $(KUBECONFIG)),)
 	@echo "  export KUBECONFIG=$(LOCAL_KUBECONFIG) PATH=$(CURDIR)/.local/bin:\$$PATH"
 	@echo "  kubectl apply -f examples/ && kubectl get iam"
 	@echo
-	KUBECONFIG=$(LOCAL_KUBECONFIG) $(RUN) kube-iam run
+	@# The local control plane calls the admission webhook on loopback: serve it there.
+	set -a && . .local/webhook.env && KUBECONFIG=$(LOCAL_KUBECONFIG) $(RUN) kube-iam run
 else
 	$(KUBECTL) apply --server-side --force-conflicts -f crds/
-	$(RUN) kube-iam run
+	@# Another cluster cannot call a webhook on this machine; deploy/'s pods serve it there.
+	KUBEIAM_WEBHOOK_PORT=$${KUBEIAM_WEBHOOK_PORT:-0} $(RUN) kube-iam run
 endif
 
 .PHONY: run-as-deployed
@@ -122,6 +124,8 @@ kind-e2e: kind-prerequisites install ## build the image, run deploy/ on kind and
 	$(E2E_KUBECTL) wait customresourcedefinitions --selector=app.kubernetes.io/part-of=kube-iam \
 		--for=condition=Established --timeout=60s
 	$(E2E_KUBECTL) apply --kustomize $(E2E_DIR)
+	@# The webhook's serving certificate and its CA in the webhook configurations (no cert-manager).
+	$(RUN) kube-iam webhook-cert | $(E2E_KUBECTL) apply -f -
 	$(E2E_KUBECTL) rollout restart deployment/kube-iam --namespace kube-iam-system
 	$(E2E_KUBECTL) rollout status deployment/kube-iam --namespace kube-iam-system --timeout=300s
 	@# The operator runs in the cluster: the tests start none, and skip those that need their own.

@@ -73,6 +73,19 @@ def _cluster(args: argparse.Namespace) -> int:
     return 0
 
 
+def _webhook_cert(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from kubeiam.devcluster.webhook import cluster_certificate
+
+    with tempfile.TemporaryDirectory() as directory:
+        manifests = cluster_certificate(
+            Path(directory), namespace=args.namespace, service=args.service
+        )
+    sys.stdout.write(manifests)
+    return 0
+
+
 def _crds(args: argparse.Namespace) -> int:
     from kubeiam.api import crdgen
 
@@ -169,6 +182,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--token", required=True, metavar="FILE", help="file holding the token (- for stdin)"
     )
     check.set_defaults(handler=_trust_check)
+
+    cert = commands.add_parser(
+        "webhook-cert",
+        help="print the webhook's serving certificate Secret and webhook configurations with "
+        "their CA, for `kubectl apply -f -` on a cluster without cert-manager",
+    )
+    cert.add_argument("--namespace", default="kube-iam-system")
+    cert.add_argument("--service", default="kube-iam-webhook")
+    cert.set_defaults(handler=_webhook_cert)
 
     crds = commands.add_parser("crds", help="generate crds/ from the API models")
     crds.add_argument("--check", action="store_true", help="fail if crds/ is out of date")
