@@ -73,8 +73,8 @@ run-as-deployed: install ## install deploy/ into the local control plane and run
 
 .PHONY: lint
 lint: install ## ruff (lint and format check) and the import layering contract
-	$(RUN) ruff check operator tests
-	$(RUN) ruff format --check operator tests
+	$(RUN) ruff check operator tests bench
+	$(RUN) ruff format --check operator tests bench
 	$(RUN) lint-imports
 
 .PHONY: typecheck
@@ -88,6 +88,15 @@ unit: install ## the fast tests, without a cluster
 .PHONY: test
 test: lint typecheck ## lint, type-check and the whole suite against the real local control plane
 	$(RUN) pytest
+
+# make bench: kube-iam's figures beside the API server's floor, on a control plane of its own in
+# .local/bench-cluster. BENCH_SCALE=0.1 is a quick run; BENCH_PROFILE=1 samples the operator.
+BENCH_SCALE ?= 1
+BENCH_PROFILE ?=
+
+.PHONY: bench
+bench: install ## benchmarks beside the API server's floor; raw figures in .local/bench/ (BENCH_SCALE=0.1: quick)
+	BENCH_SCALE=$(BENCH_SCALE) BENCH_PROFILE=$(BENCH_PROFILE) $(RUN) python -m bench
 
 # make kind-e2e: the image, deploy/ and the end-to-end tests on a kind cluster (needs Docker).
 KIND_CLUSTER ?= kube-iam-e2e
