@@ -50,9 +50,7 @@ async def run(sizes: scenarios.Sizes, profile_dir: Path | None) -> dict[str, Any
             left = await _leftovers(api)
             if left:
                 _say(f"deleting {len(left)} namespaces of an earlier run")
-                operator = Operator(cluster, name="bench-cleanup").start()
                 await scenarios.delete_namespaces(api, left)
-                operator.stop()
             _say("floor: issuance by a bare client (no operator running)")
             results["floor_issuance"] = await scenarios.floor_issuance(api, sizes)
             _say("floor: burst of writes by a bare client")

@@ -110,9 +110,12 @@ class Observer:
         assert issued is not None
         return issued
 
-    async def wait(self, done: Callable[[], bool], *, within: float, what: str) -> None:
+    async def wait(
+        self, done: Callable[[], bool], *, within: float, what: str, poll: float = POLL
+    ) -> None:
+        """Poll `done` (cheap checks often, costly ones over thousands less often)."""
         deadline = time.monotonic() + within
         while not done():
             if time.monotonic() > deadline:
                 raise TimeoutError(f"timed out after {within:.0f}s waiting for {what}")
-            await asyncio.sleep(POLL)
+            await asyncio.sleep(poll)

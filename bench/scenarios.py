@@ -375,7 +375,7 @@ async def burst(
         )
         created = time.monotonic() - start
         client_cpu = time.process_time() - client_cpu
-        await seen.wait(lambda: _settled(seen, names), within=120 + n, what="the burst")
+        await seen.wait(lambda: _settled(seen, names), within=120 + n, what="the burst", poll=0.1)
         elapsed = time.monotonic() - start
         operator.stop_profile()
         operator_cpu = operator.cpu_seconds() - cpu_before
@@ -486,7 +486,10 @@ async def settle_many(api: Api, sizes: Sizes) -> dict[str, Any]:
             sizes.concurrency, names, lambda item: api.create(path, credential_body(*item))
         )
         await seen.wait(
-            lambda: _settled(seen, names), within=300 + len(names) / 2, what="10,000 to settle"
+            lambda: _settled(seen, names),
+            within=300 + len(names) / 2,
+            what="every credential to settle",
+            poll=1.0,
         )
     await quiet(api, seconds=5)
     return {"namespace": namespace, "n": len(names), "settle_seconds": time.monotonic() - start}
