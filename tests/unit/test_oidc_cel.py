@@ -282,6 +282,26 @@ def test_regular_expressions_take_linear_time_on_hostile_input() -> None:
     assert time.monotonic() - started < 1
 
 
+@pytest.mark.parametrize(
+    "source",
+    [
+        "claims.ref.matches('refs/heads/(main')",
+        "matches(claims.ref, '[main')",
+        "claims.ref.matches(r'a{1001}')",
+    ],
+)
+def test_a_literal_regular_expression_that_does_not_compile_is_refused_at_compile_time(
+    source: str,
+) -> None:
+    message = compile_error(source)
+    assert "regular expression" in message
+    assert "is not valid RE2" in message
+
+
+def test_a_regular_expression_read_from_a_claim_is_left_to_evaluation() -> None:
+    assert compile_condition("claims.ref.matches(claims.sub)")
+
+
 def outcome(
     source: str, claims: dict[str, Any]
 ) -> bool | ConditionError | ConditionEvaluationError:

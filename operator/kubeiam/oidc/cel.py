@@ -49,7 +49,14 @@ import lark
 from celpy import celtypes
 from celpy.adapter import json_to_cel
 from celpy.celparser import CELParseError
-from celpy.evaluation import Activation, CELEvalError, Evaluator, Result, base_functions
+from celpy.evaluation import (
+    Activation,
+    CELEvalError,
+    Evaluator,
+    Result,
+    base_functions,
+    function_matches,
+)
 
 from kubeiam.domain.conditions import Reason
 
@@ -485,6 +492,8 @@ def _check_names(node: Tree, bound: frozenset[str]) -> None:
             )
         for arg in args:
             _check_names(arg, bound)
+        if name == "matches" and len(args) == 2:
+            _check_pattern(args[1], node)
         return
     if data == "member_dot_arg":
         target, token = cast(Tree, node.children[0]), cast(lark.Token, node.children[1])
@@ -512,9 +521,32 @@ def _check_names(node: Tree, bound: frozenset[str]) -> None:
             )
         for arg in args:
             _check_names(arg, bound)
+        if method == "matches" and len(args) == 1:
+            _check_pattern(args[0], token)
         return
     for child in _subtrees(node):
         _check_names(child, bound)
+
+
+def _check_pattern(node: Tree, where: Tree | lark.Token) -> None:
+    """A literal regular expression is compiled now, so a broken one is reported when the
+    trust is applied rather than at every token."""
+    literal = _unwrap(node)
+    if literal.data != "literal":
+        return
+    pattern = _literal(literal).value
+    if not isinstance(pattern, str):
+        return
+    # cel-python's own matches(), so the pattern is compiled exactly as evaluation will.
+    outcome = function_matches("", pattern)
+    if isinstance(outcome, CELEvalError):
+        causes = outcome.args[2] if len(outcome.args) > 2 else ()
+        cause = causes[0] if causes else "it does not compile"
+        why = cause.decode(errors="replace") if isinstance(cause, bytes) else str(cause)
+        raise ConditionError(
+            f"{FIELD}: the regular expression {_clip(pattern, 40)!r} of matches()"
+            f"{_position(where)} is not valid RE2: {_clip(why, 80)}"
+        )
 
 
 def _result_kind(tree: Tree) -> str | None:
