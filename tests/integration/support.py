@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from kubeiam.devcluster.cluster import LocalCluster
 from kubeiam.devcluster.kubectl import Kubectl
 from kubeiam.devcluster.webhook import LocalWebhook
 from kubeiam.devcluster.webhook import register as register_webhook
@@ -29,16 +30,22 @@ DEFAULT_TIMEOUT = 60.0
 
 
 def wait_for(
-    probe: Callable[[], T | None], *, timeout: float = DEFAULT_TIMEOUT, what: str = "condition"
+    probe: Callable[[], T | None],
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+    what: str = "condition",
+    interval: float = 0.2,
 ) -> T:
-    """Poll `probe` until it returns something truthy, and return that; fail after `timeout`."""
+    """Poll `probe` until it returns something truthy, and return that; fail after `timeout`.
+
+    A shorter `interval` is for tests that act at an instant (a fault suite's kill)."""
     deadline = time.monotonic() + timeout
     last: T | None = None
     while time.monotonic() < deadline:
         last = probe()
         if last:
             return last
-        time.sleep(0.2)
+        time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last seen: {last!r}")
 
 
@@ -60,6 +67,9 @@ class ClusterHandle:
     # The local webhook the API server calls, and the session's webhook-only process.
     webhook: LocalWebhook | None = None
     admission: OperatorProcess | None = None
+    # The control plane the session started, for fault tests that restart its parts; None
+    # against a cluster named by KUBECONFIG.
+    local: LocalCluster | None = None
 
     def get(self, resource: str, name: str, namespace: str, *extra: str) -> dict[str, Any] | None:
         result = self.kubectl(

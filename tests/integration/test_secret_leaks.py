@@ -3,7 +3,8 @@
 Runs after every other integration test (see conftest), and looks for each client secret the
 suite read from a Secret in: the operator logs, every Event, the status and annotations of
 every kube-iam object, and the metrics pages (every page a test kept, and a scrape of a running
-operator). A hit fails without printing the secret.
+operator), and the events and objects the fault suites kept of their namespaces. A hit fails
+without printing the secret.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ def _places(cluster: ClusterHandle, operator: OperatorProcess) -> dict[str, str]
         places[f"log {path.name}"] = path.read_text(errors="replace")
     for path in sorted((cluster.log_dir / "metrics").glob("*.prom")):
         places[f"metrics {path.name}"] = path.read_text(errors="replace")
+    # What the fault suites kept of their namespaces before those were deleted.
+    for path in sorted((cluster.log_dir / "namespaces").glob("*.json")):
+        places[f"kept {path.name}"] = path.read_text(errors="replace")
     if cluster.operator_kubeconfig is not None:
         # A fresh page from an operator that resumed every object the suite left behind.
         places["metrics of the running operator"] = operator.scrape()

@@ -1,0 +1,152 @@
+"""What the fault suites share: a burst applied in the background, and the settled world they
+check after every fault (states, ledgers and Secrets, by name, never a Secret's data)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from dataclasses import dataclass
+from typing import Any
+
+from .credentials_support import managed_secrets, many, read_secret, sha256
+from .support import ClusterHandle, wait_for
+
+LIMIT = 5  # the organisation's default, which the tests' settings keep
+
+
+class Burst:
+    """One `kubectl apply` of many manifests, running while the test kills or restarts things.
+
+    The API server may refuse it while it restarts, so `finish` applies the same stream again
+    until it is accepted: apply is idempotent, and the objects that made it are left as they are.
+    """
+
+    def __init__(self, cluster: ClusterHandle, namespace: str, manifests: list[str]) -> None:
+        self.cluster, self.namespace, self.stream = cluster, namespace, many(manifests)
+        kubectl = cluster.kubectl
+        self._process = subprocess.Popen(
+            [
+                str(kubectl.binary),
+                f"--kubeconfig={kubectl.kubeconfig}",
+                "apply",
+                *("-n", namespace, "-f", "-"),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert self._process.stdin is not None
+        self._process.stdin.write(self.stream)
+        self._process.stdin.close()
+
+    def finish(self) -> int:
+        """Wait for the apply, and re-apply until accepted; return how many re-applies it took."""
+        assert self._process.stderr is not None
+        self._process.wait(timeout=120)
+        errors = [self._process.stderr.read()]
+        if self._process.returncode == 0:
+            return 0
+
+        def accepted() -> bool:
+            result = self.cluster.kubectl(
+                "apply", "-n", self.namespace, "-f", "-", input=self.stream, check=False
+            )
+            errors.append(result.stderr)
+            return result.returncode == 0
+
+        wait_for(accepted, what="the burst to be accepted", interval=1)
+        return len(errors) - 1
+
+
+@dataclass(frozen=True)
+class World:
+    """A namespace's credentials, accounts and kube-iam Secrets, as one listing saw them."""
+
+    credentials: dict[str, dict[str, Any]]
+    accounts: dict[str, dict[str, Any]]
+    secrets: set[str]
+
+    @classmethod
+    def read(cls, cluster: ClusterHandle, namespace: str) -> World:
+        def listing(*args: str) -> list[dict[str, Any]]:
+            out = cluster.kubectl("get", *args, "-n", namespace, "-o", "json").stdout
+            items: list[dict[str, Any]] = json.loads(out)["items"]
+            return items
+
+        return cls(
+            credentials={c["metadata"]["name"]: c for c in listing("iamcred")},
+            accounts={a["metadata"]["name"]: a for a in listing("iamsa")},
+            secrets={s["metadata"]["name"] for s in managed_secrets(cluster, namespace)},
+        )
+
+    def state(self, name: str) -> str | None:
+        state: str | None = (self.credentials[name].get("status") or {}).get("state")
+        return state
+
+    def of(self, account: str) -> list[str]:
+        return sorted(
+            name
+            for name, c in self.credentials.items()
+            if c["spec"]["serviceAccountName"] == account
+        )
+
+    def active(self, account: str | None = None) -> set[str]:
+        names = self.of(account) if account else self.credentials
+        return {name for name in names if self.state(name) == "Active"}
+
+    def problems(self, limit: int = LIMIT) -> list[str]:
+        """Why this is not the settled world: each account holds min(limit, live) Active
+        credentials, the rest of its live ones wait, its ledger names exactly the Active ones,
+        and the kube-iam Secrets are exactly the Active credentials' (ended ones are deleted,
+        the default policy). Empty when settled."""
+        found: list[str] = []
+        for account, body in sorted(self.accounts.items()):
+            live = [n for n in self.of(account) if not self.credentials[n]["spec"].get("revoked")]
+            ended = sorted(set(self.of(account)) - set(live))
+            active = self.active(account)
+            wrong = {n: self.state(n) for n in live if self.state(n) not in ("Active", "Pending")}
+            wrong |= {n: self.state(n) for n in ended if self.state(n) != "Revoked"}
+            if wrong:
+                found.append(f"{account}: credentials in the wrong state {wrong}")
+            if len(active) != min(limit, len(live)):
+                found.append(f"{account}: {len(active)} Active of {len(live)} live")
+            status = body.get("status") or {}
+            ledger = sorted(e["name"] for e in status.get("activeCredentials") or [])
+            if ledger != sorted(active) or status.get("activeCredentialCount") != len(active):
+                found.append(
+                    f"{account}: ledger {ledger} (count {status.get('activeCredentialCount')}) "
+                    f"but Active {sorted(active)}"
+                )
+        if self.secrets != self.active():
+            found.append(
+                f"Secrets without an Active credential {sorted(self.secrets - self.active())}, "
+                f"Active credentials without a Secret {sorted(self.active() - self.secrets)}"
+            )
+        return found
+
+
+def check_secrets(
+    cluster: ClusterHandle, namespace: str, world: World, hashes: dict[str, str]
+) -> None:
+    """Each Active credential's Secret holds the secret its status hashes, and a hash once seen
+    never changes. Reads each Secret once (as a pod mounting it would), which also records the
+    secret for the leak scan; a failure shows hashes only."""
+    for name in sorted(world.active()):
+        recorded = world.credentials[name]["status"].get("secretHash")
+        if name in hashes:
+            assert recorded == hashes[name], f"{name}: status hash changed"
+            continue
+        secret = read_secret(cluster, namespace, name).client_secret()
+        assert sha256(secret) == recorded, f"{name}: the Secret does not match status.secretHash"
+        hashes[name] = recorded
+
+
+def keep_for_leak_scan(cluster: ClusterHandle, namespace: str) -> None:
+    """Save the namespace's events and kube-iam objects (statuses and annotations) under the
+    log directory: the namespace is deleted after the test, long before the leak scan looks."""
+    kept = cluster.log_dir / "namespaces"
+    kept.mkdir(parents=True, exist_ok=True)
+    for what in ("events", "iam"):
+        listed = cluster.kubectl("get", what, "-n", namespace, "-o", "json").stdout
+        (kept / f"{namespace}.{what}.json").write_text(listed)

@@ -1,0 +1,154 @@
+"""Crash anywhere: the operator is killed (SIGKILL) at a random instant of a burst, round after
+round, and each new process finishes the work with every guarantee intact.
+
+Three accounts, more credentials than their limit, so every round admits waiting credentials
+(revocations free slots) while new ones arrive. The kill instant is drawn from a seeded random
+source as "after N events of the burst were observed" (credential changes or Secret creations),
+never as a sleep; the seed and every instant are printed, and KUBEIAM_FAULT_SEED replays them.
+After each restart: every credential has its right state, each Active one exactly one Secret
+whose client secret hashes to status.secretHash, created once and never changed, none Active
+without one, each ledger names exactly the Active set, and the limit held at every instant the
+watch saw.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import secrets
+import time
+from collections.abc import Callable
+
+from .credentials_support import StateRecorder, account_manifest, credential_manifest
+from .fault_support import LIMIT, Burst, World, check_secrets, keep_for_leak_scan
+from .metrics_support import SecretEvents
+from .support import ClusterHandle, OperatorProcess, wait_for
+
+ACCOUNTS = ("alpha", "beta", "gamma")
+ROUNDS = 5
+FIRST_BURST = LIMIT + 2  # per account: the limit, and two that wait
+NEW_PER_ROUND = 2  # per account, in every later round
+# Operators here do not serve the webhook (the session's admission-only process does), so a
+# kill never fails one of the burst's writes at admission: the suite is about issuance.
+NO_WEBHOOK = {"KUBEIAM_WEBHOOK_PORT": "0"}
+
+
+def _seed() -> int:
+    given = os.environ.get("KUBEIAM_FAULT_SEED")
+    return int(given) if given else secrets.randbits(32)
+
+
+def _kill_at_random_instant(
+    rng: random.Random,
+    victim: OperatorProcess,
+    credential_events: Callable[[], int],
+    secrets_created: Callable[[], int],
+    issuances: int,
+    writes: int,
+) -> str:
+    """Kill `victim` once the burst has produced a random number of observed events (or once
+    a deadline passes, if the operator did less than drawn); say which instant it was."""
+    if issuances and rng.random() < 0.5:
+        what, count, wanted = "Secrets created", secrets_created, rng.randrange(issuances)
+    else:
+        # Each user write and each issuance step is one credential event at least.
+        what, count, wanted = (
+            "credential events",
+            credential_events,
+            rng.randrange(writes + 2 * issuances + 1),
+        )
+    base = count()
+    deadline = time.monotonic() + 30
+
+    def instant() -> str | None:
+        if count() - base >= wanted:
+            return "reached"
+        return "deadline" if time.monotonic() > deadline else None
+
+    how = wait_for(instant, timeout=40, interval=0.01, what=f"{wanted} {what}")
+    victim.kill()
+    return f"after {wanted} {what} ({how}, {count() - base} seen at the kill)"
+
+
+def test_sigkill_at_random_instants_of_bursts_keeps_every_guarantee(
+    cluster: ClusterHandle,
+    namespace: str,
+    operators: Callable[..., OperatorProcess],
+) -> None:
+    seed = _seed()
+    rng = random.Random(seed)  # noqa: S311  (kill instants, not secrets)
+    kills: list[str] = []
+    print(f"KUBEIAM_FAULT_SEED={seed}")
+    recorder = StateRecorder(cluster, namespace).start()
+    secret_events = SecretEvents(cluster, namespace).start()
+    hashes: dict[str, str] = {}
+    revoked: set[str] = set()
+    operator = operators("round-0", **NO_WEBHOOK)
+    try:
+        cluster.apply("\n---\n".join(account_manifest(a) for a in ACCOUNTS), namespace)
+        for account in ACCOUNTS:
+            cluster.wait_condition("iamsa", account, namespace)
+        world = World.read(cluster, namespace)
+        for round_ in range(ROUNDS):
+            # The round's writes: revoke some Active credentials (their slots go to waiting
+            # ones) and add new ones, in one apply that runs while the kill is chosen.
+            manifests, issuances = [], 0
+            for account in ACCOUNTS:
+                count = FIRST_BURST if round_ == 0 else NEW_PER_ROUND
+                ending = sorted(world.active(account))[: rng.randint(1, 2)] if round_ else []
+                for name in ending:
+                    manifests.append(credential_manifest(name, account, revoked=True))
+                    revoked.add(name)
+                manifests += [
+                    credential_manifest(f"{account}-{round_}-{i}", account) for i in range(count)
+                ]
+                live = len(set(world.of(account)) - revoked) + count
+                issuances += min(LIMIT, live) - (len(world.active(account)) - len(ending))
+            burst = Burst(cluster, namespace, manifests)
+            kills.append(
+                f"round {round_}: "
+                + _kill_at_random_instant(
+                    rng,
+                    operator,
+                    lambda: recorder.events,
+                    lambda: sum(secret_events.count("ADDED").values()),
+                    issuances,
+                    len(manifests),
+                )
+            )
+            operator = operators(f"round-{round_ + 1}", **NO_WEBHOOK)
+            burst.finish()
+
+            def settled() -> World | None:
+                seen = World.read(cluster, namespace)
+                caught_up = recorder.states == {n: seen.state(n) for n in seen.credentials}
+                return seen if caught_up and not seen.problems() else None
+
+            killed_at = time.monotonic()
+            try:
+                world = wait_for(settled, timeout=90, what=f"round {round_} to settle")
+            except AssertionError as error:
+                problems = World.read(cluster, namespace).problems()
+                raise AssertionError(f"{error}: {problems}\n{operator.log_tail()}") from None
+            kills[-1] += f"; settled {time.monotonic() - killed_at:.1f}s after"
+            check_secrets(cluster, namespace, world, hashes)
+            # Never two Secrets for one credential: each name created once and never changed;
+            # only an ended credential's Secret was deleted.
+            added = secret_events.count("ADDED")
+            assert all(n == 1 for n in added.values()), f"a Secret was created twice: {added}"
+            assert secret_events.count("MODIFIED") == {}
+            assert set(secret_events.count("DELETED")) <= revoked
+            assert all(n <= LIMIT for n in recorder.max_active.values()), recorder.max_active
+            assert operator.running, operator.log_tail()
+    except AssertionError as error:
+        raise AssertionError(
+            f"{error}\nKUBEIAM_FAULT_SEED={seed} replays the kills:\n" + "\n".join(kills)
+        ) from None
+    finally:
+        recorder.stop()
+        secret_events.stop()
+    print("\n".join(kills))
+    keep_for_leak_scan(cluster, namespace)
+    assert recorder.max_active == dict.fromkeys(ACCOUNTS, LIMIT)
+    # Every round issued: the suite exercised admission of waiting credentials across kills.
+    assert len(hashes) == len(ACCOUNTS) * LIMIT + len(revoked)
