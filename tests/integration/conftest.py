@@ -105,6 +105,7 @@ def cluster() -> Iterator[ClusterHandle]:
     try:
         # No kubelet runs here: the Deployment is accepted and its pods never start.
         handle = _as_deployed(local.kubectl, local.log_dir, workload=True, webhook=local.webhook)
+        handle.local = local
         yield from _serving_admission(handle)
     finally:
         if started_here and not os.environ.get("KUBEIAM_KEEP_TEST_CLUSTER"):

@@ -314,6 +314,30 @@ class LocalCluster:
         """Apply crds/ and wait until the API server serves every kind."""
         apply_crds(self.kubectl)
 
+    # -- restarting ------------------------------------------------------------------------------
+
+    def restart_apiserver(self) -> None:
+        """Stop the running kube-apiserver and start it again in place, for fault tests: the
+        same binary, port, arguments, certificates and etcd, so every client, the
+        controller-manager and the webhook registration carry on against the same URL."""
+        state = self._load_state()
+        record = next(
+            (r for r in (state.processes if state else []) if r.name == "kube-apiserver"), None
+        )
+        if state is None or record is None or not _is_our_process(record):
+            raise ControlPlaneError(f"No kube-apiserver of ours runs in {self.state_dir}.")
+        # Its own command line is the one source of its arguments: nothing to rebuild.
+        argv = Path(f"/proc/{record.pid}/cmdline").read_bytes().decode().split("\0")[1:-1]
+        self._stop(record, quiet=True)
+        state.processes.remove(record)
+        process = self._start(state, Path(record.binary), argv)
+        self._wait(
+            "kube-apiserver",
+            process,
+            lambda: self._ready(state.apiserver_url),
+            self.log_dir / "kube-apiserver.log",
+        )
+
     # -- stopping --------------------------------------------------------------------------------
 
     def down(self, *, quiet: bool = False) -> None:
