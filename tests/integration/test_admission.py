@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -82,6 +81,20 @@ class Person:
 
     def apply(self, manifest: str, namespace: str) -> Any:
         return self("apply", "-n", namespace, "-f", "-", input=manifest)
+
+    def apply_once_allowed(self, manifest: str, namespace: str) -> Any:
+        """Apply once a server-side dry run is admitted: an RBAC change reaches the webhook
+        when its cached access review expires (KUBEIAM_ACCESS_REVIEW_TTL)."""
+        wait_for(
+            lambda: (
+                self(
+                    "apply", "--dry-run=server", "-n", namespace, "-f", "-", input=manifest
+                ).returncode
+                == 0
+            ),
+            what=f"the webhook to admit {self.identity} after an RBAC change",
+        )
+        return self.apply(manifest, namespace)
 
 
 def refused(result: Any, *expected: str) -> None:
@@ -182,7 +195,6 @@ def grant_role(cluster: ClusterHandle, namespace: str, slug: str, *subjects: str
             lambda kind=kind, who=who: may(cluster, kind, who, "bind", "roles", slug, namespace),
             what=f"RBAC to let {who} bind {slug}",
         )
-    time.sleep(1.1)  # an earlier refusal may sit in the webhook's 1 s access-review cache
 
 
 @pytest.fixture
@@ -283,7 +295,9 @@ def test_granting_a_role_needs_bind_on_it(
         f" namespace '{namespace}' (rule: scope-down)",
     )
     grant_role(cluster, namespace, "storage.reader", "--user=erin")
-    allowed(team["erin"].apply(account("reports", roles=("storage.reader",)), namespace))
+    allowed(
+        team["erin"].apply_once_allowed(account("reports", roles=("storage.reader",)), namespace)
+    )
     body = wait_for(
         lambda: (
             (cluster.get("iamsa", "reports", namespace) or {}).get("status", {}).get("createdBy")
@@ -309,7 +323,7 @@ def test_granting_a_role_needs_bind_on_it(
         "spec.scopedRoles[0]: alice may grant only roles they hold",
     )
     grant_role(cluster, namespace, "compute.deployer", "--user=alice")
-    result = team["alice"].apply(
+    result = team["alice"].apply_once_allowed(
         credential_manifest("narrow", scopedRoles=["compute.deployer"]), namespace
     )
     allowed(result)
