@@ -27,6 +27,9 @@ from kubeiam.devcluster.kubectl import Kubectl
 
 DEFAULT_STATE_DIR = REPO_ROOT / ".local"
 CRDS_DIR = REPO_ROOT / "crds"
+# deploy/'s ClusterRoles for people: namespace editors and admins may then use kube-iam's kinds,
+# so `kubectl --as` tries the admission rules as a team's members would meet them.
+USER_ROLES = REPO_ROOT / "deploy" / "user-roles.yaml"
 _START_TIMEOUT = 120.0
 _STOP_TIMEOUT = 15.0
 
@@ -311,8 +314,10 @@ class LocalCluster:
         webhook.register(self.kubectl, local)
 
     def install_crds(self) -> None:
-        """Apply crds/ and wait until the API server serves every kind."""
+        """Apply crds/ and wait until the API server serves every kind; apply deploy/'s roles
+        for people, aggregated into view, edit and admin."""
         apply_crds(self.kubectl)
+        self.kubectl("apply", f"--filename={USER_ROLES}")
 
     # -- restarting ------------------------------------------------------------------------------
 
