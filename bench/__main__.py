@@ -14,6 +14,7 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -51,46 +52,86 @@ async def run(sizes: scenarios.Sizes, profile_dir: Path | None) -> dict[str, Any
             if left:
                 _say(f"deleting {len(left)} namespaces of an earlier run")
                 await scenarios.delete_namespaces(api, left)
-            _say("floor: issuance by a bare client (no operator running)")
-            results["floor_issuance"] = await scenarios.floor_issuance(api, sizes)
-            _say("floor: burst of writes by a bare client")
-            results["floor_burst"] = await scenarios.floor_burst(api, sizes)
-            _say("deleting the floor's namespaces")
-            await scenarios.delete_namespaces(
-                api,
-                [results["floor_issuance"]["namespace"], results["floor_burst"]["namespace"]],
-            )
-            operator = Operator(cluster, name="bench-operator").start()
-            operators.append(operator)
-            _say(f"operator running (pid {operator.pid}); issuance, one at a time")
-            results["issuance"] = await scenarios.issuance(
-                api, sizes, operator, profile=_profile(profile_dir, "issuance")
-            )
-            _say("burst")
-            results["burst"] = await scenarios.burst(
-                api, sizes, operator, profile=_profile(profile_dir, "burst")
-            )
-            _say("expiry")
-            results["expiry"] = await scenarios.expiry(
-                api, sizes, issue_rate=results["burst"]["per_second"]
-            )
-            _say(f"steady state: {sizes.steady_accounts} accounts x 5 credentials")
-            results["steady"] = await scenarios.settle_many(api, sizes)
-            results["steady"]["rss_mb"] = operator.rss_mb()
-            results["steady"]["objects"] = await scenarios.count_objects(api)
-            _say(f"at rest with the operator ({sizes.rest_window:.0f}s)")
-            results["rest_with_operator"] = await scenarios.rest_rate(api, sizes.rest_window)
-            operator.stop()
-            _say(f"at rest without it ({sizes.rest_window:.0f}s)")
-            results["rest_without_operator"] = await scenarios.rest_rate(api, sizes.rest_window)
-            _say("restart over everything settled")
-            restarted, results["restart"] = await scenarios.restart(api, cluster)
-            operators.append(restarted)
-            restarted.stop()
+            await _scenarios(api, cluster, sizes, profile_dir, results, operators)
     finally:
         for process in reversed(operators):
             process.stop()
     return results
+
+
+async def _scenarios(
+    api: Api,
+    cluster: BenchCluster,
+    sizes: scenarios.Sizes,
+    profile_dir: Path | None,
+    results: dict[str, Any],
+    operators: list[Operator],
+) -> None:
+    """Each scenario in turn; one that fails is recorded with its error and the run goes on
+    where it can (the operator's scenarios after the floor's, the restart after the rest)."""
+
+    async def step(key: str, what: str, scenario: Awaitable[Any]) -> Any:
+        _say(what)
+        retries = api.webhook_retries
+        try:
+            results[key] = await scenario
+        except Exception as error:  # a figure missing beats no figures at all
+            results[key] = {"error": f"{type(error).__name__}: {error}"[:500]}
+            _say(f"{key} failed: {results[key]['error']}")
+        if isinstance(results[key], dict):
+            results[key]["webhook_retries"] = api.webhook_retries - retries
+        return results[key]
+
+    await step(
+        "floor_issuance", "floor: issuance by a bare client", scenarios.floor_issuance(api, sizes)
+    )
+    await step(
+        "floor_burst", "floor: burst of writes by a bare client", scenarios.floor_burst(api, sizes)
+    )
+    floors = [results[k].get("namespace") for k in ("floor_issuance", "floor_burst")]
+    await scenarios.delete_namespaces(api, [n for n in floors if n])
+    operator = Operator(cluster, name="bench-operator").start()
+    operators.append(operator)
+    _say(f"operator running (pid {operator.pid})")
+    await step(
+        "issuance",
+        "issuance, one credential at a time",
+        scenarios.issuance(api, sizes, operator, profile=_profile(profile_dir, "issuance")),
+    )
+    burst = await step(
+        "burst",
+        "burst",
+        scenarios.burst(api, sizes, operator, profile=_profile(profile_dir, "burst")),
+    )
+    await step(
+        "expiry",
+        "expiry",
+        scenarios.expiry(api, sizes, issue_rate=burst.get("per_second") or 10.0),
+    )
+    steady = await step(
+        "steady",
+        f"steady state: {sizes.steady_accounts} accounts x 5 credentials",
+        scenarios.settle_many(api, sizes),
+    )
+    steady["rss_mb"] = operator.rss_mb()
+    steady["objects"] = await scenarios.count_objects(api)
+    await step(
+        "rest_with_operator",
+        f"at rest with the operator ({sizes.rest_window:.0f}s)",
+        scenarios.rest_rate(api, sizes.rest_window),
+    )
+    operator.stop()
+    await step(
+        "rest_without_operator",
+        f"at rest without it ({sizes.rest_window:.0f}s)",
+        scenarios.rest_rate(api, sizes.rest_window),
+    )
+    restarted = await step(
+        "restart", "restart over everything settled", scenarios.restart(api, cluster)
+    )
+    if isinstance(restarted, tuple):
+        process, results["restart"] = restarted
+        operators.append(process)
 
 
 def _profile(profile_dir: Path | None, scenario: str) -> Path | None:

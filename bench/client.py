@@ -27,6 +27,7 @@ ACCOUNTS = "serviceaccounts"
 CREDENTIALS = "serviceaccountcredentials"
 PARTIAL_METADATA = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
 MERGE_PATCH = "application/merge-patch+json"
+RETRIES = 3
 WRITE_VERBS = frozenset({"POST", "PUT", "PATCH", "APPLY", "DELETE", "DELETECOLLECTION"})
 
 
@@ -58,6 +59,7 @@ class Api:
     concurrency: int = 64
     session: aiohttp.ClientSession | None = None
     requests: int = 0
+    webhook_retries: int = 0
 
     @classmethod
     def for_state_dir(cls, state_dir: Path, *, concurrency: int = 64) -> Api:
@@ -109,8 +111,17 @@ class Api:
             return await response.json(content_type=None)
 
     async def create(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        created: dict[str, Any] = await self.request("POST", path, body)
-        return created
+        """POST; a webhook call that timed out is tried again (and counted), as a user would."""
+        for attempt in range(RETRIES + 1):
+            try:
+                created: dict[str, Any] = await self.request("POST", path, body)
+                return created
+            except ApiError as error:
+                if attempt == RETRIES or error.status != 500 or "webhook" not in str(error):
+                    raise
+                self.webhook_retries += 1
+                await asyncio.sleep(0.2 * (attempt + 1))
+        raise AssertionError("unreachable")
 
     async def patch_status(self, namespace: str, plural: str, name: str, status: Any) -> None:
         await self.request(

@@ -13,8 +13,37 @@ def _ms(value: float) -> str:
     return f"{value * 1000:.0f} ms"
 
 
+Row = tuple[str, str, str, str, str]
+
+
+def _failed(r: dict[str, Any], keys: tuple[str, ...]) -> list[Row]:
+    errors = [
+        f"{k}: {r[k]['error']}" for k in keys if isinstance(r.get(k), dict) and "error" in r[k]
+    ]
+    missing = [k for k in keys if k not in r]
+    return [
+        (f"({'; '.join(errors + [m + ': not run' for m in missing])[:160]})", "-", "-", "-", "")
+    ]
+
+
 def table(r: dict[str, Any]) -> str:
-    rows: list[tuple[str, str, str, str, str]] = []
+    rows: list[Row] = []
+    for keys, section in (
+        (("issuance", "floor_issuance"), _issuance),
+        (("burst", "floor_burst"), _burst),
+        (("issuance", "burst"), _writes),
+        (("steady", "restart", "rest_with_operator", "rest_without_operator"), _steady),
+        (("expiry",), _expiry),
+    ):
+        try:
+            rows += section(r)
+        except (KeyError, TypeError, ValueError):
+            rows += _failed(r, keys)
+    return _render(r, rows)
+
+
+def _issuance(r: dict[str, Any]) -> list[Row]:
+    rows: list[Row] = []
     issue, floor_issue = r["issuance"]["latency_s"], r["floor_issuance"]["latency_s"]
     n = int(issue["n"])
     for p in ("p50", "p90", "p99"):
@@ -27,6 +56,11 @@ def table(r: dict[str, Any]) -> str:
                 "<= 1.5x floor" if p == "p50" else "",
             )
         )
+    return rows
+
+
+def _burst(r: dict[str, Any]) -> list[Row]:
+    rows: list[Row] = []
     burst, floor_burst = r["burst"], r["floor_burst"]
     rows.append(
         (
@@ -46,6 +80,11 @@ def table(r: dict[str, Any]) -> str:
             "not the bottleneck",
         )
     )
+    return rows
+
+
+def _writes(r: dict[str, Any]) -> list[Row]:
+    rows: list[Row] = []
     for label, key in (("issuance", "issuance"), ("burst", "burst")):
         rows.append(
             (
@@ -65,6 +104,11 @@ def table(r: dict[str, Any]) -> str:
                 "",
             )
         )
+    return rows
+
+
+def _steady(r: dict[str, Any]) -> list[Row]:
+    rows: list[Row] = []
     steady, rest_on, rest_off = r["steady"], r["rest_with_operator"], r["rest_without_operator"]
     rows.append(
         (
@@ -113,6 +157,11 @@ def table(r: dict[str, Any]) -> str:
             "",
         )
     )
+    return rows
+
+
+def _expiry(r: dict[str, Any]) -> list[Row]:
+    rows: list[Row] = []
     expiry = r["expiry"]
     late = expiry["lateness_s"]
     rows.append(
@@ -124,6 +173,10 @@ def table(r: dict[str, Any]) -> str:
             "p99 < 2 s",
         )
     )
+    return rows
+
+
+def _render(r: dict[str, Any], rows: list[Row]) -> str:
     header = ("Figure", "kube-iam", "Floor (bare client)", "Ratio", "Goal")
     widths = [max(len(row[i]) for row in (*rows, header)) for i in range(5)]
 
@@ -133,8 +186,10 @@ def table(r: dict[str, Any]) -> str:
     out = [line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
     out += [line(row) for row in rows]
     out.append("")
+    retries = sum(v.get("webhook_retries", 0) for v in r.values() if isinstance(v, dict))
     out.append(
         f"Scale {r['scale']}, {r['machine']['cpus']} CPUs; the admission webhook is registered "
-        "and served throughout (operator and floor writes both pass it)."
+        "and served throughout (operator and floor writes both pass it); creates retried after "
+        f"a webhook timeout: {retries}."
     )
     return "\n".join(out)
