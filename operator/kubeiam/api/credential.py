@@ -54,7 +54,19 @@ class SecretDeletionPolicy(StrEnum):
 
 
 SecretKey = Annotated[
-    str, StringConstraints(min_length=1, max_length=253, pattern=DATA_KEY_PATTERN)
+    str,
+    StringConstraints(min_length=1, max_length=253, pattern=DATA_KEY_PATTERN),
+    # The pattern admits them, and the API server refuses them as Secret data keys: refused
+    # here, so the credential fails when applied rather than at issuance.
+    cel(
+        Rule(
+            rule="self != '.' && !self.startsWith('..')",
+            message=(
+                "spec.secretTemplate.keys: a Secret key must not be '.' or '..', nor start with"
+                " '..' (Kubernetes refuses such data keys)"
+            ),
+        )
+    ),
 ]
 LabelValue = Annotated[str, StringConstraints(max_length=63, pattern=LABEL_VALUE_PATTERN)]
 
@@ -132,6 +144,14 @@ QUALIFIED_NAME_PATTERN = (
     r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
 )
 MAX_TEMPLATE_ENTRIES = 64
+# Kubernetes refuses an object whose annotations, keys and values, exceed 256 KiB in bytes. The
+# generated Secret also carries kube-iam's own (under 1 KiB: the credential, its UID and id, the
+# account, the hash), so a template may use the rest.
+MAX_TEMPLATE_ANNOTATION_BYTES = 255 * 1024
+# Labels and annotations the operator sets on the generated Secret itself; a template entry
+# with one of these keys would be silently replaced, so it is refused instead.
+RESERVED_KEY_PREFIX = "iam.kubeiam.io/"
+RESERVED_KEYS = ("app.kubernetes.io/managed-by",)
 
 
 def _qualified_keys_rule(field: str) -> Rule:
@@ -150,12 +170,50 @@ def _qualified_keys_rule(field: str) -> Rule:
     )
 
 
+def _reserved_keys_rule(field: str) -> Rule:
+    reserved = " || ".join(f"k == '{key}'" for key in RESERVED_KEYS)
+    return Rule(
+        rule=(
+            f"!has(self.{field}) || !self.{field}.exists(k,"
+            f" k.startsWith('{RESERVED_KEY_PREFIX}') || {reserved})"
+        ),
+        message=(
+            f"spec.secretTemplate.{field} must not use keys kube-iam sets on the generated"
+            f" Secret itself ({RESERVED_KEY_PREFIX}..., {', '.join(RESERVED_KEYS)}):"
+            " they would be replaced"
+        ),
+        field_path=f".{field}",
+        reason="FieldValueForbidden",
+    )
+
+
+ANNOTATION_BYTES_RULE = Rule(
+    rule=(
+        "!has(self.annotations) || self.annotations.map(k,"
+        " size(bytes(k)) + size(bytes(self.annotations[k]))).sum()"
+        f" <= {MAX_TEMPLATE_ANNOTATION_BYTES}"
+    ),
+    message=(
+        "spec.secretTemplate.annotations must total at most"
+        f" {MAX_TEMPLATE_ANNOTATION_BYTES // 1024} KiB, keys and values counted in bytes:"
+        " Kubernetes allows 256 KiB of annotations on the generated Secret, and kube-iam adds"
+        " its own"
+    ),
+    field_path=".annotations",
+    reason="FieldValueInvalid",
+)
+
+
 class SecretTemplate(ApiModel):
     """How the generated Secret looks: its labels, annotations and data key names."""
 
     model_config = ConfigDict(
         json_schema_extra=rules_extra(
-            _qualified_keys_rule("labels"), _qualified_keys_rule("annotations")
+            _qualified_keys_rule("labels"),
+            _qualified_keys_rule("annotations"),
+            _reserved_keys_rule("labels"),
+            _reserved_keys_rule("annotations"),
+            ANNOTATION_BYTES_RULE,
         )
     )
 
@@ -164,6 +222,7 @@ class SecretTemplate(ApiModel):
         description=(
             "Labels to put on the generated Secret, for example for a tool that selects"
             " Secrets. Values follow the Kubernetes label value rules (at most 63 characters)."
+            " Keys under iam.kubeiam.io/, and app.kubernetes.io/managed-by, are kube-iam's own."
         ),
     )
     annotations: (
@@ -176,7 +235,8 @@ class SecretTemplate(ApiModel):
         default=None,
         description=(
             "Annotations to put on the generated Secret: at most 64, each value at most 4096"
-            " characters."
+            " characters, and at most 255 KiB in all (keys and values, in bytes). Keys under"
+            " iam.kubeiam.io/ are kube-iam's own."
         ),
     )
     keys: SecretKeys | None = Field(
@@ -404,13 +464,29 @@ class ServiceAccountCredentialStatus(ObjectStatus):
     )
 
 
+# The generated Secret carries the credential's name as a label value, which Kubernetes limits
+# to 63 characters: a longer name would be admitted and then fail at issuance.
+CREDENTIAL_NAME_RULE = Rule(
+    rule="size(self.metadata.name) <= 63",
+    message=(
+        "metadata.name of a credential must be at most 63 characters: the generated Secret"
+        " carries it in its label iam.kubeiam.io/credential, and label values are at most 63"
+    ),
+    field_path=".metadata.name",
+    reason="FieldValueInvalid",
+)
+
+
 class ServiceAccountCredential(Resource):
     """A client credential of a ServiceAccount: a client secret with an expiry fixed at creation.
 
     The operator writes the generated client secret once into a Secret in the same namespace
     and keeps only its hash. Each account has at most a few Active credentials at a time (5
-    unless the organisation says otherwise); more wait as Pending until a slot frees up.
+    unless the organisation says otherwise); more wait as Pending until a slot frees up. The
+    name is at most 63 characters.
     """
+
+    model_config = ConfigDict(json_schema_extra=rules_extra(CREDENTIAL_NAME_RULE))
 
     names: ClassVar[ResourceNames] = ResourceNames(
         kind="ServiceAccountCredential",
