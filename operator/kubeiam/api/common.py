@@ -150,6 +150,42 @@ def https_url(field_path: str, example: str) -> Rule:
     )
 
 
+def plain_url(field_path: str, *, query: bool) -> tuple[Rule, ...]:
+    """What an https URL the operator fetches from must not hide: a host that only looks like
+    another (non-ASCII), credentials, and, for an issuer, a query or fragment.
+
+    isURL admits all of these; each has a rule of its own so the message says which it is.
+    """
+    rules = [
+        Rule(
+            rule="self.matches('^[!-~]+$')",
+            message=(
+                f"{field_path} must be printable ASCII without spaces: write an international"
+                " host name in its xn-- form, so that a look-alike of another host cannot pass"
+                " for it"
+            ),
+        ),
+        Rule(
+            rule="!self.matches('^[^/?#]*//[^/?#]*@')",
+            message=(
+                f"{field_path} must not carry user info (user:password@ before the host):"
+                " kube-iam sends no credentials to an issuer"
+            ),
+        ),
+    ]
+    if not query:
+        rules.append(
+            Rule(
+                rule="!self.contains('?') && !self.contains('#')",
+                message=(
+                    f"{field_path} must have no query or fragment: OpenID Connect Discovery"
+                    " forbids them in an issuer, and tokens carry it without them"
+                ),
+            )
+        )
+    return tuple(rules)
+
+
 # The seed's account id rule, applied at the root to the object's own metadata.name.
 ACCOUNT_NAME_RULE = Rule(
     rule=(

@@ -25,6 +25,7 @@ from kubeiam.api.common import (
     cel,
     https_url,
     immutable,
+    plain_url,
     rules_extra,
 )
 
@@ -113,6 +114,7 @@ class FederationTrustSpec(ApiModel):
         StringConstraints(min_length=1, max_length=2048),
         cel(
             https_url("spec.issuer", "https://token.actions.githubusercontent.com"),
+            *plain_url("spec.issuer", query=False),
             immutable(
                 "spec.issuer",
                 "a trust is bound to one issuer; create a new trust for another issuer",
@@ -121,9 +123,9 @@ class FederationTrustSpec(ApiModel):
     ] = Field(
         description=(
             "The issuer URL of the external OIDC provider, exactly as tokens carry it in their"
-            " iss claim, such as https://token.actions.githubusercontent.com. Must be https; at"
-            " most 2048 characters. Required; immutable. Organisation policy may restrict which"
-            " issuers are allowed."
+            " iss claim, such as https://token.actions.githubusercontent.com. Must be https, in"
+            " ASCII, without user info, query or fragment; at most 2048 characters. Required;"
+            " immutable. Organisation policy may restrict which issuers are allowed."
         )
     )
     audiences: Annotated[
@@ -156,15 +158,18 @@ class FederationTrustSpec(ApiModel):
         Annotated[
             str,
             StringConstraints(min_length=1, max_length=2048),
-            cel(https_url("spec.jwksUri", "https://issuer.example.com/.well-known/jwks.json")),
+            cel(
+                https_url("spec.jwksUri", "https://issuer.example.com/.well-known/jwks.json"),
+                *plain_url("spec.jwksUri", query=True),
+            ),
         ]
         | None
     ) = Field(
         default=None,
         description=(
-            "Where to fetch the issuer's signing keys (an https URL, at most 2048 characters),"
-            " when it differs from what the issuer's discovery document says. Not together with"
-            " jwks."
+            "Where to fetch the issuer's signing keys (an https URL in ASCII without user info,"
+            " at most 2048 characters), when it differs from what the issuer's discovery"
+            " document says. Not together with jwks."
         ),
     )
     jwks: JsonWebKeySet | None = Field(
