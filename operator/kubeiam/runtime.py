@@ -8,6 +8,7 @@ import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp.web
 import kopf
 
 # Importing a controller module registers its handlers with kopf's default registry.
@@ -30,6 +31,23 @@ class WebhookOff:
         yield {}  # pragma: no cover  (never reached)
 
 
+# The API server takes request bodies up to 3 MiB, and an AdmissionReview of an update carries
+# the object twice (new and old). aiohttp's default of 1 MiB would answer a large object with
+# 413, which the API server reports as an internal error instead of the schema's own refusal
+# naming the field (mutating admission runs before the schema is checked).
+MAX_REVIEW_BYTES = 8 * 1024 * 1024
+
+
+class WebhookServer(kopf.WebhookServer):
+    """kopf's webhook server, reading AdmissionReviews as large as the API server sends."""
+
+    @staticmethod
+    async def _serve(fn: Any, request: aiohttp.web.Request) -> aiohttp.web.Response:
+        larger = request.clone(client_max_size=MAX_REVIEW_BYTES)
+        response: aiohttp.web.Response = await kopf.WebhookServer._serve(fn, larger)
+        return response
+
+
 def webhook_server(ours: Settings) -> Any:
     """kopf's own webhook server, with our certificate, on every replica.
 
@@ -48,7 +66,7 @@ def webhook_server(ours: Settings) -> Any:
             "the kube-iam-webhook-tls Secret there (README, Admission), or set "
             "KUBEIAM_WEBHOOK_PORT=0 where the webhook is not registered"
         )
-    return kopf.WebhookServer(
+    return WebhookServer(
         addr=ours.webhook_address,
         port=ours.webhook_port,
         certfile=str(cert),
