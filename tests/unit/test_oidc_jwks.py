@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
 
@@ -167,6 +168,14 @@ def test_a_short_rsa_key_is_skipped() -> None:
     weak = RSAAlgorithm.to_jwk(WEAK_RSA_KEY.public_key(), as_dict=True) | {"kid": "weak"}
     assert parse(rsa_jwk(), weak).key_ids == ("rsa-1",)
     assert "is a 1024-bit RSA key, shorter than 2048 bits" in refused({"keys": [weak]})
+
+
+def test_an_rsa_key_of_megabits_is_skipped() -> None:
+    # Not a real key: a modulus of 2**20 bits loads all the same, and nothing issues with one.
+    modulus = base64.urlsafe_b64encode(b"\xc7" * (128 * 1024)).rstrip(b"=").decode()
+    huge = {"kty": "RSA", "kid": "huge", "n": modulus, "e": "AQAB"}
+    assert parse(rsa_jwk(), huge).key_ids == ("rsa-1",)
+    assert "is a 1048576-bit RSA key, longer than 16384 bits" in refused({"keys": [huge]})
 
 
 def test_an_algorithm_that_does_not_fit_the_key_refuses_the_set() -> None:

@@ -9,7 +9,8 @@ What a document must be, and what happens to each key:
   and a set left with no usable signing key.
 - skipped (not for us, so not an error): a key whose "use" is not "sig" or whose "key_ops"
   excludes "verify"; a key type or algorithm this verifier does not accept (an encryption key,
-  a future key type); an RSA key shorter than 2048 bits (never to be trusted with a signature).
+  a future key type); an RSA key shorter than 2048 bits (never to be trusted with a signature)
+  or longer than 16384 bits (no issuer signs with one; it only makes each check slow).
 
 Messages name the source, the key's position and kid; never the key material, and never the
 text of a pyjwt error, which can quote the whole key.
@@ -28,6 +29,7 @@ from kubeiam.domain.conditions import Reason
 
 __all__ = [
     "ALGORITHMS",
+    "MAX_RSA_BITS",
     "MIN_RSA_BITS",
     "JwksError",
     "KeySet",
@@ -54,6 +56,9 @@ ALGORITHMS: Final = {
 _EC_ALGORITHM: Final = {"P-256": "ES256", "P-384": "ES384", "P-521": "ES512"}
 _OKP_CURVES: Final = frozenset({"Ed25519", "Ed448"})
 MIN_RSA_BITS: Final = 2048
+# An inline key's members have no length limit in the CRD (the key material is kept as given),
+# so a modulus of megabits loads; no issuer uses one.
+MAX_RSA_BITS: Final = 16384
 # Members that only a private or symmetric key has (RFC 7518 §6.2.2, §6.3.2, §6.4; RFC 8037).
 _PRIVATE_MEMBERS: Final = ("d", "p", "q", "dp", "dq", "qi", "oth", "k")
 
@@ -196,6 +201,8 @@ def _load(
     public = key.key
     if isinstance(public, rsa.RSAPublicKey) and public.key_size < MIN_RSA_BITS:
         return f"is a {public.key_size}-bit RSA key, shorter than {MIN_RSA_BITS} bits"
+    if isinstance(public, rsa.RSAPublicKey) and public.key_size > MAX_RSA_BITS:
+        return f"is a {public.key_size}-bit RSA key, longer than {MAX_RSA_BITS} bits"
     if not isinstance(
         public,
         rsa.RSAPublicKey
