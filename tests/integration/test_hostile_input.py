@@ -462,6 +462,9 @@ JUDGED = [
     # -- trusts: inline keys are only parsed by the operator --------------------------------------
     judged("trust-jwks-garbage-modulus", trust({"spec.jwks": {"keys": [rsa_key(n="!!!")]}}),
            "JwksInvalid", "spec.jwks"),
+    judged("trust-jwks-rsa-modulus-of-a-megabit",
+           trust({"spec.jwks": {"keys": [rsa_key(n="x8fH" * 43_691)]}}),
+           "JwksInvalid", "spec.jwks"),
     judged("trust-jwks-modulus-false-from-yaml",
            trust({"spec.jwks": {"keys": [rsa_key(n=False)]}}),
            "JwksInvalid", "spec.jwks"),
