@@ -404,13 +404,18 @@ REFUSALS = [
 @dataclass(frozen=True)
 class Judged:
     """A manifest the API server admits but the operator must refuse: Ready becomes False with
-    `reason`, and the message names `field`. `state` is the credential's state, if any."""
+    `reason`, and the message names `field`. `state` is the credential's state, if any.
+
+    `taken` names a Secret that exists before, written by someone else or, with `by_credential`,
+    issued to another credential: the case must leave it exactly as it was.
+    """
 
     manifest: Manifest
     reason: str
     field: str
     state: str | None = None
-    foreign_secret: str | None = None
+    taken: str | None = None
+    by_credential: bool = False
 
 
 def judged(id: str, manifest: Manifest, reason: str, field: str, **extra: Any) -> Any:
@@ -437,7 +442,10 @@ JUDGED = [
            "InvalidExpiry", "spec.expiresIn"),
     judged("credential-secret-name-of-a-foreign-secret",
            credential({"spec.secretName": "someone-elses"}),
-           "SecretConflict", "someone-elses", foreign_secret="someone-elses"),
+           "SecretConflict", "someone-elses", taken="someone-elses"),
+    judged("credential-secret-name-of-another-credentials-secret",
+           credential({"spec.secretName": "victim"}),
+           "SecretConflict", "victim", taken="victim", by_credential=True),
     # -- trusts: the condition compiles only in the operator --------------------------------------
     judged("trust-condition-syntax-error", trust({"spec.condition": "claims.sub = 'ci'"}),
            "ConditionInvalid", "spec.condition"),
@@ -563,6 +571,20 @@ def _ready(cluster: ClusterHandle, resource: str, name: str, namespace: str) -> 
     return next((c for c in status.get("conditions") or [] if c["type"] == "Ready"), None)
 
 
+def _take(cluster: ClusterHandle, namespace: str, name: str, by_credential: bool) -> Manifest:
+    """A Secret of that name, written by someone else or issued to a credential of that name."""
+    if by_credential:
+        victim = credential({"metadata.name": name})
+        cluster.kubectl("create", "-n", namespace, "-f", "-", input=json.dumps(victim))
+        wait_state(cluster, namespace, name, "Active", timeout=30)
+        read_secret(cluster, namespace, name)  # so the leak scan looks for this secret too
+    else:
+        cluster.kubectl("create", "secret", "generic", name, "-n", namespace, "--from-literal=a=b")
+    secret = cluster.get("secret", name, namespace)
+    assert secret is not None
+    return secret
+
+
 @pytest.mark.parametrize("case", JUDGED)
 def test_judged_by_the_operator(
     cluster: ClusterHandle, ground: Ground, case: Judged, request: pytest.FixtureRequest
@@ -570,10 +592,7 @@ def test_judged_by_the_operator(
     manifest = named(case.manifest, _case_id(request))
     ns, name = ground.namespace, manifest["metadata"]["name"]
     resource = RESOURCES[manifest["kind"]]
-    if case.foreign_secret is not None:
-        cluster.kubectl(
-            "create", "secret", "generic", case.foreign_secret, "-n", ns, "--from-literal=a=b"
-        )
+    taken = None if case.taken is None else _take(cluster, ns, case.taken, case.by_credential)
     result = cluster.kubectl("create", "-n", ns, "-f", "-", input=json.dumps(manifest), check=False)
     assert result.returncode == 0, f"refused, but only the operator can judge it: {result.stderr}"
 
@@ -588,13 +607,9 @@ def test_judged_by_the_operator(
         obj = cluster.get(resource, name, ns)
         assert obj is not None
         assert obj["status"]["state"] == case.state, obj["status"]
-        # A refused credential writes no Secret, and leaves a foreign one as it was.
-        secret = cluster.get("secret", case.foreign_secret or name, ns)
-        if case.foreign_secret is None:
-            assert secret is None, secret["metadata"] if secret else None
-        else:
-            assert secret is not None
-            assert secret["data"] == {"a": "Yg=="}, secret["metadata"]
+        # A refused credential writes no Secret, and leaves one that was there as it was.
+        secret = cluster.get("secret", case.taken or name, ns)
+        assert secret == taken, (secret or {}).get("metadata")
 
 
 def test_the_operator_survived_and_keeps_serving(cluster: ClusterHandle, ground: Ground) -> None:
