@@ -467,6 +467,16 @@ JUDGED = [
     judged("trust-github-condition-pins-under-negation",
            trust({"spec.issuer": GITHUB, "spec.condition": "!(claims.repository != 'acme/api')"}),
            "ConditionTooBroad", "spec.condition"),
+    # -- trusts: where the operator will not connect --------------------------------------------
+    judged("trust-issuer-cloud-metadata-address",
+           trust({"spec.issuer": "https://169.254.169.254", "spec.jwks": REMOVE}),
+           "IssuerUnreachable", "169.254.169.254"),
+    judged("trust-issuer-loopback",
+           trust({"spec.issuer": "https://127.0.0.1:6443", "spec.jwks": REMOVE}),
+           "IssuerUnreachable", "127.0.0.1"),
+    judged("trust-jwks-uri-private-address",
+           trust({"spec.jwks": REMOVE, "spec.jwksUri": "https://10.0.0.1/keys"}),
+           "IssuerUnreachable", "10.0.0.1"),
     # -- trusts: inline keys are only parsed by the operator --------------------------------------
     judged("trust-jwks-garbage-modulus", trust({"spec.jwks": {"keys": [rsa_key(n="!!!")]}}),
            "JwksInvalid", "spec.jwks"),
