@@ -1,6 +1,7 @@
 """`make bench` (`python -m bench`): run every scenario, print the table, write the JSON.
 
 BENCH_SCALE (default 1) sizes the run: 0.1 is a quick one of a couple of minutes.
+BENCH_ONLY=issuance,burst runs only those (and nothing that needs what they skip).
 BENCH_PROFILE=1 samples the operator with py-spy during the issuance and burst scenarios and
 writes the raw stacks beside the JSON. Only loopback traffic; every wait has a deadline.
 """
@@ -14,7 +15,7 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Awaitable
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +71,13 @@ async def _scenarios(
     """Each scenario in turn; one that fails is recorded with its error and the run goes on
     where it can (the operator's scenarios after the floor's, the restart after the rest)."""
 
-    async def step(key: str, what: str, scenario: Awaitable[Any]) -> Any:
+    only = {k for k in os.environ.get("BENCH_ONLY", "").split(",") if k}
+
+    async def step(key: str, what: str, scenario: Coroutine[Any, Any, Any]) -> Any:
+        if only and key not in only:
+            scenario.close()
+            results[key] = {"error": "not run (BENCH_ONLY)"}
+            return results[key]
         _say(what)
         retries = api.webhook_retries
         try:

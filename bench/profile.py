@@ -23,8 +23,10 @@ def load(path: Path) -> Counter[tuple[str, ...]]:
 
 
 def summarise(
-    stacks: Counter[tuple[str, ...]], *, top: int, match: str = ""
+    stacks: Counter[tuple[str, ...]], *, top: int, match: str = "", thread: str = ""
 ) -> tuple[int, list[tuple[str, int]], list[tuple[str, int]]]:
+    if thread:
+        stacks = Counter({s: c for s, c in stacks.items() if any(thread in f for f in s)})
     total = sum(stacks.values())
     own: Counter[str] = Counter()
     through: Counter[str] = Counter()
@@ -43,8 +45,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("profile", type=Path)
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--match", default="", help="inclusive frames containing this only")
+    parser.add_argument(
+        "--thread",
+        default="",
+        help="only stacks through a frame containing this, e.g. kubeiam/cli.py: the event loop",
+    )
     args = parser.parse_args(argv)
-    total, own, through = summarise(load(args.profile), top=args.top, match=args.match)
+    total, own, through = summarise(
+        load(args.profile), top=args.top, match=args.match, thread=args.thread
+    )
     if not total:
         print("no samples", file=sys.stderr)
         return 1
