@@ -230,14 +230,15 @@ def test_conditions_nested_deeper_than_the_limit_are_refused_at_compile_time() -
     assert "nests too deeply" in compile_error(" && ".join(["true"] * 400))
 
 
-def test_a_quadratic_macro_is_stopped_by_the_cost_limit() -> None:
+def test_a_quadratic_macro_is_stopped_by_the_cost_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The step budget, not the wall-clock backstop, must stop it: on a loaded machine the
+    # backstop could trip first, so it is moved out of the way (it has a test of its own).
+    monkeypatch.setattr(cel, "MAX_SECONDS", 600.0)
     claims = {"groups": [str(i) for i in range(3000)]}
-    started = time.monotonic()
     message = evaluation_error(
         "claims.groups.all(a, claims.groups.all(b, a == b || a != b))", claims
     )
     assert f"exceeded its cost limit of {cel.MAX_COST} steps" in message
-    assert time.monotonic() - started < 2 * cel.MAX_SECONDS
 
 
 def test_copying_a_large_claim_in_a_loop_costs_what_it_weighs() -> None:
