@@ -253,7 +253,10 @@ def test_the_deadline_stops_what_the_budget_does_not(monkeypatch: pytest.MonkeyP
     assert "ran longer than 0.0 seconds" in message
 
 
-def test_a_macro_over_a_realistic_group_list_fits_the_budget() -> None:
+def test_a_macro_over_a_realistic_group_list_fits_the_budget(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(cel, "MAX_SECONDS", 600.0)  # the step budget is what is tested here
     claims = {"groups": [f"group-{i}" for i in range(1000)]}
     assert evaluate('claims.groups.exists(g, g == "group-999")', claims)
 
@@ -277,10 +280,12 @@ def test_hostile_claims_are_refused_before_evaluation(
 
 
 def test_regular_expressions_take_linear_time_on_hostile_input() -> None:
+    # A backtracking engine needs about 2**100000 steps here, RE2 one pass: the bound tells
+    # the two apart by astronomical orders of magnitude, so a loaded machine cannot trip it.
     claims = {"ref": "a" * 100_000 + "!"}
     started = time.monotonic()
     assert not evaluate('claims.ref.matches("^(a+)+$")', claims)
-    assert time.monotonic() - started < 1
+    assert time.monotonic() - started < 30
 
 
 @pytest.mark.parametrize(
