@@ -2,8 +2,9 @@
 
 BENCH_SCALE (default 1) sizes the run: 0.1 is a quick one of a couple of minutes.
 BENCH_ONLY=issuance,burst runs only those (and nothing that needs what they skip).
-BENCH_PROFILE=1 samples the operator with py-spy during the issuance and burst scenarios and
-writes the raw stacks beside the JSON. Only loopback traffic; every wait has a deadline.
+BENCH_PROFILE=1 samples the operator with py-spy during the issuance, burst and restart
+scenarios and writes the raw stacks beside the JSON.
+Only loopback traffic; every wait has a deadline.
 """
 
 from __future__ import annotations
@@ -134,7 +135,9 @@ async def _scenarios(
         scenarios.rest_rate(api, sizes.rest_window),
     )
     restarted = await step(
-        "restart", "restart over everything settled", scenarios.restart(api, cluster)
+        "restart",
+        "restart over everything settled",
+        scenarios.restart(api, cluster, profile=_profile(profile_dir, "restart")),
     )
     if isinstance(restarted, tuple):
         process, results["restart"] = restarted

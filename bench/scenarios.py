@@ -532,7 +532,7 @@ def _resumed(operator: Operator) -> int:
 
 
 async def restart(
-    api: Api, cluster: BenchCluster, *, quiet_seconds: float = 10
+    api: Api, cluster: BenchCluster, *, quiet_seconds: float = 10, profile: Path | None = None
 ) -> tuple[Operator, dict[str, Any]]:
     """Start a new operator over everything settled: time to resumed, writes meanwhile."""
     expected = await count_objects(api)
@@ -541,12 +541,15 @@ async def restart(
     spawned = time.monotonic()
     operator.start()
     healthy = time.monotonic() - spawned
+    if profile:
+        operator.profile(profile)
     deadline = time.monotonic() + 300 + expected / 20
     while _resumed(operator) < expected:
         if time.monotonic() > deadline:
             raise TimeoutError(f"{_resumed(operator)} of {expected} objects resumed")
         await asyncio.sleep(0.1)
     resumed = time.monotonic() - spawned
+    operator.stop_profile()
     rss = operator.rss_mb()
     await quiet(api, seconds=quiet_seconds)
     delta = (await api.apiserver_requests()) - before
