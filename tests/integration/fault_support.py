@@ -17,46 +17,51 @@ LIMIT = 5  # the organisation's default, which the tests' settings keep
 class Burst:
     """One `kubectl apply` of many manifests, running while the test kills or restarts things.
 
-    The API server may refuse it while it restarts, so `finish` applies the same stream again
-    until it is accepted: apply is idempotent, and the objects that made it are left as they are.
+    The API server refuses it while it restarts, so `resume` and `finish` apply the same stream
+    again: apply is idempotent, and the objects that made it are left as they are.
     """
 
     def __init__(self, cluster: ClusterHandle, namespace: str, manifests: list[str]) -> None:
         self.cluster, self.namespace, self.stream = cluster, namespace, many(manifests)
-        kubectl = cluster.kubectl
-        self._process = subprocess.Popen(
+        self._process = self._apply()
+
+    def _apply(self) -> subprocess.Popen[str]:
+        kubectl = self.cluster.kubectl
+        process = subprocess.Popen(
             [
                 str(kubectl.binary),
                 f"--kubeconfig={kubectl.kubeconfig}",
                 "apply",
-                *("-n", namespace, "-f", "-"),
+                *("-n", self.namespace, "-f", "-"),
             ],
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
             text=True,
         )
-        assert self._process.stdin is not None
-        self._process.stdin.write(self.stream)
-        self._process.stdin.close()
+        assert process.stdin is not None
+        process.stdin.write(self.stream)
+        process.stdin.close()
+        return process
 
-    def finish(self) -> int:
-        """Wait for the apply, and re-apply until accepted; return how many re-applies it took."""
-        assert self._process.stderr is not None
+    def resume(self) -> None:
+        """After a fault: if the apply has failed, apply the stream again in the background."""
+        if self._process.poll() not in (None, 0):
+            self._process = self._apply()
+
+    def finish(self) -> None:
+        """Wait for the apply, and apply again until the API server accepts the whole stream."""
         self._process.wait(timeout=120)
-        errors = [self._process.stderr.read()]
         if self._process.returncode == 0:
-            return 0
+            return
 
-        def accepted() -> bool:
+        def accepted() -> str | None:
             result = self.cluster.kubectl(
                 "apply", "-n", self.namespace, "-f", "-", input=self.stream, check=False
             )
-            errors.append(result.stderr)
-            return result.returncode == 0
+            return None if result.returncode else "accepted"
 
         wait_for(accepted, what="the burst to be accepted", interval=1)
-        return len(errors) - 1
 
 
 @dataclass(frozen=True)

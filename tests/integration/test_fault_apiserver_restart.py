@@ -132,7 +132,9 @@ def test_an_apiserver_restart_mid_burst_loses_nothing_and_doubles_nothing(
             now = _pids(local)
             assert now.pop("kube-apiserver") != pids.pop("kube-apiserver")
             assert now == pids
-            # The kubectl watches died with the old process; watch again at once.
+            # The apply the restart cut short, and the kubectl watches that died with the old
+            # process, start again at once.
+            burst.resume()
             recorders.append(StateRecorder(cluster, namespace).start())
             seen.watch()
         burst.finish()
