@@ -9,9 +9,10 @@ API server: the credential's status, and the ledger of active slots in its accou
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import logging
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -111,6 +112,10 @@ class _Runtime:
         # Ended credentials whose Secret this process has seen to (deleted, or found gone).
         self.cleaned: set[str] = set()
         self.locks: dict[AccountKey, asyncio.Lock] = {}
+        # One reconcile of a credential at a time in this process: its own handler and an
+        # admitter issuing it would otherwise both generate, create (409) and write (Conflict).
+        self.handling: dict[str, asyncio.Lock] = {}
+        self.tasks_in_flight: set[asyncio.Task[None]] = set()
         self.tasks: list[asyncio.Task[None]] = []
 
     def ensure_background(self) -> None:
@@ -186,6 +191,19 @@ class _Runtime:
 
     def lock(self, key: AccountKey) -> asyncio.Lock:
         return self.locks.setdefault(key, asyncio.Lock())
+
+    @contextlib.asynccontextmanager
+    async def handling_of(self, uid: str) -> AsyncIterator[bool]:
+        """Hold the credential for one reconcile; yields whether another had it first (the
+        body read before is then stale). The lock is forgotten once nobody waits on it."""
+        lock = self.handling.setdefault(uid, asyncio.Lock())
+        contended = lock.locked()
+        try:
+            async with lock:
+                yield contended
+        finally:
+            if not lock.locked() and self.handling.get(uid) is lock:
+                del self.handling[uid]
 
     def stale_roles(
         self, keys: Iterable[AccountKey] | None = None
@@ -434,30 +452,50 @@ async def _audit_secret(target: IssuedSecret) -> None:
 
 
 async def reconcile_until_settled(
-    body: Mapping[str, Any], *, attempts: int = 5, read_secret: bool = True
+    body: Mapping[str, Any],
+    *,
+    attempts: int = 5,
+    read_secret: bool = True,
+    account: Mapping[str, Any] | None = None,
 ) -> None:
     """Reconcile; when another writer got there first, read the credential again and retry.
 
     Without `read_secret`, an issued credential's Secret is taken to be as its status says
-    (the audit checks it soon); with it, one metadata GET checks.
+    (the audit checks it soon); with it, one metadata GET checks. `account`, if given, is the
+    account as just read or written; a retry reads it again.
     """
     metadata = body["metadata"]
-    for _attempt in range(attempts):
-        try:
-            await reconcile(body, read_secret=read_secret)
-            return
-        except api.Gone:
-            return
-        except api.Conflict:
-            fresh = await api.get_credential(metadata["namespace"], metadata["name"])
-            if fresh is None or fresh["metadata"]["uid"] != metadata["uid"]:
+    async with _runtime.handling_of(metadata["uid"]) as waited:
+        for attempt in range(attempts):
+            if attempt or waited:
+                # Another writer (or this process's other reconcile) got there first.
+                account = None
+                fresh = await api.get_credential(metadata["namespace"], metadata["name"])
+                if fresh is None or fresh["metadata"]["uid"] != metadata["uid"]:
+                    return
+                body = fresh
+            try:
+                await reconcile(body, read_secret=read_secret, account=account)
                 return
-            body = fresh
+            except api.Gone:
+                return
+            except api.Conflict:
+                continue
     raise kopf.TemporaryError("The credential kept changing while it was handled.", delay=1)
 
 
-async def reconcile(body: Mapping[str, Any], *, read_secret: bool = True) -> None:
-    """Bring one credential one step closer to where its spec and the world say it should be."""
+async def reconcile(
+    body: Mapping[str, Any],
+    *,
+    read_secret: bool = True,
+    account: Mapping[str, Any] | None = None,
+) -> None:
+    """Bring one credential one step closer to where its spec and the world say it should be.
+
+    `account` spares the read of the account when the caller has it fresh: the ledger write
+    that admitted this credential returned it. Every write that depends on it is a
+    compare-and-swap, so a stale copy costs a retry, never a wrong write.
+    """
     settings = get_settings()
     credential = ServiceAccountCredential.model_validate(body)
     metadata = body["metadata"]
@@ -469,7 +507,11 @@ async def reconcile(body: Mapping[str, Any], *, read_secret: bool = True) -> Non
     step = rules.decide(facts, _policy(settings))
     if isinstance(step, rules.Admit | rules.Issue | rules.Wait):
         # Only now is the account needed: a settled credential costs no read at start-up.
-        account_body = await api.get_account(namespace, spec.service_account_name)
+        account_body = (
+            dict(account)
+            if account is not None
+            else await api.get_account(namespace, spec.service_account_name)
+        )
         if account_body is not None:
             body = await ownership.ensure_owned_by_account(CREDENTIALS, body, account_body)
             faults.crash_point("after-owner-reference")
@@ -499,12 +541,13 @@ async def reconcile(body: Mapping[str, Any], *, read_secret: bool = True) -> Non
         await _write_pending(body, step.reason, step.message)
         return
     if isinstance(step, rules.Admit):
-        holders = await settle_account(account_key, issue_except=uid)
+        holders, latest = await _settle(account_key, issue_except=uid, account=account_body)
         if uid in holders:
-            # Admitted: issue with a fresh read, since the ledger write changed nothing here.
-            fresh = await api.get_credential(namespace, name)
-            if fresh is not None and fresh["metadata"]["uid"] == uid:
-                await reconcile(fresh)
+            # Admitted: issue now, with the account as the ledger write returned it. The
+            # credential is as read (the ledger lives on the account); if it changed meanwhile,
+            # the status write meets a Conflict and the credential is read again.
+            if latest is not None:
+                await reconcile(body, account=latest)
             return
         message = rules.limit_message(settings.max_active_credentials)
         await _write_pending(body, Reason.LIMIT_EXCEEDED, message)
@@ -814,12 +857,29 @@ async def settle_account(
     so are holders that are not issued yet: another process may have admitted them and died
     before issuing.
     """
+    holders, _account = await _settle(
+        key, ended=ended, issue_except=issue_except, adopt_orphans=adopt_orphans
+    )
+    return holders
+
+
+async def _settle(
+    key: AccountKey,
+    *,
+    ended: Iterable[str] = (),
+    issue_except: str | None = None,
+    adopt_orphans: bool = False,
+    account: Mapping[str, Any] | None = None,
+) -> tuple[set[str], dict[str, Any] | None]:
+    """`settle_account`, starting from `account` if given (read a moment ago: the ledger
+    write is a compare-and-swap on its resourceVersion, so a stale one is read again); also
+    returns the account as last read or written."""
     namespace, account_name = key
     if not account_name:
-        return set()
+        return set(), None
     known_ended = set(ended)
     async with _runtime.lock(key):
-        admitted, ledger = await _update_ledger(key, known_ended)
+        admitted, ledger, latest = await _update_ledger(key, known_ended, account)
     to_issue = list(admitted)
     if adopt_orphans:
         unissued = {view.uid for view in _runtime.views(key) if view.waiting}
@@ -827,15 +887,31 @@ async def settle_account(
     for entry in to_issue:
         if entry.uid == issue_except:
             continue
+        if entry.uid in _runtime.handling:
+            # Its own reconcile is under way here: it finds its slot, or it is looked at
+            # again once done, without holding up this one (no waiting on each other).
+            task = asyncio.create_task(_issue_when_free(namespace, entry))
+            _runtime.tasks_in_flight.add(task)
+            task.add_done_callback(_runtime.tasks_in_flight.discard)
+            continue
         body = await api.get_credential(namespace, entry.name)
         if body is not None and body["metadata"]["uid"] == entry.uid:
-            await _issue_admitted(body)
-    return {entry.uid for entry in ledger}
+            await _issue_admitted(body, latest)
+    return {entry.uid for entry in ledger}, latest
 
 
-async def _issue_admitted(body: Mapping[str, Any]) -> None:
+async def _issue_when_free(namespace: str, entry: LedgerEntry) -> None:
+    """Issue an admitted credential after the reconcile that holds it, with a fresh read."""
+    async with _runtime.handling_of(entry.uid):
+        pass
+    body = await api.get_credential(namespace, entry.name)
+    if body is not None and body["metadata"]["uid"] == entry.uid:
+        await _issue_admitted(body, None)
+
+
+async def _issue_admitted(body: Mapping[str, Any], account: Mapping[str, Any] | None) -> None:
     try:
-        await reconcile_until_settled(body)
+        await reconcile_until_settled(body, account=account)
     except Exception:
         # Its own handler (or the next one to look) finishes the job.
         metadata = body["metadata"]
@@ -848,14 +924,19 @@ async def _issue_admitted(body: Mapping[str, Any]) -> None:
 
 
 async def _update_ledger(
-    key: AccountKey, ended: set[str]
-) -> tuple[tuple[LedgerEntry, ...], tuple[LedgerEntry, ...]]:
+    key: AccountKey, ended: set[str], given: Mapping[str, Any] | None = None
+) -> tuple[tuple[LedgerEntry, ...], tuple[LedgerEntry, ...], dict[str, Any] | None]:
+    """Admit and release in the account's ledger; the admitted, the ledger, and the account
+    as written (or as read, when nothing changed)."""
     namespace, account_name = key
     limit = get_settings().max_active_credentials
     for attempt in range(_LEDGER_ATTEMPTS):
-        account = await api.get_account(namespace, account_name)
+        if attempt == 0 and given is not None:
+            account: dict[str, Any] | None = dict(given)
+        else:
+            account = await api.get_account(namespace, account_name)
         if account is None:
-            return (), ()
+            return (), (), None
         status = account.get("status") or {}
         ledger = [
             LedgerEntry(entry["name"], entry["uid"])
@@ -885,9 +966,9 @@ async def _update_ledger(
             plan = plan_admission(ledger, waiting=waiting, ended=gone, limit=limit)
         count = len(plan.ledger)
         if not plan.changed and status.get("activeCredentialCount") == count:
-            return (), plan.ledger
+            return (), plan.ledger, account
         try:
-            await api.patch_status(
+            written = await api.patch_status(
                 SERVICE_ACCOUNTS,
                 namespace,
                 account_name,
@@ -898,13 +979,15 @@ async def _update_ledger(
                 },
             )
         except api.Gone:
-            return (), ()
+            return (), (), None
         except api.Conflict:
-            await asyncio.sleep(min(0.05 * (attempt + 1), 0.5))
+            # The account read (or given) was stale: read it again at once the first time.
+            if attempt:
+                await asyncio.sleep(min(0.05 * attempt, 0.5))
             continue
         if plan.admitted:
             faults.crash_point("after-admission")
-        return plan.admitted, plan.ledger
+        return plan.admitted, plan.ledger, written
     raise kopf.TemporaryError("The account's ledger kept changing; trying again.", delay=1)
 
 
