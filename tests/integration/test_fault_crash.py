@@ -4,7 +4,8 @@ round, and each new process finishes the work with every guarantee intact.
 Three accounts, more credentials than their limit, so every round admits waiting credentials
 (revocations free slots) while new ones arrive. The kill instant is drawn from a seeded random
 source as "after N events of the burst were observed" (credential changes or Secret creations),
-never as a sleep; the seed and every instant are printed, and KUBEIAM_FAULT_SEED replays them.
+never as a sleep; sometimes the new process is killed too, while it resumes the half-done work.
+The seed and every instant are printed, and KUBEIAM_FAULT_SEED replays them.
 After each restart: every credential has its right state, each Active one exactly one Secret
 whose client secret hashes to status.secretHash, created once and never changed, none Active
 without one, each ledger names exactly the Active set, and the limit held at every instant the
@@ -38,34 +39,26 @@ def _seed() -> int:
     return int(given) if given else secrets.randbits(32)
 
 
-def _kill_at_random_instant(
-    rng: random.Random,
+def _kill_when(
     victim: OperatorProcess,
-    credential_events: Callable[[], int],
-    secrets_created: Callable[[], int],
-    issuances: int,
-    writes: int,
+    what: str,
+    count: Callable[[], int],
+    wanted: int,
+    *,
+    deadline: float,
+    base: int | None = None,
 ) -> str:
-    """Kill `victim` once the burst has produced a random number of observed events (or once
-    a deadline passes, if the operator did less than drawn); say which instant it was."""
-    if issuances and rng.random() < 0.5:
-        what, count, wanted = "Secrets created", secrets_created, rng.randrange(issuances)
-    else:
-        # Each user write and each issuance step is one credential event at least.
-        what, count, wanted = (
-            "credential events",
-            credential_events,
-            rng.randrange(writes + 2 * issuances + 1),
-        )
-    base = count()
-    deadline = time.monotonic() + 30
+    """Kill `victim` once `count` has grown by `wanted` from `base` (or once `deadline` seconds
+    passed, if the operator did less than drawn); say which instant it was."""
+    base = count() if base is None else base
+    until = time.monotonic() + deadline
 
     def instant() -> str | None:
         if count() - base >= wanted:
             return "reached"
-        return "deadline" if time.monotonic() > deadline else None
+        return "deadline" if time.monotonic() > until else None
 
-    how = wait_for(instant, timeout=40, interval=0.01, what=f"{wanted} {what}")
+    how = wait_for(instant, timeout=deadline + 10, interval=0.01, what=f"{wanted} {what}")
     victim.kill()
     return f"after {wanted} {what} ({how}, {count() - base} seen at the kill)"
 
@@ -84,6 +77,13 @@ def test_sigkill_at_random_instants_of_bursts_keeps_every_guarantee(
     hashes: dict[str, str] = {}
     revoked: set[str] = set()
     operator = operators("round-0", **NO_WEBHOOK)
+
+    def secrets_created() -> int:
+        return sum(secret_events.count("ADDED").values())
+
+    def credential_events() -> int:
+        return recorder.events
+
     try:
         cluster.apply("\n---\n".join(account_manifest(a) for a in ACCOUNTS), namespace)
         for account in ACCOUNTS:
@@ -94,30 +94,40 @@ def test_sigkill_at_random_instants_of_bursts_keeps_every_guarantee(
             # ones) and add new ones, in one apply that runs while the kill is chosen.
             manifests, issuances = [], 0
             for account in ACCOUNTS:
-                count = FIRST_BURST if round_ == 0 else NEW_PER_ROUND
+                new = FIRST_BURST if round_ == 0 else NEW_PER_ROUND
                 ending = sorted(world.active(account))[: rng.randint(1, 2)] if round_ else []
                 for name in ending:
                     manifests.append(credential_manifest(name, account, revoked=True))
                     revoked.add(name)
                 manifests += [
-                    credential_manifest(f"{account}-{round_}-{i}", account) for i in range(count)
+                    credential_manifest(f"{account}-{round_}-{i}", account) for i in range(new)
                 ]
-                live = len(set(world.of(account)) - revoked) + count
+                live = len(set(world.of(account)) - revoked) + new
                 issuances += min(LIMIT, live) - (len(world.active(account)) - len(ending))
-            burst = Burst(cluster, namespace, manifests)
-            kills.append(
-                f"round {round_}: "
-                + _kill_at_random_instant(
-                    rng,
-                    operator,
-                    lambda: recorder.events,
-                    lambda: sum(secret_events.count("ADDED").values()),
-                    issuances,
-                    len(manifests),
+            # Each user write and each issuance step is one credential event at least.
+            what, count, wanted = (
+                ("Secrets created", secrets_created, rng.randrange(issuances))
+                if issuances and rng.random() < 0.5
+                else (
+                    "credential events",
+                    credential_events,
+                    rng.randrange(len(manifests) + 2 * issuances + 1),
                 )
             )
+            # Counted from before the burst starts, so a kill may come before it is seen.
+            base = count()
+            burst = Burst(cluster, namespace, manifests)
+            kill = _kill_when(operator, what, count, wanted, deadline=30, base=base)
+            kills.append(f"round {round_}: {kill}")
             killed_at = time.monotonic()
             operator = operators(f"round-{round_ + 1}", **NO_WEBHOOK)
+            if rng.random() < 0.4:
+                # Sometimes the new process dies too, while it resumes the half-done work.
+                again = _kill_when(
+                    operator, "credential events", credential_events, rng.randrange(4), deadline=10
+                )
+                kills.append(f"round {round_}, resuming: {again}")
+                operator = operators(f"round-{round_ + 1}-again", **NO_WEBHOOK)
             burst.finish()
 
             def settled() -> World | None:
