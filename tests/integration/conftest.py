@@ -26,6 +26,10 @@ from .support import ClusterHandle, InClusterOperator, OperatorProcess
 TEST_STATE_DIR = Path(
     os.environ.get("KUBEIAM_TEST_STATE_DIR") or REPO_ROOT / ".local" / "test-cluster"
 )
+# A control plane this session found running (kept by an earlier run, or another session's in the
+# same state dir) is not this session's to restart: the fault tests that restart its parts skip
+# unless this says the person running them owns it (their own kept cluster, no one else on it).
+RESTART_KEPT_CLUSTER = bool(os.environ.get("KUBEIAM_RESTART_KEPT_CLUSTER"))
 ORGANIZATION = "acme"
 # Set by `make kind-e2e`: the operator runs in the cluster (deploy/, applied with the image
 # built from this checkout), and the tests start no operator process of their own.
@@ -105,7 +109,8 @@ def cluster() -> Iterator[ClusterHandle]:
     try:
         # No kubelet runs here: the Deployment is accepted and its pods never start.
         handle = _as_deployed(local.kubectl, local.log_dir, workload=True, webhook=local.webhook)
-        handle.local = local
+        # Only a control plane this session owns is handed to tests that restart its parts.
+        handle.local = local if started_here or RESTART_KEPT_CLUSTER else None
         yield from _serving_admission(handle)
     finally:
         if started_here and not os.environ.get("KUBEIAM_KEEP_TEST_CLUSTER"):

@@ -68,7 +68,7 @@ class ClusterHandle:
     webhook: LocalWebhook | None = None
     admission: OperatorProcess | None = None
     # The control plane the session started, for fault tests that restart its parts; None
-    # against a cluster named by KUBECONFIG.
+    # against a cluster named by KUBECONFIG, or one the session found running (see conftest).
     local: LocalCluster | None = None
 
     def get(self, resource: str, name: str, namespace: str, *extra: str) -> dict[str, Any] | None:

@@ -99,7 +99,10 @@ def test_an_apiserver_restart_mid_burst_loses_nothing_and_doubles_nothing(
 ) -> None:
     local = cluster.local
     if local is None:
-        pytest.skip("restarts the local control plane's API server; KUBECONFIG names another")
+        pytest.skip(
+            "restarts the API server of a local control plane this session started (or of a kept"
+            " one with KUBEIAM_RESTART_KEPT_CLUSTER=1); this session's is not one"
+        )
     operator = operators("survivor")
     cluster.apply("\n---\n".join(account_manifest(a) for a in ACCOUNTS), namespace)
     for account in ACCOUNTS:

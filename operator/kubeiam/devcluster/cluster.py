@@ -107,7 +107,11 @@ class LocalCluster:
         return ClusterState(**raw, processes=processes)
 
     def _save_state(self, state: ClusterState) -> None:
-        self._state_file.write_text(json.dumps(asdict(state), indent=2) + "\n")
+        # Written whole and renamed over the old file: a reader (another `make` target, a test
+        # session) never sees half a file, which would read as "no cluster" and be torn down.
+        partial = self._state_file.with_name(f".{self._state_file.name}.{os.getpid()}")
+        partial.write_text(json.dumps(asdict(state), indent=2) + "\n")
+        os.replace(partial, self._state_file)
 
     def _ssl_context(self) -> ssl.SSLContext:
         context = ssl.create_default_context(cafile=str(self._pki_dir / "ca.crt"))
