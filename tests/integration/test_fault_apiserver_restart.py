@@ -15,8 +15,6 @@ from collections.abc import Callable
 
 import pytest
 
-from kubeiam.devcluster.cluster import LocalCluster, _is_our_process
-
 from .credentials_support import (
     StateRecorder,
     account_manifest,
@@ -34,13 +32,6 @@ PER_ACCOUNT = LIMIT + 3
 # Restart when this many Secrets of the burst exist: early in it, and again half-way.
 RESTART_AFTER = (2, 10)
 MISSING_ACCOUNT = "ServiceAccount 'ghost' does not exist in namespace"
-
-
-def _pids(local: LocalCluster) -> dict[str, int]:
-    state = local._load_state()
-    assert state is not None
-    assert all(_is_our_process(record) for record in state.processes)
-    return {record.name: record.pid for record in state.processes}
 
 
 class SecretsSeen:
@@ -126,13 +117,13 @@ def test_an_apiserver_restart_mid_burst_loses_nothing_and_doubles_nothing(
                 timeout=90,
                 what=f"{threshold} Secrets",
             )
-            existing, pids, started = len(seen.versions), _pids(local), time.monotonic()
+            existing, pids, started = len(seen.versions), local.pids(), time.monotonic()
             local.restart_apiserver()
             took = time.monotonic() - started
             print(f"restarted the API server with {existing} Secrets issued, in {took:.1f}s")
             # In place: a new kube-apiserver process, recorded; etcd and the
             # controller-manager untouched; the same URL (the kubeconfigs still work).
-            now = _pids(local)
+            now = local.pids()
             assert now.pop("kube-apiserver") != pids.pop("kube-apiserver")
             assert now == pids
             # The apply the restart cut short, and the kubectl watches that died with the old

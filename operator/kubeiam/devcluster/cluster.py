@@ -41,6 +41,9 @@ class ProcessRecord:
     name: str
     pid: int
     binary: str
+    # What it was started with, to start it again in place; empty in the state of a cluster
+    # started before the arguments were recorded.
+    args: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -127,6 +130,17 @@ class LocalCluster:
         except (urllib.error.URLError, OSError, ssl.SSLError):
             return False
 
+    def pids(self) -> dict[str, int]:
+        """The pid of each recorded process, by name, for tests that check what a restart
+        replaced; fails unless every one still runs."""
+        state = self._load_state()
+        if state is None or not state.processes:
+            raise ControlPlaneError(f"No control plane is recorded in {self.state_dir}.")
+        gone = [record.name for record in state.processes if not _is_our_process(record)]
+        if gone:
+            raise ControlPlaneError(f"{', '.join(gone)} of {self.state_dir} no longer run.")
+        return {record.name: record.pid for record in state.processes}
+
     def is_running(self) -> bool:
         state = self._load_state()
         if state is None or not state.processes:
@@ -212,7 +226,9 @@ class LocalCluster:
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
-        state.processes.append(ProcessRecord(name=name, pid=process.pid, binary=str(binary)))
+        state.processes.append(
+            ProcessRecord(name=name, pid=process.pid, binary=str(binary), args=list(args))
+        )
         self._save_state(state)
         return process
 
@@ -335,17 +351,23 @@ class LocalCluster:
         )
         if state is None or record is None or not _is_our_process(record):
             raise ControlPlaneError(f"No kube-apiserver of ours runs in {self.state_dir}.")
-        # Its own command line is the one source of its arguments: nothing to rebuild.
-        argv = Path(f"/proc/{record.pid}/cmdline").read_bytes().decode().split("\0")[1:-1]
+        if not record.args:
+            raise ControlPlaneError(
+                f"The kube-apiserver of {self.state_dir} was started before its arguments were"
+                " recorded, so it cannot be started again in place; stop the control plane"
+                " (make cluster-down) and start it again."
+            )
         self._stop(record, quiet=True)
         state.processes.remove(record)
-        process = self._start(state, Path(record.binary), argv)
+        process = self._start(state, Path(record.binary), record.args)
         self._wait(
             "kube-apiserver",
             process,
             lambda: self._ready(state.apiserver_url),
             self.log_dir / "kube-apiserver.log",
         )
+        # Ready is not enough: custom resources' storage may still answer 404 or 429 a while.
+        wait_until_kinds_served(self.kubectl)
 
     # -- stopping --------------------------------------------------------------------------------
 
@@ -363,6 +385,7 @@ class LocalCluster:
 
     def _stop(self, record: ProcessRecord, *, quiet: bool) -> None:
         if not _is_our_process(record):
+            self._reap(record.pid)  # it may have died a zombie, whose cmdline is empty
             return
         os.kill(record.pid, signal.SIGTERM)
         deadline = time.monotonic() + _STOP_TIMEOUT
@@ -374,6 +397,8 @@ class LocalCluster:
             while _is_our_process(record):
                 time.sleep(0.05)
                 self._reap(record.pid)
+        # The loops end once it no longer looks like ours, which a zombie does not: reap it.
+        self._reap(record.pid)
         if not quiet:
             print(f"Stopped {record.name} (pid {record.pid}).", flush=True)
 
@@ -389,6 +414,11 @@ def apply_crds(kubectl: Kubectl) -> None:
     """Apply crds/ server-side and wait until the API server serves and explains every kind."""
     kubectl("apply", "--server-side", "--force-conflicts", f"--filename={CRDS_DIR}")
     kubectl("wait", "--for=condition=Established", "--timeout=60s", f"--filename={CRDS_DIR}")
+    wait_until_kinds_served(kubectl)
+
+
+def wait_until_kinds_served(kubectl: Kubectl) -> None:
+    """Wait until the API server explains and lists every kind of crds/."""
     # Established means served; the OpenAPI document `kubectl explain` reads follows shortly.
     for crd in crd_documents():
         group, plural = crd["spec"]["group"], crd["spec"]["names"]["plural"]
