@@ -376,3 +376,12 @@ def test_the_api_package_imports_neither_kopf_nor_the_kubernetes_client() -> Non
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "[]"
+
+
+def test_the_credential_name_limit_binds_on_create_only() -> None:
+    """A credential stored before the 63-character rule existed must still take status patches
+    and lose its finalizer; a root rule that ran on every write would refuse them all."""
+    rules = openapi_schema(ServiceAccountCredential)["x-kubernetes-validations"]
+    (rule,) = [entry for entry in rules if entry.get("fieldPath") == ".metadata.name"]
+    assert rule["optionalOldSelf"] is True
+    assert rule["rule"] == "oldSelf.hasValue() || (size(self.metadata.name) <= 63)"

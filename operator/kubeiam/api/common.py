@@ -58,13 +58,16 @@ class ApiModel(BaseModel):
 class Rule:
     """One CEL rule the API server evaluates: an entry of `x-kubernetes-validations`.
 
-    The message is what a user reads in kubectl, so it names the field and the rule.
+    The message is what a user reads in kubectl, so it names the field and the rule. With
+    `optional_old_self`, the rule also runs on create, where `oldSelf` is an empty optional
+    (`oldSelf.hasValue()` is false): the way to write a rule for creation only.
     """
 
     rule: str
     message: str
     field_path: str | None = None
     reason: CelReason | None = None
+    optional_old_self: bool = False
 
     def to_schema(self) -> JsonDict:
         entry: JsonDict = {"rule": self.rule, "message": self.message}
@@ -72,7 +75,23 @@ class Rule:
             entry["fieldPath"] = self.field_path
         if self.reason is not None:
             entry["reason"] = self.reason
+        if self.optional_old_self:
+            entry["optionalOldSelf"] = True
         return entry
+
+
+def on_create(
+    rule: str, message: str, *, field_path: str | None = None, reason: CelReason | None = None
+) -> Rule:
+    """A rule checked when the object is created and never again: an object stored before the
+    rule existed can still be updated (its status, its finalizers) and deleted."""
+    return Rule(
+        rule=f"oldSelf.hasValue() || ({rule})",
+        message=message,
+        field_path=field_path,
+        reason=reason,
+        optional_old_self=True,
+    )
 
 
 @dataclass(frozen=True)
@@ -152,7 +171,8 @@ def https_url(field_path: str, example: str) -> Rule:
 
 def plain_url(field_path: str, *, query: bool) -> tuple[Rule, ...]:
     """What an https URL the operator fetches from must not hide: a host that only looks like
-    another (non-ASCII), credentials, and, for an issuer, a query or fragment.
+    another (non-ASCII, or percent-encoded), credentials, and, for an issuer, a query or
+    fragment.
 
     isURL admits all of these; each has a rule of its own so the message says which it is.
     """
@@ -163,6 +183,16 @@ def plain_url(field_path: str, *, query: bool) -> tuple[Rule, ...]:
                 f"{field_path} must be printable ASCII without spaces: write an international"
                 " host name in its xn-- form, so that a look-alike of another host cannot pass"
                 " for it"
+            ),
+        ),
+        Rule(
+            # isURL decodes %XX in the host, so t%D0%BEken.example is the Cyrillic look-alike
+            # the ASCII rule refuses, written in ASCII. No DNS name needs a '%'.
+            rule="!self.matches('^[^/?#]*//[^/?#]*%')",
+            message=(
+                f"{field_path} must not percent-encode its host ('%' before the path): a"
+                " percent-encoded host can be a look-alike of another host; write an"
+                " international host name in its xn-- form"
             ),
         ),
         Rule(

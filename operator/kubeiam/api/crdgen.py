@@ -150,7 +150,7 @@ def _prose(text: str) -> str:
 
 
 def _ordered_rule(entry: Mapping[str, Any]) -> dict[str, Any]:
-    return _in_order(entry, ("rule", "message", "fieldPath", "reason"))
+    return _in_order(entry, ("rule", "message", "fieldPath", "reason", "optionalOldSelf"))
 
 
 def _ordered(node: JsonSchema) -> JsonSchema:

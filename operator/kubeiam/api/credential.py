@@ -10,6 +10,7 @@ from pydantic import ConfigDict, Field, StringConstraints
 
 from kubeiam.api.common import (
     AGE_COLUMN,
+    GROUP,
     READY_COLUMN,
     AccountName,
     ApiModel,
@@ -26,6 +27,7 @@ from kubeiam.api.common import (
     cel,
     immutable,
     immutable_optional,
+    on_create,
     rules_extra,
 )
 
@@ -148,10 +150,25 @@ MAX_TEMPLATE_ENTRIES = 64
 # generated Secret also carries kube-iam's own (under 1 KiB: the credential, its UID and id, the
 # account, the hash), so a template may use the rest.
 MAX_TEMPLATE_ANNOTATION_BYTES = 255 * 1024
-# Labels and annotations the operator sets on the generated Secret itself; a template entry
-# with one of these keys would be silently replaced, so it is refused instead.
-RESERVED_KEY_PREFIX = "iam.kubeiam.io/"
-RESERVED_KEYS = ("app.kubernetes.io/managed-by",)
+# The labels and annotations the operator sets on the generated Secret itself, once: the
+# Secret writer (kube/secrets.py) writes these, and a template entry with one of these keys
+# would be silently replaced by kube-iam's value, so the schema refuses it instead.
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+CREDENTIAL_LABEL = f"{GROUP}/credential"
+ACCOUNT_LABEL = f"{GROUP}/service-account"
+CREDENTIAL_ANNOTATION = f"{GROUP}/credential"
+CREDENTIAL_UID_ANNOTATION = f"{GROUP}/credential-uid"
+ACCOUNT_ANNOTATION = f"{GROUP}/service-account"
+CREDENTIAL_ID_ANNOTATION = f"{GROUP}/credential-id"
+HASH_ANNOTATION = f"{GROUP}/secret-hash"
+SECRET_LABEL_KEYS = (MANAGED_BY_LABEL, CREDENTIAL_LABEL, ACCOUNT_LABEL)
+SECRET_ANNOTATION_KEYS = (
+    CREDENTIAL_ANNOTATION,
+    CREDENTIAL_UID_ANNOTATION,
+    ACCOUNT_ANNOTATION,
+    CREDENTIAL_ID_ANNOTATION,
+    HASH_ANNOTATION,
+)
 
 
 def _qualified_keys_rule(field: str) -> Rule:
@@ -170,17 +187,15 @@ def _qualified_keys_rule(field: str) -> Rule:
     )
 
 
-def _reserved_keys_rule(field: str) -> Rule:
-    reserved = " || ".join(f"k == '{key}'" for key in RESERVED_KEYS)
+def _reserved_keys_rule(field: str, reserved: tuple[str, ...]) -> Rule:
+    # A lookup of each reserved key rather than a scan of the map: cheap for the cost budget.
+    listed = ", ".join(f"'{key}'" for key in reserved)
     return Rule(
-        rule=(
-            f"!has(self.{field}) || !self.{field}.exists(k,"
-            f" k.startsWith('{RESERVED_KEY_PREFIX}') || {reserved})"
-        ),
+        rule=f"!has(self.{field}) || ![{listed}].exists(k, k in self.{field})",
         message=(
-            f"spec.secretTemplate.{field} must not use keys kube-iam sets on the generated"
-            f" Secret itself ({RESERVED_KEY_PREFIX}..., {', '.join(RESERVED_KEYS)}):"
-            " they would be replaced"
+            f"spec.secretTemplate.{field} must not use the {field[:-1]} keys kube-iam sets on"
+            f" the generated Secret itself ({', '.join(reserved)}): kube-iam's values would"
+            " replace them"
         ),
         field_path=f".{field}",
         reason="FieldValueForbidden",
@@ -211,8 +226,8 @@ class SecretTemplate(ApiModel):
         json_schema_extra=rules_extra(
             _qualified_keys_rule("labels"),
             _qualified_keys_rule("annotations"),
-            _reserved_keys_rule("labels"),
-            _reserved_keys_rule("annotations"),
+            _reserved_keys_rule("labels", SECRET_LABEL_KEYS),
+            _reserved_keys_rule("annotations", SECRET_ANNOTATION_KEYS),
             ANNOTATION_BYTES_RULE,
         )
     )
@@ -222,7 +237,7 @@ class SecretTemplate(ApiModel):
         description=(
             "Labels to put on the generated Secret, for example for a tool that selects"
             " Secrets. Values follow the Kubernetes label value rules (at most 63 characters)."
-            " Keys under iam.kubeiam.io/, and app.kubernetes.io/managed-by, are kube-iam's own."
+            f" kube-iam sets {', '.join(SECRET_LABEL_KEYS)} itself, so those keys are refused."
         ),
     )
     annotations: (
@@ -235,8 +250,8 @@ class SecretTemplate(ApiModel):
         default=None,
         description=(
             "Annotations to put on the generated Secret: at most 64, each value at most 4096"
-            " characters, and at most 255 KiB in all (keys and values, in bytes). Keys under"
-            " iam.kubeiam.io/ are kube-iam's own."
+            " characters, and at most 255 KiB in all (keys and values, in bytes). kube-iam sets"
+            f" {', '.join(SECRET_ANNOTATION_KEYS)} itself, so those keys are refused."
         ),
     )
     keys: SecretKeys | None = Field(
@@ -465,10 +480,12 @@ class ServiceAccountCredentialStatus(ObjectStatus):
 
 
 # The generated Secret carries the credential's name as a label value, which Kubernetes limits
-# to 63 characters: a longer name would be admitted and then fail at issuance.
-CREDENTIAL_NAME_RULE = Rule(
-    rule="size(self.metadata.name) <= 63",
-    message=(
+# to 63 characters: a longer name would be admitted and then fail at issuance. Checked on create
+# only: a credential stored before the rule must keep taking status patches and losing its
+# finalizer, or it could never be deleted.
+CREDENTIAL_NAME_RULE = on_create(
+    "size(self.metadata.name) <= 63",
+    (
         "metadata.name of a credential must be at most 63 characters: the generated Secret"
         " carries it in its label iam.kubeiam.io/credential, and label values are at most 63"
     ),
