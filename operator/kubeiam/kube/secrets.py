@@ -14,17 +14,24 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from kubeiam.api.credential import (
+    ACCOUNT_ANNOTATION,
+    ACCOUNT_LABEL,
+    CREDENTIAL_ANNOTATION,
+    CREDENTIAL_ID_ANNOTATION,
+    CREDENTIAL_LABEL,
+    CREDENTIAL_UID_ANNOTATION,
+    HASH_ANNOTATION,
+    MANAGED_BY_LABEL,
+)
 from kubeiam.domain.conditions import format_time
 from kubeiam.domain.secret_format import generate, secret_hash
 from kubeiam.kube import api, faults
 from kubeiam.kube.resources import GROUP, VERSION
 
 SECRET_TYPE = "iam.kubeiam.io/client-credentials"
-MANAGED_BY = {"app.kubernetes.io/managed-by": "kube-iam"}
-CREDENTIAL_LABEL = f"{GROUP}/credential"
-ACCOUNT_LABEL = f"{GROUP}/service-account"
-HASH_ANNOTATION = f"{GROUP}/secret-hash"
-CREDENTIAL_UID_ANNOTATION = f"{GROUP}/credential-uid"
+# The keys are the API's (api/credential.py), which refuses them in a template.
+MANAGED_BY = {MANAGED_BY_LABEL: "kube-iam"}
 
 
 @dataclass(frozen=True)
@@ -95,10 +102,10 @@ def _manifest(request: SecretRequest, client_secret: str, digest: str) -> dict[s
             },
             "annotations": {
                 **request.annotations,
-                f"{GROUP}/credential": request.credential,
+                CREDENTIAL_ANNOTATION: request.credential,
                 CREDENTIAL_UID_ANNOTATION: request.credential_uid,
-                f"{GROUP}/service-account": request.account,
-                f"{GROUP}/credential-id": request.credential_id,
+                ACCOUNT_ANNOTATION: request.account,
+                CREDENTIAL_ID_ANNOTATION: request.credential_id,
                 HASH_ANNOTATION: digest,
             },
             "ownerReferences": [
