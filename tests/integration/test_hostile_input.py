@@ -15,6 +15,7 @@ names the path it did not expect (`unknown field "spec.displayName.en"`).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import secrets
@@ -25,8 +26,10 @@ from typing import Any
 import pytest
 
 from kubeiam.api.common import API_VERSION
+from kubeiam.api.credential import MAX_TEMPLATE_ANNOTATION_BYTES, SecretKeys
 
-from .credentials_support import read_secret, wait_state
+from .credentials_support import read_secret, ready, wait_state
+from .fault_support import keep_for_leak_scan
 from .support import ClusterHandle, OperatorProcess, wait_for
 from .test_crd_validation import JWK, REMOVE, edited
 
@@ -38,6 +41,11 @@ Manifest = dict[str, Any]
 PLACEHOLDER = "hostile"
 ISSUER = "https://issuer.hostile.example"
 GITHUB = "https://token.actions.githubusercontent.com"
+# Accounts of their own, beside the `pipeline` every case names, so that no case takes a slot
+# of the account limit from them: the credentials stored before a change is refused, and the
+# credential whose Secret a case tries to take.
+CHANGED = "changed"
+VICTIM = "victim-account"
 CYRILLIC_A = "\u0430"  # looks like 'a'
 CYRILLIC_E = "\u0435"  # looks like 'e'
 CYRILLIC_O = "\u043e"  # looks like 'o'
@@ -45,6 +53,7 @@ ZERO_WIDTH_SPACE = "\u200b"
 FULLWIDTH_720H = "\uff17\uff12\uff10h"  # looks like 720h
 FULLWIDTH_10 = "\uff11\uff10"  # looks like 10
 MIB = 1024 * 1024
+ANNOTATION_BYTES = MAX_TEMPLATE_ANNOTATION_BYTES
 
 ACCOUNT: Manifest = {
     "apiVersion": API_VERSION,
@@ -93,6 +102,16 @@ account, credential, trust = variants(ACCOUNT), variants(CREDENTIAL), variants(T
 def cidrs(count: int) -> list[str]:
     """`count` distinct IPv4 /32 blocks."""
     return [f"10.{i // 65536 % 256}.{i // 256 % 256}.{i % 256}/32" for i in range(count)]
+
+
+def annotations_of(total: int) -> dict[str, str]:
+    """Template annotations of `total` bytes in all, keys and values, in as few as can be."""
+    annotations: dict[str, str] = {}
+    while total > 0:
+        key = f"note-{len(annotations):02d}"
+        annotations[key] = "n" * min(4096, total - len(key))
+        total -= len(key) + len(annotations[key])
+    return annotations
 
 
 def rsa_key(**members: Any) -> Manifest:
@@ -303,14 +322,17 @@ REFUSALS = [
     refused("credential-secret-annotation-value-4097-characters",
             credential({"spec.secretTemplate.annotations": {"note": "n" * 4097}}),
             "spec.secretTemplate.annotations.note", "Too long"),
-    refused("credential-secret-annotations-over-256-kib",
+    refused("credential-secret-annotations-over-255-kib",
             credential({"spec.secretTemplate.annotations": {
                 f"note-{i}": "n" * 4096 for i in range(64)}}),
-            "spec.secretTemplate.annotations", "256 KiB"),
-    refused("credential-secret-annotations-multibyte-over-256-kib",
+            "spec.secretTemplate.annotations", "at most 255 KiB"),
+    refused("credential-secret-annotations-one-byte-over-255-kib",
+            credential({"spec.secretTemplate.annotations": annotations_of(ANNOTATION_BYTES + 1)}),
+            "spec.secretTemplate.annotations", "at most 255 KiB"),
+    refused("credential-secret-annotations-multibyte-over-255-kib",
             credential({"spec.secretTemplate.annotations": {
                 f"note-{i}": "\U0001f511" * 1100 for i in range(64)}}),
-            "spec.secretTemplate.annotations", "256 KiB"),
+            "spec.secretTemplate.annotations", "at most 255 KiB"),
     refused("credential-secret-label-key-cyrillic",
             credential({"spec.secretTemplate.labels": {f"t{CYRILLIC_E}am": "a"}}),
             "spec.secretTemplate.labels", "valid Kubernetes label keys"),
@@ -321,6 +343,9 @@ REFUSALS = [
             credential({"spec.secretTemplate.annotations": {
                 "iam.kubeiam.io/secret-hash": "sha256:" + "0" * 64}}),
             "spec.secretTemplate.annotations", "kube-iam sets on the generated Secret"),
+    refused("credential-secret-label-forges-the-credential",
+            credential({"spec.secretTemplate.labels": {"iam.kubeiam.io/credential": "other"}}),
+            "spec.secretTemplate.labels", "kube-iam's values would replace them"),
     refused("credential-secret-key-dot", credential({"spec.secretTemplate.keys.clientId": "."}),
             "spec.secretTemplate.keys.clientId", "'.'"),
     refused("credential-secret-key-dot-dot",
@@ -339,14 +364,16 @@ REFUSALS = [
     # -- ServiceAccountCredential: changes after creation -----------------------------------------
     refused("credential-unrevoke-by-null-patch", credential(),
             "spec.revoked", "cannot go back to false",
-            before=credential({"spec.revoked": True}), patch={"spec": {"revoked": None}}),
+            before=credential({"spec.revoked": True, "spec.serviceAccountName": CHANGED}),
+            patch={"spec": {"revoked": None}}),
     refused("credential-swap-expires-in-for-expires-at", credential(),
             "spec.expiresAt", "immutable",
-            before=credential({"spec.expiresIn": "720h"}),
+            before=credential({"spec.expiresIn": "720h", "spec.serviceAccountName": CHANGED}),
             patch={"spec": {"expiresIn": None, "expiresAt": "2030-01-01T00:00:00Z"}}),
     refused("credential-move-to-a-look-alike-account", credential(),
             "spec.serviceAccountName", "should match",
-            before=credential(), patch={"spec": {"serviceAccountName": f"pip{CYRILLIC_E}line"}}),
+            before=credential({"spec.serviceAccountName": CHANGED}),
+            patch={"spec": {"serviceAccountName": f"pip{CYRILLIC_E}line"}}),
     # -- FederationTrust: the issuer ---------------------------------------------------------------
     refused("trust-issuer-javascript", trust({"spec.issuer": "javascript:alert(1)"}),
             "spec.issuer", "https URL"),
@@ -363,6 +390,12 @@ REFUSALS = [
     refused("trust-issuer-cyrillic-look-alike",
             trust({"spec.issuer": f"https://t{CYRILLIC_O}ken.actions.githubusercontent.com"}),
             "spec.issuer", "ASCII"),
+    refused("trust-issuer-percent-encoded-look-alike",
+            trust({"spec.issuer": "https://t%D0%BEken.actions.githubusercontent.com"}),
+            "spec.issuer", "must not percent-encode its host"),
+    refused("trust-jwks-uri-percent-encoded-host",
+            trust({"spec.jwks": REMOVE, "spec.jwksUri": "https://issuer%2Eexample/jwks"}),
+            "spec.jwksUri", "must not percent-encode its host"),
     refused("trust-issuer-gains-a-trailing-slash", trust({"spec.issuer": ISSUER + "/"}),
             "spec.issuer", "immutable", before=trust()),
     refused("trust-jwks-uri-with-user-info",
@@ -467,16 +500,17 @@ JUDGED = [
     judged("trust-github-condition-pins-under-negation",
            trust({"spec.issuer": GITHUB, "spec.condition": "!(claims.repository != 'acme/api')"}),
            "ConditionTooBroad", "spec.condition"),
-    # -- trusts: where the operator will not connect --------------------------------------------
+    # -- trusts: where the operator will not connect (the guard's own words, which a failed
+    # connection to the same address would not say) ---------------------------------------------
     judged("trust-issuer-cloud-metadata-address",
            trust({"spec.issuer": "https://169.254.169.254", "spec.jwks": REMOVE}),
-           "IssuerUnreachable", "169.254.169.254"),
+           "IssuerUnreachable", "points at 169.254.169.254, a link-local address, which issuers"),
     judged("trust-issuer-loopback",
            trust({"spec.issuer": "https://127.0.0.1:6443", "spec.jwks": REMOVE}),
-           "IssuerUnreachable", "127.0.0.1"),
+           "IssuerUnreachable", "points at 127.0.0.1, a loopback address, which issuers"),
     judged("trust-jwks-uri-private-address",
            trust({"spec.jwks": REMOVE, "spec.jwksUri": "https://10.0.0.1/keys"}),
-           "IssuerUnreachable", "10.0.0.1"),
+           "IssuerUnreachable", "points at 10.0.0.1, a private address, which issuers"),
     # -- trusts: inline keys are only parsed by the operator --------------------------------------
     judged("trust-jwks-garbage-modulus", trust({"spec.jwks": {"keys": [rsa_key(n="!!!")]}}),
            "JwksInvalid", "spec.jwks"),
@@ -498,14 +532,40 @@ JUDGED = [
 ]  # fmt: skip
 
 
+# At the edge of the rules, on the side that must be admitted: a rule a little too strict would
+# refuse these. A credential is issued (on an account of its own) and its Secret written as the
+# template says; a trust is created in a dry run.
+ADMITTED = [
+    pytest.param(credential({"metadata.name": "c" * 63}), id="credential-name-63-characters"),
+    pytest.param(credential({"spec.secretTemplate.annotations": annotations_of(ANNOTATION_BYTES)}),
+                 id="credential-secret-annotations-of-exactly-255-kib"),
+    pytest.param(credential({"spec.secretTemplate.keys": {"clientId": ".hidden",
+                                                          "clientSecret": "a..b"}}),
+                 id="credential-secret-keys-hidden-and-with-a-double-dot-inside"),
+    pytest.param(credential({"spec.secretTemplate": {
+                     "labels": {"iam.kubeiam.io.example/x": "a", "iam.kubeiam.io/other": "b"},
+                     "annotations": {"app.kubernetes.io/managed-by": "argo"}}}),
+                 id="credential-secret-keys-kube-iam-does-not-set"),
+    pytest.param(trust({"spec.issuer": "https://issuer.hostile.example:8443/tenants/acme"}),
+                 id="trust-issuer-with-a-port-and-a-path"),
+    pytest.param(trust({"spec.issuer": "https://issuer.hostile.example/tenant%20a"}),
+                 id="trust-issuer-percent-encoded-in-the-path"),
+    pytest.param(trust({"spec.jwks": REMOVE,
+                        "spec.jwksUri": "https://keys.hostile.example:8443/v1/keys?set=2"}),
+                 id="trust-jwks-uri-with-a-port-a-path-and-a-query"),
+]  # fmt: skip
+
+
 @dataclass
 class Ground:
-    """Where the table runs: one namespace with the account every case names, and the processes
+    """Where the table runs: one namespace with the accounts the cases name, and the processes
     that must survive it (the operator, and the session's webhook server if there is one), each
-    with the size of its log before the table, so only what the table caused is read."""
+    with the size of its log before the table, so only what the table caused is read. `ran`
+    holds the ids of the cases that ran, so the survivor test knows it came after some."""
 
     namespace: str
     processes: dict[str, tuple[OperatorProcess, int]]
+    ran: list[str]
 
 
 def _log_size(process: OperatorProcess) -> int:
@@ -522,10 +582,12 @@ def ground(cluster: ClusterHandle, session_operator: OperatorProcess) -> Iterato
         processes["webhook"] = cluster.admission
     namespace = f"t-hostile-input-{secrets.token_hex(3)}"
     cluster.kubectl("create", "namespace", namespace)
-    cluster.apply(json.dumps(account({"metadata.name": "pipeline"})), namespace)
+    for name in ("pipeline", CHANGED, VICTIM):
+        cluster.apply(json.dumps(account({"metadata.name": name})), namespace)
     try:
-        yield Ground(namespace, {k: (p, _log_size(p)) for k, p in processes.items()})
+        yield Ground(namespace, {k: (p, _log_size(p)) for k, p in processes.items()}, [])
     finally:
+        keep_for_leak_scan(cluster, namespace)
         cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
 
 
@@ -541,10 +603,19 @@ def _case_id(request: pytest.FixtureRequest) -> str:
     return str(request.node.callspec.id)
 
 
+def _shown(case_id: str, manifest: Manifest, limit: int = 2000) -> str:
+    """The case for a failure message: its id and the start of its manifest (a case may hold a
+    1 MiB string or 10,000 CIDRs)."""
+    text = json.dumps(manifest)
+    more = f"... ({len(text):,} characters in all)" if len(text) > limit else ""
+    return f"{case_id}: {text[:limit]}{more}"
+
+
 @pytest.mark.parametrize("case", REFUSALS)
 def test_refused_naming_the_field(
     cluster: ClusterHandle, ground: Ground, case: Refusal, request: pytest.FixtureRequest
 ) -> None:
+    ground.ran.append(_case_id(request))
     manifest = named(case.manifest, _case_id(request))
     ns = ground.namespace
     if case.before is not None:
@@ -563,79 +634,135 @@ def test_refused_naming_the_field(
             verb, "-n", ns, "--dry-run=server", "-f", "-", input=json.dumps(manifest), check=False
         )
     error = result.stderr
-    assert result.returncode != 0, f"accepted: {case}\n{result.stdout}"
+    assert result.returncode != 0, (
+        f"accepted: {_shown(_case_id(request), manifest)}\n{result.stdout[:2000]}"
+    )
     assert "InternalError" not in error, error[:2000]
     assert "Internal error" not in error, error[:2000]
+    # A body past a server's size limit is answered 413, never by the rule naming the field.
+    assert not re.search(r"\b413\b", error), error[:2000]
+    assert "Too Large" not in error, error[:2000]
     assert case.field in error, error[:2000]
     for words in case.words:
         assert words in error, error[:2000]
 
 
 def _ready(cluster: ClusterHandle, resource: str, name: str, namespace: str) -> Manifest | None:
+    """The Ready condition of the object's current generation, once it has one."""
     obj = cluster.get(resource, name, namespace)
     if obj is None:
         return None
-    status = obj.get("status") or {}
-    if status.get("observedGeneration") != obj["metadata"]["generation"]:
+    observed = (obj.get("status") or {}).get("observedGeneration")
+    if observed != obj["metadata"]["generation"]:
         return None
-    return next((c for c in status.get("conditions") or [] if c["type"] == "Ready"), None)
+    try:
+        return ready(obj)
+    except StopIteration:
+        return None
 
 
-def _take(cluster: ClusterHandle, namespace: str, name: str, by_credential: bool) -> Manifest:
-    """A Secret of that name, written by someone else or issued to a credential of that name."""
+def _fingerprint(cluster: ClusterHandle, namespace: str, name: str) -> tuple[str, ...] | None:
+    """Which Secret of that name exists and what it holds, without its data: the UID, the
+    resourceVersion and a hash of the data. Safe to print, unlike the Secret itself."""
+    secret = cluster.get("secret", name, namespace)
+    if secret is None:
+        return None
+    data = json.dumps(secret.get("data") or {}, sort_keys=True).encode()
+    metadata = secret["metadata"]
+    return (metadata["uid"], metadata["resourceVersion"], hashlib.sha256(data).hexdigest())
+
+
+def _take(cluster: ClusterHandle, namespace: str, name: str, by_credential: bool) -> None:
+    """A Secret of that name, written by someone else or issued to a credential of that name
+    (on an account of its own, so the table's credentials can never leave it Pending)."""
     if by_credential:
-        victim = credential({"metadata.name": name})
+        victim = credential({"metadata.name": name, "spec.serviceAccountName": VICTIM})
         cluster.kubectl("create", "-n", namespace, "-f", "-", input=json.dumps(victim))
-        wait_state(cluster, namespace, name, "Active", timeout=30)
+        wait_state(cluster, namespace, name, "Active")
         read_secret(cluster, namespace, name)  # so the leak scan looks for this secret too
     else:
         cluster.kubectl("create", "secret", "generic", name, "-n", namespace, "--from-literal=a=b")
-    secret = cluster.get("secret", name, namespace)
-    assert secret is not None
-    return secret
 
 
 @pytest.mark.parametrize("case", JUDGED)
 def test_judged_by_the_operator(
     cluster: ClusterHandle, ground: Ground, case: Judged, request: pytest.FixtureRequest
 ) -> None:
+    ground.ran.append(_case_id(request))
     manifest = named(case.manifest, _case_id(request))
     ns, name = ground.namespace, manifest["metadata"]["name"]
     resource = RESOURCES[manifest["kind"]]
-    taken = None if case.taken is None else _take(cluster, ns, case.taken, case.by_credential)
+    if case.taken is not None:
+        _take(cluster, ns, case.taken, case.by_credential)
+    # Taken before the case is applied: the Secret as it was, or None when there is none.
+    before = _fingerprint(cluster, ns, case.taken or name)
     result = cluster.kubectl("create", "-n", ns, "-f", "-", input=json.dumps(manifest), check=False)
     assert result.returncode == 0, f"refused, but only the operator can judge it: {result.stderr}"
 
-    ready = wait_for(
+    condition = wait_for(
         lambda: _ready(cluster, resource, name, ns),
-        timeout=30,
         what=f"{resource} {name} to get a Ready condition",
     )
-    assert (ready["status"], ready["reason"]) == ("False", case.reason), ready
-    assert case.field in ready["message"], ready["message"]
+    assert (condition["status"], condition["reason"]) == ("False", case.reason), condition
+    assert case.field in condition["message"], condition["message"]
     if case.state is not None:
         obj = cluster.get(resource, name, ns)
         assert obj is not None
         assert obj["status"]["state"] == case.state, obj["status"]
         # A refused credential writes no Secret, and leaves one that was there as it was.
-        secret = cluster.get("secret", case.taken or name, ns)
-        assert secret == taken, (secret or {}).get("metadata")
+        after = _fingerprint(cluster, ns, case.taken or name)
+        assert after == before, (
+            f"the Secret {case.taken or name} was written or changed by a refused credential"
+            " (compared by UID, resourceVersion and a hash of its data)"
+        )
+
+
+@pytest.mark.parametrize("manifest", ADMITTED)
+def test_admitted_at_the_edge_of_the_rules(
+    cluster: ClusterHandle, ground: Ground, manifest: Manifest, request: pytest.FixtureRequest
+) -> None:
+    ground.ran.append(_case_id(request))
+    manifest = named(manifest, _case_id(request))
+    ns, name = ground.namespace, manifest["metadata"]["name"]
+    if manifest["kind"] != "ServiceAccountCredential":
+        result = cluster.kubectl(
+            "create", "-n", ns, "--dry-run=server", "-f", "-", input=json.dumps(manifest),
+            check=False,
+        )  # fmt: skip
+        assert result.returncode == 0, f"refused: {_case_id(request)}\n{result.stderr[:2000]}"
+        return
+    owner = named(account(), _case_id(request))["metadata"]["name"]
+    cluster.apply(json.dumps(account({"metadata.name": owner})), ns)
+    manifest = edited(manifest, {"spec.serviceAccountName": owner})
+    result = cluster.kubectl("create", "-n", ns, "-f", "-", input=json.dumps(manifest), check=False)
+    assert result.returncode == 0, f"refused: {_case_id(request)}\n{result.stderr[:2000]}"
+    issued = wait_state(cluster, ns, name, "Active")
+    secret = read_secret(cluster, ns, issued["status"]["secretName"])
+    template = manifest["spec"].get("secretTemplate") or {}
+    keys = SecretKeys.model_validate(template.get("keys") or {}).resolved()
+    assert set(secret.data) == set(keys.values())
+    for where in ("labels", "annotations"):
+        wanted = template.get(where) or {}
+        written = secret.metadata.get(where) or {}
+        assert {k: written.get(k) for k in wanted} == wanted, f"{where} not as the template says"
 
 
 def test_the_operator_survived_and_keeps_serving(cluster: ClusterHandle, ground: Ground) -> None:
     """After every case: the process still runs, logged no unhandled error, and issues a valid
     credential and checks a valid trust as it did before (on an account of their own, so the
     table's credentials take no slot from them)."""
+    # Alone (-k) it would prove nothing: it is about what the table did to the processes.
+    assert ground.ran, "no case of the table ran before this test: run it with the table"
     ns = ground.namespace
     cluster.apply(json.dumps(account({"metadata.name": "survivor"})), ns)
     cluster.apply(json.dumps(credential({"metadata.name": "after-the-table",
                                          "spec.serviceAccountName": "survivor"})), ns)  # fmt: skip
     cluster.apply(json.dumps(trust({"metadata.name": "after-the-table",
                                     "spec.serviceAccountName": "survivor"})), ns)  # fmt: skip
-    issued = wait_state(cluster, ns, "after-the-table", "Active", timeout=30)
+    issued = wait_state(cluster, ns, "after-the-table", "Active")
     secret = read_secret(cluster, ns, issued["status"]["secretName"])
     assert set(secret.data) == {"client-id", "client-secret", "token-url", "expires-at"}
-    cluster.wait_condition("iamtrust", "after-the-table", ns, timeout=30)
+    cluster.wait_condition("iamtrust", "after-the-table", ns)
 
     for what, (process, offset) in ground.processes.items():
         assert process.running, f"the {what} exited:\n{process.log_tail()}"
