@@ -11,16 +11,19 @@ import base64
 import hashlib
 import json
 import re
+import subprocess
 import threading
 from dataclasses import dataclass, field
 from typing import Any
 
 from kubeiam.domain.secret_format import parse
 
-from .support import ClusterHandle, wait_for
+from .support import ClusterHandle, kubectl_in_background, wait_for
 
 ISSUED: set[str] = set()
 FORMAT = re.compile(r"kiam_[a-z2-7]{20}_[0-9A-Za-z]{49}")
+# The label kube-iam puts on every Secret it generates.
+MANAGED_BY = "app.kubernetes.io/managed-by=kube-iam"
 
 
 def account_manifest(name: str = "pipeline", *, disabled: bool = False, roles: str = "") -> str:
@@ -67,9 +70,15 @@ def revoke(cluster: ClusterHandle, namespace: str, *names: str) -> None:
         )
 
 
+def state_in(obj: dict[str, Any]) -> str | None:
+    """A credential's status.state, None before the operator wrote one."""
+    state: str | None = (obj.get("status") or {}).get("state")
+    return state
+
+
 def state_of(cluster: ClusterHandle, namespace: str, name: str) -> str | None:
     obj = cluster.get("iamcred", name, namespace)
-    return None if obj is None else (obj.get("status") or {}).get("state")
+    return None if obj is None else state_in(obj)
 
 
 def wait_state(
@@ -77,7 +86,7 @@ def wait_state(
 ) -> dict[str, Any]:
     def probe() -> dict[str, Any] | None:
         obj = cluster.get("iamcred", name, namespace)
-        if obj and (obj.get("status") or {}).get("state") == state:
+        if obj and state_in(obj) == state:
             return obj
         return None
 
@@ -92,10 +101,7 @@ def ready(obj: dict[str, Any]) -> dict[str, Any]:
 
 def states(cluster: ClusterHandle, namespace: str) -> dict[str, str | None]:
     listed = json.loads(cluster.kubectl("get", "iamcred", "-n", namespace, "-o", "json").stdout)
-    return {
-        item["metadata"]["name"]: (item.get("status") or {}).get("state")
-        for item in listed["items"]
-    }
+    return {item["metadata"]["name"]: state_in(item) for item in listed["items"]}
 
 
 def managed_secrets(cluster: ClusterHandle, namespace: str) -> list[dict[str, Any]]:
@@ -106,13 +112,33 @@ def managed_secrets(cluster: ClusterHandle, namespace: str) -> list[dict[str, An
             "-n",
             namespace,
             "-l",
-            "app.kubernetes.io/managed-by=kube-iam",
+            MANAGED_BY,
             "-o",
             "json",
         ).stdout
     )
     items: list[dict[str, Any]] = listed["items"]
     return items
+
+
+def secret_versions(
+    cluster: ClusterHandle, namespace: str, *selector: str, check: bool = True
+) -> list[tuple[str, str, str]]:
+    """(name, UID, resourceVersion) of a namespace's Secrets, from metadata columns only (no
+    Secret's data reaches the test); empty when kubectl failed and `check` is off."""
+    result = cluster.kubectl(
+        "get",
+        "secrets",
+        "-n",
+        namespace,
+        *selector,
+        "--no-headers",
+        "-o",
+        "custom-columns=N:.metadata.name,U:.metadata.uid,R:.metadata.resourceVersion",
+        check=check,
+    )
+    rows = [line.split() for line in result.stdout.splitlines()] if not result.returncode else []
+    return [(row[0], row[1], row[2]) for row in rows if len(row) == 3]
 
 
 @dataclass
@@ -159,32 +185,22 @@ class StateRecorder:
     events: int = 0
     _accounts: dict[str, str] = field(default_factory=dict)
     _thread: threading.Thread | None = None
-    _process: Any = None
+    _process: subprocess.Popen[str] | None = None
 
     def start(self) -> StateRecorder:
-        import subprocess
-
-        kubectl = self.cluster.kubectl
-        self._process = subprocess.Popen(
-            [
-                str(kubectl.binary),
-                f"--kubeconfig={kubectl.kubeconfig}",
-                "get",
-                "iamcred",
-                "-n",
-                self.namespace,
-                "--watch",
-                "--output-watch-events",
-                "-o",
-                "json",
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
+        self._process = kubectl_in_background(
+            self.cluster,
+            *("get", "iamcred", "-n", self.namespace),
+            *("--watch", "--output-watch-events", "-o", "json"),
         )
         self._thread = threading.Thread(target=self._read, daemon=True)
         self._thread.start()
         return self
+
+    @property
+    def running(self) -> bool:
+        """The watch still runs: what it records is still the namespace's present."""
+        return self._process is not None and self._process.poll() is None
 
     def _read(self) -> None:
         decoder = json.JSONDecoder()
@@ -207,7 +223,7 @@ class StateRecorder:
         if event["type"] == "DELETED":
             self.states.pop(name, None)
         else:
-            self.states[name] = (obj.get("status") or {}).get("state")
+            self.states[name] = state_in(obj)
         self.events += 1
         counts: dict[str, int] = {}
         for credential, state in self.states.items():

@@ -8,8 +8,16 @@ import subprocess
 from dataclasses import dataclass
 from typing import Any
 
-from .credentials_support import managed_secrets, many, read_secret, sha256
-from .support import ClusterHandle, wait_for
+from .credentials_support import (
+    StateRecorder,
+    managed_secrets,
+    many,
+    read_secret,
+    sha256,
+    state_in,
+)
+from .metrics_support import SecretEvents
+from .support import ClusterHandle, OperatorProcess, kubectl_in_background, wait_for
 
 LIMIT = 5  # the organisation's default, which the tests' settings keep
 
@@ -26,23 +34,9 @@ class Burst:
         self._process = self._apply()
 
     def _apply(self) -> subprocess.Popen[str]:
-        kubectl = self.cluster.kubectl
-        process = subprocess.Popen(
-            [
-                str(kubectl.binary),
-                f"--kubeconfig={kubectl.kubeconfig}",
-                "apply",
-                *("-n", self.namespace, "-f", "-"),
-            ],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            text=True,
+        return kubectl_in_background(
+            self.cluster, "apply", "-n", self.namespace, "-f", "-", feed=self.stream
         )
-        assert process.stdin is not None
-        process.stdin.write(self.stream)
-        process.stdin.close()
-        return process
 
     def resume(self) -> None:
         """After a fault: if the apply has failed, apply the stream again in the background."""
@@ -86,8 +80,10 @@ class World:
         )
 
     def state(self, name: str) -> str | None:
-        state: str | None = (self.credentials[name].get("status") or {}).get("state")
-        return state
+        return state_in(self.credentials[name])
+
+    def states(self) -> dict[str, str | None]:
+        return {name: state_in(body) for name, body in self.credentials.items()}
 
     def of(self, account: str) -> list[str]:
         return sorted(
@@ -129,6 +125,35 @@ class World:
                 f"Active credentials without a Secret {sorted(self.active() - self.secrets)}"
             )
         return found
+
+
+def settle(
+    cluster: ClusterHandle,
+    namespace: str,
+    recorder: StateRecorder,
+    secret_events: SecretEvents,
+    operator: OperatorProcess,
+    *,
+    timeout: float,
+    what: str,
+) -> World:
+    """Wait until the world is settled (see World.problems) and both watches have seen it: the
+    credential watch every state, the Secret watch exactly the Secrets a listing shows, so the
+    checks on what the watches saw miss no event. A watch that stopped fails at once: the
+    checks on it would pass for want of events."""
+
+    def settled() -> World | None:
+        assert recorder.running, "the credential watch (kubectl get --watch) stopped"
+        assert secret_events.running, "the Secret watch (kubectl get --watch) stopped"
+        world = World.read(cluster, namespace)
+        caught_up = recorder.states == world.states() and secret_events.live() == world.secrets
+        return world if caught_up and not world.problems() else None
+
+    try:
+        return wait_for(settled, timeout=timeout, what=what)
+    except AssertionError as error:
+        problems = World.read(cluster, namespace).problems()
+        raise AssertionError(f"{error}: {problems}\n{operator.log_tail()}") from None
 
 
 def check_secrets(

@@ -13,7 +13,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from .support import ClusterHandle, OperatorProcess, wait_for
+from .support import ClusterHandle, OperatorProcess, kubectl_in_background, wait_for
 
 Labels = frozenset[tuple[str, str]]
 WRITE_VERBS = frozenset({"POST", "PUT", "PATCH", "APPLY", "DELETE", "DELETECOLLECTION"})
@@ -128,27 +128,19 @@ class SecretEvents:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def start(self) -> SecretEvents:
-        kubectl = self.cluster.kubectl
-        self._process = subprocess.Popen(
-            [
-                str(kubectl.binary),
-                f"--kubeconfig={kubectl.kubeconfig}",
-                "get",
-                "secrets",
-                "-n",
-                self.namespace,
-                "--watch",
-                "--output-watch-events",
-                "-o",
-                'jsonpath={.type} {.object.metadata.name} {.object.metadata.uid}{"\\n"}',
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
+        self._process = kubectl_in_background(
+            self.cluster,
+            *("get", "secrets", "-n", self.namespace, "--watch", "--output-watch-events"),
+            *("-o", 'jsonpath={.type} {.object.metadata.name} {.object.metadata.uid}{"\\n"}'),
         )
         self._thread = threading.Thread(target=self._read, daemon=True)
         self._thread.start()
         return self
+
+    @property
+    def running(self) -> bool:
+        """The watch still runs: the events it holds are still all there were."""
+        return self._process is not None and self._process.poll() is None
 
     def _read(self) -> None:
         assert self._process is not None
@@ -162,6 +154,23 @@ class SecretEvents:
     def count(self, event_type: str) -> Counter[str]:
         with self._lock:
             return Counter(name for kind, name, _ in self.events if kind == event_type)
+
+    def uids(self) -> dict[str, set[str]]:
+        """Every UID each name was seen with."""
+        found: dict[str, set[str]] = {}
+        with self._lock:
+            for _, name, uid in self.events:
+                found.setdefault(name, set()).add(uid)
+        return found
+
+    def live(self) -> set[str]:
+        """The names whose last event was not a deletion: what a listing shows, once the watch
+        has caught up."""
+        last: dict[str, str] = {}
+        with self._lock:
+            for kind, name, _ in self.events:
+                last[name] = kind
+        return {name for name, kind in last.items() if kind != "DELETED"}
 
     def stop(self) -> None:
         if self._process is not None:

@@ -145,6 +145,26 @@ def admitted_before_the_webhook(cluster: ClusterHandle) -> Iterator[None]:
         register_webhook(cluster.kubectl, cluster.webhook)
 
 
+def kubectl_in_background(
+    cluster: ClusterHandle, *args: str, feed: str | None = None
+) -> subprocess.Popen[str]:
+    """Start kubectl (the admin's kubeconfig) running beside the test: a watch, whose output the
+    caller reads from stdout, or with `feed` a command that reads that stream from stdin."""
+    kubectl = cluster.kubectl
+    process = subprocess.Popen(
+        [str(kubectl.binary), f"--kubeconfig={kubectl.kubeconfig}", *args],
+        stdin=subprocess.DEVNULL if feed is None else subprocess.PIPE,
+        stdout=subprocess.PIPE if feed is None else subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    if feed is not None:
+        assert process.stdin is not None
+        process.stdin.write(feed)
+        process.stdin.close()
+    return process
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from .credentials_support import account_manifest, credential_manifest, many
+from .credentials_support import account_manifest, credential_manifest, many, secret_versions
 from .metrics_support import (
     WRITE_VERBS,
     ApiServerRequests,
@@ -70,17 +70,7 @@ def _versions(cluster: ClusterHandle, namespace: str) -> dict[str, str]:
         f"{o['kind']}/{o['metadata']['name']}": o["metadata"]["resourceVersion"]
         for o in _objects(cluster, namespace)
     }
-    secrets = cluster.kubectl(
-        "get",
-        "secrets",
-        "-n",
-        namespace,
-        "-o",
-        "custom-columns=NAME:.metadata.name,VERSION:.metadata.resourceVersion",
-        "--no-headers",
-    ).stdout
-    for line in secrets.splitlines():
-        name, version = line.split()
+    for name, _, version in secret_versions(cluster, namespace):
         found[f"Secret/{name}"] = version
     return found
 

@@ -13,7 +13,7 @@ import json
 
 import pytest
 
-from .credentials_support import ISSUED
+from .credentials_support import ISSUED, MANAGED_BY
 from .support import ClusterHandle, OperatorProcess
 
 
@@ -42,7 +42,7 @@ def _places(cluster: ClusterHandle, operator: OperatorProcess) -> dict[str, str]
             "secrets",
             "--all-namespaces",
             "-l",
-            "app.kubernetes.io/managed-by=kube-iam",
+            MANAGED_BY,
             "-o",
             "json",
         ).stdout
