@@ -5,7 +5,8 @@ Three accounts, more credentials than their limit, so every round admits waiting
 (revocations free slots) while new ones arrive. The kill instant is drawn from a seeded random
 source as "after N events of the burst were observed" (credential changes or Secret creations),
 never as a sleep; sometimes the new process is killed too, while it resumes the half-done work.
-The seed and every instant are printed, and KUBEIAM_FAULT_SEED replays them.
+The seed and every instant are printed, and KUBEIAM_FAULT_SEED replays them; at most one round
+may reach its deadline before its drawn instant (a kill of an idle operator proves little).
 After each restart: every credential has its right state, each Active one exactly one Secret
 whose client secret hashes to status.secretHash, created once and never changed, none Active
 without one, each ledger names exactly the Active set, and the limit held at every instant the
@@ -20,8 +21,8 @@ import secrets
 import time
 from collections.abc import Callable
 
-from .credentials_support import StateRecorder, account_manifest, credential_manifest
-from .fault_support import LIMIT, Burst, World, check_secrets, keep_for_leak_scan
+from .credentials_support import StateRecorder, account_manifest, credential_manifest, many
+from .fault_support import LIMIT, Burst, World, check_secrets, keep_for_leak_scan, settle
 from .metrics_support import SecretEvents
 from .support import ClusterHandle, OperatorProcess, wait_for
 
@@ -47,9 +48,10 @@ def _kill_when(
     *,
     deadline: float,
     base: int | None = None,
-) -> str:
+) -> tuple[bool, str]:
     """Kill `victim` once `count` has grown by `wanted` from `base` (or once `deadline` seconds
-    passed, if the operator did less than drawn); say which instant it was."""
+    passed, if the operator did less than drawn); say whether the drawn instant was reached,
+    and which instant it was."""
     base = count() if base is None else base
     until = time.monotonic() + deadline
 
@@ -60,7 +62,7 @@ def _kill_when(
 
     how = wait_for(instant, timeout=deadline + 10, interval=0.01, what=f"{wanted} {what}")
     victim.kill()
-    return f"after {wanted} {what} ({how}, {count() - base} seen at the kill)"
+    return how == "reached", f"after {wanted} {what} ({how}, {count() - base} seen at the kill)"
 
 
 def test_sigkill_at_random_instants_of_bursts_keeps_every_guarantee(
@@ -71,6 +73,7 @@ def test_sigkill_at_random_instants_of_bursts_keeps_every_guarantee(
     seed = _seed()
     rng = random.Random(seed)  # noqa: S311  (kill instants, not secrets)
     kills: list[str] = []
+    missed = 0  # rounds whose kill came at the deadline, before the drawn instant
     print(f"KUBEIAM_FAULT_SEED={seed}")
     recorder = StateRecorder(cluster, namespace).start()
     secret_events = SecretEvents(cluster, namespace).start()
@@ -85,7 +88,7 @@ def test_sigkill_at_random_instants_of_bursts_keeps_every_guarantee(
         return recorder.events
 
     try:
-        cluster.apply("\n---\n".join(account_manifest(a) for a in ACCOUNTS), namespace)
+        cluster.apply(many([account_manifest(a) for a in ACCOUNTS]), namespace)
         for account in ACCOUNTS:
             cluster.wait_condition("iamsa", account, namespace)
         world = World.read(cluster, namespace)
@@ -117,29 +120,29 @@ def test_sigkill_at_random_instants_of_bursts_keeps_every_guarantee(
             # Counted from before the burst starts, so a kill may come before it is seen.
             base = count()
             burst = Burst(cluster, namespace, manifests)
-            kill = _kill_when(operator, what, count, wanted, deadline=30, base=base)
+            reached, kill = _kill_when(operator, what, count, wanted, deadline=30, base=base)
+            if not reached:
+                missed += 1
             kills.append(f"round {round_}: {kill}")
             killed_at = time.monotonic()
             operator = operators(f"round-{round_ + 1}", **NO_WEBHOOK)
             if rng.random() < 0.4:
                 # Sometimes the new process dies too, while it resumes the half-done work.
-                again = _kill_when(
+                _, again = _kill_when(
                     operator, "credential events", credential_events, rng.randrange(4), deadline=10
                 )
                 kills.append(f"round {round_}, resuming: {again}")
                 operator = operators(f"round-{round_ + 1}-again", **NO_WEBHOOK)
             burst.finish()
-
-            def settled() -> World | None:
-                seen = World.read(cluster, namespace)
-                caught_up = recorder.states == {n: seen.state(n) for n in seen.credentials}
-                return seen if caught_up and not seen.problems() else None
-
-            try:
-                world = wait_for(settled, timeout=90, what=f"round {round_} to settle")
-            except AssertionError as error:
-                problems = World.read(cluster, namespace).problems()
-                raise AssertionError(f"{error}: {problems}\n{operator.log_tail()}") from None
+            world = settle(
+                cluster,
+                namespace,
+                recorder,
+                secret_events,
+                operator,
+                timeout=90,
+                what=f"round {round_} to settle",
+            )
             kills[-1] += f"; a new process settled it {time.monotonic() - killed_at:.1f}s after"
             check_secrets(cluster, namespace, world, hashes)
             # Never two Secrets for one credential: each name created once and never changed;
@@ -150,10 +153,16 @@ def test_sigkill_at_random_instants_of_bursts_keeps_every_guarantee(
             assert set(secret_events.count("DELETED")) <= revoked
             assert all(n <= LIMIT for n in recorder.max_active.values()), recorder.max_active
             assert operator.running, operator.log_tail()
-    except AssertionError as error:
-        raise AssertionError(
-            f"{error}\nKUBEIAM_FAULT_SEED={seed} replays the kills:\n" + "\n".join(kills)
-        ) from None
+        # Resuming kills are not counted: a new process may rightly find nothing left to do.
+        assert missed <= 1, (
+            f"{missed} of {ROUNDS} kills came at the deadline, not the drawn instant"
+        )
+    except Exception as error:
+        # Whatever failed (a check, a timeout, a kubectl), the kills it came after replay it.
+        replay = f"KUBEIAM_FAULT_SEED={seed} replays the kills:\n" + "\n".join(kills)
+        print(replay)
+        error.add_note(replay)
+        raise
     finally:
         recorder.stop()
         secret_events.stop()
