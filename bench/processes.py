@@ -2,9 +2,9 @@
 
 Its own control plane in `.local/bench-cluster` (the tests use `.local/test-cluster`, `make run`
 `.local`), deploy/ installed, and every operator process acting as deploy/'s ServiceAccount with
-its ConfigMap's settings and serving the admission webhook the API server calls on loopback. A
-webhook-only process (`kube-iam run --admission-only`) keeps admission served while no operator
-runs, so the floor's writes pass the same webhook as the operator's.
+its ConfigMap's settings. As in deploy/, a webhook-only process (`kube-iam run
+--admission-only`) serves the admission webhook the API server calls on loopback, and the
+operator serves none; the floor's writes pass the same webhook as the operator's.
 """
 
 from __future__ import annotations
@@ -88,6 +88,9 @@ class Operator:
             "KUBEIAM_METRICS_PORT": str(self.metrics_port),
             "KUBECONFIG": str(self.cluster.operator_kubeconfig),
         }
+        if "--admission-only" not in self.args:
+            # As in deploy/: admission is the webhook process's, never the reconciling one's.
+            env["KUBEIAM_WEBHOOK_PORT"] = "0"
         args = self.args or ("--priority", str(time.time_ns()))
         health = f"http://127.0.0.1:{health_port}/healthz"
         self.started_at = time.monotonic()
@@ -184,5 +187,5 @@ class Operator:
 
 
 def admission_only(cluster: BenchCluster) -> Operator:
-    """The webhook alone: admission stays served while the operator is stopped."""
+    """The webhook alone, as deploy/'s webhook container: it serves every admission call."""
     return Operator(cluster, name="admission", args=("--admission-only",))

@@ -54,27 +54,52 @@ def test_the_deployment_is_locked_down_and_probed(cluster: ClusterHandle) -> Non
     deployment = objects["Deployment/kube-iam"]
     spec = deployment["spec"]
     pod = spec["template"]["spec"]
-    (container,) = pod["containers"]
+    operator, webhook_container = pod["containers"]
     assert spec["replicas"] == 2
     assert pod["serviceAccountName"] == install.SERVICE_ACCOUNT
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["runAsUser"] != 0
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
-    security = container["securityContext"]
-    assert security["readOnlyRootFilesystem"] is True
-    assert security["allowPrivilegeEscalation"] is False
-    assert security["capabilities"] == {"drop": ["ALL"]}
-    for kind in ("requests", "limits"):
-        assert set(container["resources"][kind]) == {"cpu", "memory"}
-    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
-    assert ports == {"health": 8080, "metrics": 9090, "webhook": 9443}
+    for container in pod["containers"]:
+        security = container["securityContext"]
+        assert security["readOnlyRootFilesystem"] is True
+        assert security["allowPrivilegeEscalation"] is False
+        assert security["capabilities"] == {"drop": ["ALL"]}
+        for kind in ("requests", "limits"):
+            assert set(container["resources"][kind]) == {"cpu", "memory"}
+        assert container["envFrom"] == [{"configMapRef": {"name": install.SETTINGS_CONFIGMAP}}]
+        assert re.fullmatch(r"kube-iam:\d+\.\d+\.\d+", container["image"])
+
+    # The operator reconciles and serves no webhook; the webhook container admits and watches
+    # nothing, so a burst of reconciling never delays an admission answer.
+    ports = {port["name"]: port["containerPort"] for port in operator["ports"]}
+    assert ports == {"health": 8080, "metrics": 9090}
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
-        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "health"}, probe
-    command = " ".join(container["command"] + container["args"])
+        assert operator[probe]["httpGet"] == {"path": "/healthz", "port": "health"}, probe
+    command = " ".join(operator["command"] + operator["args"])
     assert "kube-iam run --liveness=http://0.0.0.0:8080/healthz" in command
     assert "--standalone" not in command
-    assert container["envFrom"] == [{"configMapRef": {"name": install.SETTINGS_CONFIGMAP}}]
-    assert re.fullmatch(r"kube-iam:\d+\.\d+\.\d+", container["image"])
+    assert {"name": "KUBEIAM_WEBHOOK_PORT", "value": "0"} in operator["env"]
+
+    ports = {port["name"]: port["containerPort"] for port in webhook_container["ports"]}
+    assert ports == {"webhook": 9443, "webhook-health": 8081, "webhook-metrics": 9091}
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert webhook_container[probe]["httpGet"] == {
+            "path": "/healthz",
+            "port": "webhook-health",
+        }, probe
+    assert webhook_container["command"] == [
+        "kube-iam",
+        "run",
+        "--admission-only",
+        "--liveness=http://0.0.0.0:8081/healthz",
+    ]
+    assert {"name": "KUBEIAM_METRICS_PORT", "value": "9091"} in webhook_container["env"]
+    mounts = {m["name"]: m["mountPath"] for m in webhook_container["volumeMounts"]}
+    settings = objects[f"ConfigMap/{install.SETTINGS_CONFIGMAP}"]["data"]
+    assert mounts["webhook-tls"] == settings["KUBEIAM_WEBHOOK_CERT_DIR"]
+    service = objects["Service/kube-iam-webhook"]["spec"]
+    assert [p["targetPort"] for p in service["ports"]] == ["webhook"]
 
     budget = objects["PodDisruptionBudget/kube-iam"]["spec"]
     assert budget["minAvailable"] == 1
