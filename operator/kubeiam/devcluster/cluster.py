@@ -30,6 +30,8 @@ CRDS_DIR = REPO_ROOT / "crds"
 # deploy/'s ClusterRoles for people: namespace editors and admins may then use kube-iam's kinds,
 # so `kubectl --as` tries the admission rules as a team's members would meet them.
 USER_ROLES = REPO_ROOT / "deploy" / "user-roles.yaml"
+# restart_apiserver's record of when the API server was down or starting, one line each.
+OUTAGES_LOG = "apiserver-outages.log"
 _START_TIMEOUT = 120.0
 _STOP_TIMEOUT = 15.0
 
@@ -357,6 +359,7 @@ class LocalCluster:
                 " recorded, so it cannot be started again in place; stop the control plane"
                 " (make cluster-down) and start it again."
             )
+        stopped_at = time.time()
         self._stop(record, quiet=True)
         state.processes.remove(record)
         process = self._start(state, Path(record.binary), record.args)
@@ -368,6 +371,18 @@ class LocalCluster:
         )
         # Ready is not enough: custom resources' storage may still answer 404 or 429 a while.
         wait_until_kinds_served(self.kubectl)
+        # While it starts, the API server answers 403 to everyone until its RBAC caches fill:
+        # the outage is recorded, so a scan of clients' logs can tell that from a missing rule.
+        with (self.log_dir / OUTAGES_LOG).open("a") as outages:
+            outages.write(f"{stopped_at:.3f} {time.time():.3f}\n")
+
+    def apiserver_outages(self) -> list[tuple[float, float]]:
+        """When restart_apiserver had the API server down or starting (epoch seconds)."""
+        try:
+            lines = (self.log_dir / OUTAGES_LOG).read_text().splitlines()
+        except FileNotFoundError:
+            return []
+        return [(float(a), float(b)) for a, b in (line.split() for line in lines if line)]
 
     # -- stopping --------------------------------------------------------------------------------
 
