@@ -16,6 +16,7 @@ def _run(args: argparse.Namespace) -> int:
     import kopf
 
     from kubeiam import runtime  # (importing it registers the handlers)
+    from kubeiam.kube import kopf_toggles
     from kubeiam.settings import get_settings
 
     settings = get_settings()  # fail here, with the variable's name, on a bad KUBEIAM_* value
@@ -27,6 +28,9 @@ def _run(args: argparse.Namespace) -> int:
         log_prefix=not as_json,
         log_refkey="object" if as_json else None,
     )
+    # Before kopf.run builds its toggle sets; refuses to start against a kopf it was not
+    # written for (kube/kopf_toggles.py says why it exists).
+    kopf_toggles.install(enabled=settings.counted_kopf_toggles)
     try:
         if args.admission_only:
             # Serves the webhook and watches nothing: no peering, every process answers.

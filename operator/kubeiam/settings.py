@@ -164,6 +164,12 @@ class Settings(BaseSettings):
         description="Port of the Prometheus metrics page (/metrics, on every interface); 0 "
         "turns it off.",
     )
+    counted_kopf_toggles: bool = Field(
+        default=True,
+        description="Replace kopf's ToggleSet with one that counts its toggles (kube/"
+        "kopf_toggles.py): a restart over thousands of objects resumes them in seconds, not "
+        "minutes. false keeps kopf's own, for comparing.",
+    )
     peering_lifetime: int = Field(
         default=60,
         ge=10,
