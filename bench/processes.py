@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,18 +21,11 @@ from pathlib import Path
 
 from kubeiam.devcluster import install
 from kubeiam.devcluster.binaries import REPO_ROOT
-from kubeiam.devcluster.cluster import LocalCluster
+from kubeiam.devcluster.cluster import LocalCluster, free_port
 from kubeiam.devcluster.webhook import LocalWebhook
 
 STATE_DIR = REPO_ROOT / ".local" / "bench-cluster"
 PY_SPY = Path(sys.executable).parent / "py-spy"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass

@@ -6,7 +6,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from kubeiam.devcluster.cluster import LocalCluster
+from kubeiam.devcluster.cluster import LocalCluster, free_port
 from kubeiam.devcluster.kubectl import Kubectl
 from kubeiam.devcluster.webhook import LocalWebhook
 from kubeiam.devcluster.webhook import register as register_webhook
@@ -165,13 +164,6 @@ def kubectl_in_background(
     return process
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @dataclass
 class OperatorProcess:
     """The operator run as a user runs it (`kube-iam run`), in its own process."""
@@ -187,10 +179,10 @@ class OperatorProcess:
     def start(self, *, timeout: float = DEFAULT_TIMEOUT) -> OperatorProcess:
         if self.cluster.operator_kubeconfig is None:
             pytest.skip("the operator runs in the cluster; this test needs processes of its own")
-        port = _free_port()
+        port = free_port()
         health = f"http://127.0.0.1:{port}/healthz"
         # Every process serves metrics on a port of its own: many run side by side.
-        self.metrics_port = int(self.env.get("KUBEIAM_METRICS_PORT") or _free_port())
+        self.metrics_port = int(self.env.get("KUBEIAM_METRICS_PORT") or free_port())
         self.log_path = self.cluster.log_dir / "operators" / f"{self.name}.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         env = {

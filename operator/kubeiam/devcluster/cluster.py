@@ -73,6 +73,11 @@ def _free_ports(count: int) -> list[int]:
             sock.close()
 
 
+def free_port() -> int:
+    """A loopback port free now, for a process of the tests or the bench to listen on."""
+    return _free_ports(1)[0]
+
+
 def _is_our_process(record: ProcessRecord) -> bool:
     """True if the pid is alive and still runs the binary we started (pids get reused)."""
     try:
