@@ -21,7 +21,7 @@ from pathlib import Path
 
 from kubeiam.devcluster import install
 from kubeiam.devcluster.binaries import REPO_ROOT
-from kubeiam.devcluster.cluster import LocalCluster, free_port
+from kubeiam.devcluster.cluster import LocalCluster, free_port, terminate
 from kubeiam.devcluster.webhook import LocalWebhook
 
 STATE_DIR = REPO_ROOT / ".local" / "bench-cluster"
@@ -168,14 +168,8 @@ class Operator:
 
     def stop(self, *, timeout: float = 60) -> None:
         self.stop_profile()
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        if self.process is not None:
+            terminate(self.process, timeout=timeout)
 
 
 def admission_only(cluster: BenchCluster) -> Operator:

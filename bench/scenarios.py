@@ -282,6 +282,17 @@ def _writes_per_issuance(delta: RequestCounts, issued: int) -> dict[str, Any]:
     }
 
 
+async def _wind_down(
+    api: Api, operator: Operator, cpu_before: float, before: RequestCounts
+) -> tuple[float, RequestCounts]:
+    """End a measured scenario: the profile stops, then the operator's CPU and, once the API
+    is quiet, the requests it took since `before`."""
+    operator.stop_profile()
+    operator_cpu = operator.cpu_seconds() - cpu_before
+    await quiet(api, seconds=3)
+    return operator_cpu, (await api.apiserver_requests()) - before
+
+
 async def issuance(
     api: Api, sizes: Sizes, operator: Operator, *, profile: Path | None = None
 ) -> dict[str, Any]:
@@ -302,10 +313,7 @@ async def issuance(
             start = time.monotonic()
             await api.create(path, credential_body(name, account))
             latencies.append(await seen.wait_issued(name, within=60) - start)
-        operator.stop_profile()
-        operator_cpu = operator.cpu_seconds() - cpu_before
-        await quiet(api, seconds=3)
-        delta = (await api.apiserver_requests()) - before
+        operator_cpu, delta = await _wind_down(api, operator, cpu_before, before)
     return {
         "namespace": namespace,
         "latency_s": percentiles(latencies),
@@ -377,10 +385,7 @@ async def burst(
         client_cpu = time.process_time() - client_cpu
         await seen.wait(lambda: _settled(seen, names), within=120 + n, what="the burst", poll=0.1)
         elapsed = time.monotonic() - start
-        operator.stop_profile()
-        operator_cpu = operator.cpu_seconds() - cpu_before
-        await quiet(api, seconds=3)
-        delta = (await api.apiserver_requests()) - before
+        operator_cpu, delta = await _wind_down(api, operator, cpu_before, before)
     return {
         "namespace": namespace,
         "n": n,

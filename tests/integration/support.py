@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from kubeiam.devcluster.cluster import LocalCluster, free_port
+from kubeiam.devcluster.cluster import LocalCluster, free_port, terminate
 from kubeiam.devcluster.kubectl import Kubectl
 from kubeiam.devcluster.webhook import LocalWebhook
 from kubeiam.devcluster.webhook import register as register_webhook
@@ -237,14 +236,8 @@ class OperatorProcess:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
     def stop(self, *, timeout: float = 30) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        if self.process is not None:
+            terminate(self.process, timeout=timeout)
 
     def kill(self) -> None:
         """Die at once, as a crashed or OOM-killed pod does: no cleanup of any kind."""

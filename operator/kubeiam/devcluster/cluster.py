@@ -78,6 +78,18 @@ def free_port() -> int:
     return _free_ports(1)[0]
 
 
+def terminate(process: subprocess.Popen[bytes], *, timeout: float) -> None:
+    """Stop a child as its supervisor would: SIGTERM, then SIGKILL if it outlives `timeout`."""
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def _is_our_process(record: ProcessRecord) -> bool:
     """True if the pid is alive and still runs the binary we started (pids get reused)."""
     try:
