@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import importlib.metadata
 import json
 import os
 from collections.abc import Callable, Mapping
@@ -68,6 +69,9 @@ def connect() -> None:
     configuration = client.Configuration.get_default_copy()
     configuration.connection_pool_maxsize = CONCURRENCY
     _api_client = client.ApiClient(configuration)
+    # The API server names the field manager of a write after the user agent's first word:
+    # managedFields and audit logs then say "kube-iam", not the client library's default.
+    _api_client.user_agent = f"kube-iam/{importlib.metadata.version('kube-iam')}"
 
 
 def _client() -> client.ApiClient:
