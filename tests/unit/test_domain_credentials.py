@@ -37,6 +37,7 @@ from kubeiam.domain.credentials import (
     expiring_soon,
     has_condition,
     issued_ready_status,
+    issued_status,
     limit_message,
     pending_status,
     resolved_expiry,
@@ -543,6 +544,29 @@ def test_the_expiry_warning_is_its_own_condition_beside_ready() -> None:
     assert format_time(CREATED + DEFAULT) in warning["message"]
     assert ready(warned) == ready(stored)
     assert has_condition(later(stored, warned), EXPIRING_SOON)
+
+
+def test_an_issuance_already_within_the_warning_lead_carries_the_warning_in_the_same_write() -> (
+    None
+):
+    soon = issuance(expires_at=NOW + DAY)
+    status, warned = issued_status(
+        {}, generation=1, created_at=CREATED_TEXT, issuance=soon, warning_lead=7 * DAY, now=NOW
+    )
+    assert warned
+    assert (ready(status)["status"], ready(status)["reason"]) == ("True", "Issued")
+    warning = condition(status, EXPIRING_SOON)
+    assert (warning["status"], warning["reason"]) == ("True", "ExpiringSoon")
+    assert format_time(NOW + DAY) in warning["message"]
+    assert status["expiresAt"] == format_time(NOW + DAY)
+
+    far = issuance(expires_at=NOW + 30 * DAY)
+    status, warned = issued_status(
+        {}, generation=1, created_at=CREATED_TEXT, issuance=far, warning_lead=7 * DAY, now=NOW
+    )
+    assert not warned
+    assert status == active_status({}, generation=1, created_at=CREATED_TEXT, issuance=far, now=NOW)
+    assert not has_condition(status, EXPIRING_SOON)
 
 
 def test_other_conditions_survive_a_ready_change() -> None:

@@ -691,11 +691,12 @@ async def _issue(
         ),
         deletion_policy=str(spec.secret_deletion_policy or settings.secret_deletion_policy),
     )
-    new = rules.active_status(
+    new, warned = rules.issued_status(
         body.get("status") or {},
         generation=int(metadata.get("generation", 1)),
         created_at=metadata["creationTimestamp"],
         issuance=issuance,
+        warning_lead=settings.expiry_warning_lead,
         now=_now(),
     )
     written = await _write_status(body, new)
@@ -711,7 +712,19 @@ async def _issue(
         f"Issued; the client secret is in Secret {secret_name!r}, expiring at "
         f"{format_time(expires_at)}.",
     )
+    if warned:
+        _post_expiry_warning(written)
     _track_expiry(_view(written))
+
+
+def _post_expiry_warning(body: Mapping[str, Any]) -> None:
+    expires_at = (body.get("status") or {}).get("expiresAt")
+    events.post(
+        body,
+        "Warning",
+        str(Reason.EXPIRING_SOON),
+        f"Expires at {expires_at}; create a new credential and rotate to it.",
+    )
 
 
 def _seconds_since(timestamp: str) -> float:
@@ -1072,9 +1085,4 @@ async def _run_scheduled(key: ScheduleKey) -> None:
                 status, generation=int(body["metadata"].get("generation", 1)), lead=lead, now=_now()
             ),
         )
-        events.post(
-            written,
-            "Warning",
-            str(Reason.EXPIRING_SOON),
-            f"Expires at {status.get('expiresAt')}; create a new credential and rotate to it.",
-        )
+        _post_expiry_warning(written)

@@ -311,6 +311,26 @@ def active_status(
     )
 
 
+def issued_status(
+    current: Mapping[str, Any],
+    *,
+    generation: int,
+    created_at: str,
+    issuance: Issuance,
+    warning_lead: datetime.timedelta,
+    now: datetime.datetime,
+) -> tuple[dict[str, Any], bool]:
+    """The status of a credential just issued, and whether it is already within the warning
+    lead of its expiry: then the ExpiringSoon condition is in the same write, not one after."""
+    status = active_status(
+        current, generation=generation, created_at=created_at, issuance=issuance, now=now
+    )
+    if warning_time(issuance.expires_at, warning_lead) > now:
+        return status, False
+    warned = expiring_soon({**current, **status}, generation=generation, lead=warning_lead, now=now)
+    return {**status, **warned}, True
+
+
 def secret_deleted_status(
     current: Mapping[str, Any], *, generation: int, now: datetime.datetime
 ) -> dict[str, Any]:
