@@ -13,7 +13,7 @@ import kopf
 
 # Importing a controller module registers its handlers with kopf's default registry.
 from kubeiam.controllers import accounts, admission, credentials, trusts  # noqa: F401
-from kubeiam.kube import metrics, peering
+from kubeiam.kube import bookkeeping, metrics, peering
 from kubeiam.settings import Settings, get_settings
 
 ANNOTATION_PREFIX = "kubeiam.io"
@@ -109,14 +109,12 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # it (a local run with no deploy/), kopf runs standalone.
     if not settings.peering.mandatory:
         settings.peering.name = PEERING_NAME
-    # kopf's own bookkeeping lives in annotations under our prefix: status fields would be
-    # pruned by the structural schema, and the prefix tells a person who wrote them.
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
-        prefix=ANNOTATION_PREFIX
-    )
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=ANNOTATION_PREFIX, key="last-handled-configuration"
-    )
+    # kopf tells a create from an update by status.observedGeneration, which every handler
+    # writes anyway, instead of an annotation of its own written after each (kube/bookkeeping.py
+    # says why). Retry counts, while a handler fails, live in annotations under our prefix.
+    progress = bookkeeping.UnmarkedProgressStorage(prefix=ANNOTATION_PREFIX)
+    settings.persistence.progress_storage = progress
+    settings.persistence.diffbase_storage = bookkeeping.ObservedGenerationDiffBase(progress)
     settings.persistence.finalizer = f"{ANNOTATION_PREFIX}/finalizer"
     # A dead watch must be noticed: the server closes it, and the client gives up a bit later.
     settings.watching.server_timeout = ours.watch_server_timeout

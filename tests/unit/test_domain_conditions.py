@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import datetime
 
-from kubeiam.domain.conditions import Condition, Reason, changed_fields, merge_condition
+from kubeiam.domain.conditions import (
+    Condition,
+    Reason,
+    changed_fields,
+    merge_condition,
+    observed_status,
+)
 
 NOW = datetime.datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=datetime.UTC)
 
@@ -39,3 +45,24 @@ def test_a_new_message_with_the_same_status_keeps_the_transition_time() -> None:
 def test_changed_fields_lists_only_differences() -> None:
     assert changed_fields({"a": 1, "b": [1]}, {"a": 1, "b": [2], "c": 3}) == {"b": [2], "c": 3}
     assert changed_fields({"a": 1}, {"a": 1}) == {}
+
+
+def test_observed_status_moves_every_observed_generation_and_nothing_else() -> None:
+    current = {
+        "state": "Expired",
+        "observedGeneration": 1,
+        "conditions": [
+            {"type": "Ready", "status": "False", "reason": "Expired", "observedGeneration": 1},
+            {"type": "Other", "status": "True", "reason": "Fine", "observedGeneration": 1},
+        ],
+    }
+    observed = observed_status(current, 3)
+    assert observed["observedGeneration"] == 3
+    assert [c["observedGeneration"] for c in observed["conditions"]] == [3, 3]
+    assert [(c["type"], c["status"], c["reason"]) for c in observed["conditions"]] == [
+        ("Ready", "False", "Expired"),
+        ("Other", "True", "Fine"),
+    ]
+    assert set(observed) == {"observedGeneration", "conditions"}
+    assert current["conditions"][0]["observedGeneration"] == 1, "the input was changed"
+    assert changed_fields(current, observed_status(current, 1)) == {}

@@ -21,7 +21,7 @@ import kopf
 from kubeiam.api import ServiceAccountCredential
 from kubeiam.domain import credentials as rules
 from kubeiam.domain.admission import with_created_by
-from kubeiam.domain.conditions import READY, Reason, format_time
+from kubeiam.domain.conditions import READY, Reason, format_time, observed_status
 from kubeiam.domain.credentials import State
 from kubeiam.domain.limit import Contender, LedgerEntry, plan_admission
 from kubeiam.domain.secret_format import credential_id
@@ -531,6 +531,8 @@ async def reconcile(
         if expiry is not None:
             _runtime.scheduler.schedule(("expire", namespace, name, uid), expiry)
     if isinstance(step, rules.Settled):
+        status = body.get("status") or {}
+        body = await _write_status(body, observed_status(status, facts.generation))
         await _finish_ended(body, just_ended=False, read_secret=read_secret)
         return
     if isinstance(step, rules.End):

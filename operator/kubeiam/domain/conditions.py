@@ -99,6 +99,21 @@ def merge_condition(
     return sorted([*others, updated], key=lambda c: str(c.get("type")))
 
 
+def observed_status(current: Mapping[str, Any], generation: int) -> dict[str, Any]:
+    """The status fields that say `generation` was seen, for a change that alters nothing else.
+
+    An ended credential's spec may still change (its display name, say): its status stays
+    what it is, and now says so of the new generation too.
+    """
+    return {
+        "observedGeneration": generation,
+        "conditions": [
+            {**condition, "observedGeneration": generation}
+            for condition in current.get("conditions") or []
+        ],
+    }
+
+
 def changed_fields(current: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str, Any]:
     """The top-level status fields whose desired value differs from the current one."""
     return {key: value for key, value in desired.items() if current.get(key) != value}
