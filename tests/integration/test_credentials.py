@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import json
+from typing import Any
 
 import pytest
 
@@ -20,6 +21,7 @@ from .credentials_support import (
     ready,
     revoke,
     sha256,
+    state_in,
     states,
     wait_state,
     well_formed,
@@ -408,3 +410,100 @@ def test_every_example_manifest_applies_and_settles(cluster: ClusterHandle, name
         cluster.wait_condition("iamcred", obj["metadata"]["name"], namespace)
         mounted = read_secret(cluster, namespace, obj["metadata"]["name"])
         mounted.client_secret()
+
+
+def _writes_since(
+    cluster: ClusterHandle, plural: str, namespace: str, name: str, resource_version: str
+) -> list[dict[str, Any]]:
+    """Every version of one object written after `resource_version`, as a watch from there
+    replays them; the watch then stays open a few seconds for any write still to come."""
+    path = (
+        f"/apis/iam.kubeiam.io/v1alpha1/namespaces/{namespace}/{plural}"
+        f"?watch=1&resourceVersion={resource_version}&timeoutSeconds=5"
+        f"&fieldSelector=metadata.name%3D{name}"
+    )
+    lines = cluster.kubectl("get", "--raw", path, timeout=30).stdout.splitlines()
+    events = [json.loads(line) for line in lines if line.strip()]
+    return [event["object"] for event in events if event["type"] == "MODIFIED"]
+
+
+def _changed(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """What one write changed, by top-level field of metadata and status (no values)."""
+    changed: dict[str, Any] = {}
+    for part in ("metadata", "status", "spec"):
+        old, new = before.get(part) or {}, after.get(part) or {}
+        keys = sorted(k for k in {*old, *new} if old.get(k) != new.get(k) and k != "managedFields")
+        if keys:
+            changed[part] = keys
+    return changed
+
+
+def test_an_issuance_writes_the_credential_once_and_the_account_once(
+    cluster: ClusterHandle, namespace: str
+) -> None:
+    """Issue 7's write budget, seen on the objects: admission makes the account an owner as
+    the credential is created, the operator writes its status once, and kopf writes nothing
+    of its own (no annotation, no marker). A GitOps tool's next server-side apply of the same
+    manifest keeps the owner reference and shows no drift."""
+    cluster.apply(account_manifest(), namespace)
+    cluster.wait_condition("iamsa", "pipeline", namespace)
+    account = cluster.get("iamsa", "pipeline", namespace)
+    assert account is not None
+    manifest = credential_manifest("key", expiresIn="24h")
+    created = json.loads(
+        cluster.kubectl(
+            *("apply", "--server-side", "--field-manager=gitops", "-n", namespace),
+            *("-f", "-", "-o", "json"),
+            input=manifest,
+        ).stdout
+    )
+    owners = created["metadata"].get("ownerReferences") or []
+    assert [(o["kind"], o["name"], o["uid"]) for o in owners] == [
+        ("ServiceAccount", "pipeline", account["metadata"]["uid"])
+    ]
+    wait_state(cluster, namespace, "key", "Active")
+
+    since = created["metadata"]["resourceVersion"]
+    credential_writes = _writes_since(cluster, "serviceaccountcredentials", namespace, "key", since)
+    assert [state_in(o) for o in credential_writes] == ["Active"], [
+        _changed(a, b)
+        for a, b in zip([created, *credential_writes], credential_writes, strict=False)
+    ]
+    written = credential_writes[0]
+    assert written["metadata"]["ownerReferences"] == owners
+    ours = [k for k in written["metadata"].get("annotations") or {} if k.startswith("kubeiam.io/")]
+    assert ours == [], "kopf kept bookkeeping annotations on the credential"
+    assert written["status"]["observedGeneration"] == written["metadata"]["generation"]
+    # 24 hours is within the warning lead: the warning came with the issuance, not after it.
+    assert [c["type"] for c in written["status"]["conditions"]] == ["ExpiringSoon", "Ready"]
+
+    account_writes = _writes_since(
+        cluster, "serviceaccounts", namespace, "pipeline", account["metadata"]["resourceVersion"]
+    )
+    assert [o["status"]["activeCredentialCount"] for o in account_writes] == [1]
+    assert len(managed_secrets(cluster, namespace)) == 1
+
+    cluster.kubectl(
+        *("apply", "--server-side", "--field-manager=gitops", "-n", namespace, "-f", "-"),
+        input=manifest,
+    )
+    again = cluster.get("iamcred", "key", namespace)
+    assert again is not None
+    assert again["metadata"]["ownerReferences"] == owners
+    cluster.assert_no_drift("iamcred", "key", namespace, manifest, "gitops")
+
+
+def test_a_credential_created_without_admission_is_made_owned_by_the_operator(
+    cluster: ClusterHandle, namespace: str
+) -> None:
+    cluster.apply(account_manifest(), namespace)
+    cluster.wait_condition("iamsa", "pipeline", namespace)
+    with admitted_before_the_webhook(cluster):
+        cluster.apply(credential_manifest("key"), namespace)
+    obj = wait_state(cluster, namespace, "key", "Active")
+    account = cluster.get("iamsa", "pipeline", namespace)
+    assert account is not None
+    owners = obj["metadata"].get("ownerReferences") or []
+    assert [(o["kind"], o["name"], o["uid"]) for o in owners] == [
+        ("ServiceAccount", "pipeline", account["metadata"]["uid"])
+    ]

@@ -21,7 +21,7 @@ import kopf
 from kubernetes.client.exceptions import ApiException
 
 from kubeiam.domain import admission as rules
-from kubeiam.kube import access, api, metrics
+from kubeiam.kube import access, api, metrics, ownership
 from kubeiam.kube.resources import CREDENTIALS, GROUP, SERVICE_ACCOUNTS, TRUSTS, VERSION
 from kubeiam.settings import Settings, get_settings
 
@@ -33,6 +33,8 @@ KINDS = {
 }
 VALIDATE_IDS = {plural: f"validate-{plural}" for plural in KINDS}
 STAMP_IDS = {plural: f"created-by-{plural}" for plural in KINDS}
+# The kinds the garbage collector deletes with their account.
+OWNED_BY_ACCOUNT = frozenset({CREDENTIALS, TRUSTS})
 # Credentials and trusts answer to their account's owners on delete too; accounts on delete are
 # RBAC's alone.
 _Operation = Literal["CREATE", "UPDATE", "DELETE"]
@@ -166,7 +168,8 @@ async def validate(
         )
 
 
-def stamp(
+async def stamp(
+    resource: kopf.Resource,
     operation: str,
     userinfo: Mapping[str, Any],
     old: Mapping[str, Any] | None,
@@ -174,17 +177,53 @@ def stamp(
     patch: kopf.Patch,
     **_: Any,
 ) -> None:
-    """Record who created the object, and keep that record as it was on every update."""
-    new_annotations = ((new or {}).get("metadata") or {}).get("annotations")
-    old_annotations = ((old or {}).get("metadata") or {}).get("annotations")
+    """Record who created the object, and keep that record as it was on every update.
+
+    A credential or a trust is also made owned by its account here, so that the operator does
+    not have to write it afterwards; an update that drops that reference gets it back.
+    """
+    new_metadata = (new or {}).get("metadata") or {}
+    old_metadata = (old or {}).get("metadata") or {}
     write, value = rules.stamped_annotation(
         rules.Operation(operation),
         rules.Requester.from_userinfo(userinfo),
-        new_annotations,
-        old_annotations,
+        new_metadata.get("annotations"),
+        old_metadata.get("annotations"),
     )
     if write:
         patch.metadata.annotations[rules.CREATED_BY_ANNOTATION] = value
+    if resource.plural in OWNED_BY_ACCOUNT and new is not None:
+        reference = await _account_reference(operation, new, old)
+        if reference is not None:
+            references = ownership.with_reference(new_metadata.get("ownerReferences"), reference)
+            if references is not None:
+                patch.metadata["ownerReferences"] = references
+
+
+async def _account_reference(
+    operation: str, new: Mapping[str, Any], old: Mapping[str, Any] | None
+) -> Mapping[str, Any] | None:
+    """The owner reference to the object's account: the old object's, or one read now."""
+    account = str((new.get("spec") or {}).get("serviceAccountName") or "")
+    if operation != "CREATE":
+        kept = [
+            ref
+            for ref in ((old or {}).get("metadata") or {}).get("ownerReferences") or []
+            if ref.get("kind") == "ServiceAccount" and ref.get("name") == account
+        ]
+        return kept[0] if kept else None
+    if not account:
+        return None
+    namespace = str(new.get("metadata", {}).get("namespace") or "")
+    try:
+        body = await api.get_account(
+            namespace, account, request_timeout=get_settings().admission_timeout
+        )
+    except (ApiException, api.Refused, TimeoutError, OSError):
+        # The validating webhook refuses or fails the request with the reason; if it lets it
+        # through, the operator writes the reference when it first handles the object.
+        return None
+    return None if body is None else ownership.account_reference(body)
 
 
 def register(registry: kopf.OperatorRegistry) -> None:
