@@ -507,3 +507,56 @@ def test_a_credential_created_without_admission_is_made_owned_by_the_operator(
     assert [(o["kind"], o["name"], o["uid"]) for o in owners] == [
         ("ServiceAccount", "pipeline", account["metadata"]["uid"])
     ]
+
+
+def test_a_secret_refused_by_a_quota_is_reported_and_issued_once_the_quota_allows_it(
+    cluster: ClusterHandle, namespace: str
+) -> None:
+    """A namespace's ResourceQuota allows no Secret: the admitted credential says why it has
+    none (Pending, SecretRefused, naming the Secret and the HTTP status), keeps its slot, and
+    is issued, once, as soon as the quota is raised."""
+    cluster.apply(
+        "apiVersion: v1\nkind: ResourceQuota\nmetadata: {name: no-secrets}\n"
+        "spec: {hard: {secrets: '0'}}\n",
+        namespace,
+    )
+    wait_for(
+        lambda: (
+            (q := cluster.get("resourcequota", "no-secrets", namespace))
+            and (q.get("status") or {}).get("hard", {}).get("secrets") == "0"
+        ),
+        what="the quota controller to take up the quota",
+    )
+    cluster.apply(many([account_manifest(), credential_manifest("key")]), namespace)
+    waiting = wait_for(
+        lambda: (
+            (o := cluster.get("iamcred", "key", namespace))
+            and ready(o).get("reason") == "SecretRefused"
+            and o
+        ),
+        what="the credential to report the refused Secret",
+    )
+    assert waiting["status"]["state"] == "Pending"
+    message = ready(waiting)["message"]
+    assert "'key'" in message, message
+    assert "HTTP 403 Forbidden" in message, message
+    assert "secretHash" not in waiting["status"]
+    account = cluster.get("iamsa", "pipeline", namespace)
+    assert account is not None
+    assert account["status"]["activeCredentialCount"] == 1, "the credential lost its slot"
+    assert managed_secrets(cluster, namespace) == []
+
+    cluster.kubectl(
+        "patch",
+        "resourcequota",
+        "no-secrets",
+        "-n",
+        namespace,
+        "--type=merge",
+        "-p",
+        '{"spec":{"hard":{"secrets":"5"}}}',
+    )
+    active = wait_state(cluster, namespace, "key", "Active")
+    mounted = read_secret(cluster, namespace, active["status"]["secretName"])
+    assert sha256(mounted.client_secret()) == active["status"]["secretHash"]
+    assert len(managed_secrets(cluster, namespace)) == 1

@@ -42,6 +42,7 @@ from kubeiam.domain.credentials import (
     pending_status,
     resolved_expiry,
     secret_deleted_status,
+    secret_refused_message,
     warning_time,
 )
 
@@ -872,3 +873,12 @@ def test_the_step_follows_the_priority_order(
     assert (type(step), _detail(step)) == expected
     if isinstance(step, Issue | KeepActive):
         assert step.expires_at == request_.outcome
+
+
+def test_a_refused_secret_is_explained_by_name_status_and_retry() -> None:
+    message = secret_refused_message("ci-deploy-secret", "HTTP 403 Forbidden", 10.0)
+    assert "'ci-deploy-secret'" in message
+    assert "HTTP 403 Forbidden" in message
+    assert "ResourceQuota" in message
+    assert "every 10s" in message
+    assert "nothing was issued" in message

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import http
 import logging
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -49,6 +50,9 @@ _LEDGER_ATTEMPTS = 20
 # picked up within this interval, from memory, at no API cost when nothing waits.
 SWEEP: ScheduleKey = ("sweep", "", "", "")
 SWEEP_INTERVAL = datetime.timedelta(seconds=30)
+# How soon an admitted credential whose Secret the API server refused (a quota, a policy) tries
+# again; its Ready condition says why meanwhile.
+SECRET_RETRY = 10.0
 # Secrets are not watched: a watch needs list and watch on every Secret in the cluster, which
 # RBAC cannot narrow to kube-iam's, and which would hand the operator every Secret's data. An
 # audit asks instead: one metadata-only GET per Active credential, AUDIT_RATE a second at most,
@@ -673,7 +677,14 @@ async def _issue(
         labels=(template.labels or {}) if template else {},
         annotations=(template.annotations or {}) if template else {},
     )
-    outcome = await write_once(request)
+    try:
+        outcome = await write_once(request)
+    except api.Refused as refusal:
+        if refusal.status >= 500 or refusal.status == http.HTTPStatus.TOO_MANY_REQUESTS:
+            raise  # the API server's own trouble: retried with kopf's backoff, not reported
+        message = rules.secret_refused_message(secret_name, _status_line(refusal), SECRET_RETRY)
+        await _write_pending(body, Reason.SECRET_REFUSED, message)
+        raise kopf.TemporaryError("The Secret was refused.", delay=SECRET_RETRY) from None
     if isinstance(outcome, Taken):
         message = (
             f"Secret {secret_name!r} already exists and belongs to {outcome.owner}; it is left "
@@ -717,6 +728,13 @@ async def _issue(
     if warned:
         _post_expiry_warning(written)
     _track_expiry(_view(written))
+
+
+def _status_line(refusal: api.Refused) -> str:
+    try:
+        return f"HTTP {refusal.status} {http.HTTPStatus(refusal.status).phrase}"
+    except ValueError:
+        return f"HTTP {refusal.status}"
 
 
 def _post_expiry_warning(body: Mapping[str, Any]) -> None:

@@ -26,6 +26,7 @@ class Reason(StrEnum):
     LIMIT_EXCEEDED = "LimitExceeded"
     ISSUED = "Issued"
     SECRET_CONFLICT = "SecretConflict"
+    SECRET_REFUSED = "SecretRefused"
     SECRET_DELETED = "SecretDeleted"
     EXPIRING_SOON = "ExpiringSoon"
     EXPIRED = "Expired"

@@ -222,6 +222,16 @@ def limit_message(limit: int) -> str:
     )
 
 
+def secret_refused_message(secret_name: str, refusal: str, retry_seconds: float) -> str:
+    """Why an admitted credential has no Secret yet; `refusal` is the status line, never the
+    API server's body (it may quote the request)."""
+    return (
+        f"The API server refused to create Secret {secret_name!r} ({refusal}). A ResourceQuota "
+        "on Secrets or an admission policy in this namespace may forbid it. The credential keeps "
+        f"its slot, nothing was issued, and kube-iam tries again every {retry_seconds:g}s."
+    )
+
+
 def effective_roles(account_roles: Sequence[str], scoped_roles: Sequence[str] | None) -> list[str]:
     """The account's roles, narrowed to `scopedRoles` when the credential names any."""
     if not scoped_roles:
