@@ -684,7 +684,7 @@ async def _issue(
             raise  # the API server's own trouble: retried with kopf's backoff, not reported
         message = rules.secret_refused_message(secret_name, _status_line(refusal), SECRET_RETRY)
         await _write_pending(body, Reason.SECRET_REFUSED, message)
-        raise kopf.TemporaryError("The Secret was refused.", delay=SECRET_RETRY) from None
+        raise SecretRefusedError(refusal.status) from None
     if isinstance(outcome, Taken):
         message = (
             f"Secret {secret_name!r} already exists and belongs to {outcome.owner}; it is left "
@@ -728,6 +728,14 @@ async def _issue(
     if warned:
         _post_expiry_warning(written)
     _track_expiry(_view(written))
+
+
+class SecretRefusedError(kopf.TemporaryError):
+    """Retried by kopf after SECRET_RETRY; `status` labels it in the reconcile error metric."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(f"The API server refused the Secret (HTTP {status}).", delay=SECRET_RETRY)
+        self.status = status
 
 
 def _status_line(refusal: api.Refused) -> str:
