@@ -211,6 +211,15 @@ class RequestCounts:
     def total(self, verbs: frozenset[str] | None = None) -> int:
         return sum(self.by_resource(verbs).values())
 
+    def kube_iam_reads(self) -> int:
+        """GETs and LISTs of kube-iam's own kinds: an operator catching up reads them; one at
+        rest does not (its steady reads are the Secret audit's)."""
+        return sum(
+            int(value)
+            for (verb, group, _resource), value in self.counts.items()
+            if verb in ("GET", "LIST") and group == GROUP
+        )
+
     def kube_iam_writes(self) -> int:
         """Writes of kube-iam's kinds, Secrets and Events: what kube-iam (or the floor) writes."""
         return sum(
