@@ -35,9 +35,12 @@ class FakeIssuer:
         self.up = True
         self.fetches = 0
         self.kid = "k1"
+        self.retried = asyncio.Event()  # set at the third fetch: the first and two retries
 
     async def __call__(self, issuer: str, *, jwks_uri: str | None, policy: Any) -> IssuerDocuments:
         self.fetches += 1
+        if self.fetches >= 3:
+            self.retried.set()
         await asyncio.sleep(0.01)  # let concurrent callers pile up on the first fetch
         if not self.up:
             raise IssuerError(Reason.ISSUER_UNREACHABLE, f"{issuer} refused the connection.")
@@ -78,7 +81,8 @@ def test_an_issuer_that_is_down_is_retried_with_backoff_and_its_trusts_told_when
         assert check.problem.reason == Reason.ISSUER_UNREACHABLE
         assert found is None
         runner = asyncio.create_task(keys.run())
-        await asyncio.sleep(0.3)
+        # Down until it has been retried (the first check was fetch 1), however slow the loop.
+        await asyncio.wait_for(fake.retried.wait(), timeout=30)
         fake.up = True
         for _ in range(100):
             await asyncio.sleep(0.02)
