@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import tomllib
 from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -33,6 +35,12 @@ async def let_run() -> None:
 def test_written_against_the_installed_kopf() -> None:
     """Fails when kopf is upgraded or its toggles change: check kopf_toggles.py against it."""
     assert kopf_toggles.mismatches() == []
+
+
+def test_the_project_pins_exactly_the_kopf_it_was_checked_against() -> None:
+    """pyproject.toml and the version check agree: a resolver can install no other kopf."""
+    project = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
+    assert f"kopf=={kopf_toggles.KOPF_VERSION}" in project["project"]["dependencies"]
 
 
 def test_install_swaps_kopfs_class_and_refuses_a_changed_kopf(
