@@ -63,7 +63,7 @@ def webhook_server(ours: Settings) -> Any:
     if missing:
         raise kopf.PermanentError(
             f"KUBEIAM_WEBHOOK_CERT_DIR: no serving certificate at {', '.join(missing)}; mount "
-            "the kube-iam-webhook-tls Secret there (README, Admission), or set "
+            "the kube-iam-webhook-tls Secret there (docs/install.md), or set "
             "KUBEIAM_WEBHOOK_PORT=0 where the webhook is not registered"
         )
     return WebhookServer(

@@ -23,7 +23,7 @@ def _objects(cluster: ClusterHandle) -> dict[str, dict[str, Any]]:
 
 
 def test_applying_deploy_again_changes_nothing(cluster: ClusterHandle) -> None:
-    """The session installed deploy/ the way the README says; the live objects match it."""
+    """The session installed deploy/ the way docs/install.md says; the live objects match it."""
     if cluster.operator_kubeconfig is None:
         pytest.skip("the cluster runs an overlay of deploy/ (another image and settings)")
     objects = install.render(cluster.kubectl)

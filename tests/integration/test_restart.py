@@ -192,7 +192,7 @@ def _measure_restart(
 def test_each_crd_stores_one_version_and_the_api_server_has_stored_only_it(
     cluster: ClusterHandle,
 ) -> None:
-    """The starting point of the README's upgrade path to a later version."""
+    """The starting point of the upgrade path in docs/upgrades.md to a later version."""
     for plural in ("serviceaccounts", "serviceaccountcredentials", "federationtrusts"):
         crd = cluster.get("crd", f"{plural}.iam.kubeiam.io", "")
         assert crd is not None

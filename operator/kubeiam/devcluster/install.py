@@ -43,7 +43,7 @@ def render(kubectl: Kubectl, directory: Path = DEPLOY_DIR) -> list[dict[str, Any
 def install(
     kubectl: Kubectl, *, workload: bool = True, local_webhook: LocalWebhook | None = None
 ) -> None:
-    """Apply deploy/ the way the README says: the CRDs first, then everything.
+    """Apply deploy/ the way docs/install.md says: the CRDs first, then everything.
 
     Without `workload`, the Deployment is left out: on a cluster with nodes it would start
     operator pods beside the processes the tests run. With `local_webhook`, the webhook

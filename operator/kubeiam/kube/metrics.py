@@ -8,7 +8,7 @@ scrape time (`gauge_from_memory`), never incremented and decremented, so they ca
 Label values must come from a small fixed set (states, verbs, reasons, kinds), so that the
 number of series stays bounded however many objects there are. The one exception is a gauge
 with a series per object (a credential's expiry), which exists so an alert can name the object;
-it is documented as such in the README.
+it is documented as such in docs/observability.md.
 """
 
 from __future__ import annotations
