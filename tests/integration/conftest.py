@@ -178,11 +178,13 @@ def operators(
     session_operator.stop()
     started: list[OperatorProcess] = []
 
-    def start(name: str = "operator", **env: str) -> OperatorProcess:
+    def start(name: str = "operator", *args: str, **env: str) -> OperatorProcess:
+        """A process named after the test; `args` replace `--standalone`, `env` adds settings."""
         process = OperatorProcess(
             cluster,
             name=f"{request.node.name[:40]}-{name}",
             env=env,
+            args=args or ("--standalone",),
         )
         started.append(process)
         return process.start()

@@ -11,14 +11,12 @@ import base64
 import hashlib
 import json
 import re
-import subprocess
-import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from kubeiam.domain.secret_format import parse
 
-from .support import ClusterHandle, kubectl_in_background, wait_for
+from .support import ClusterHandle, KubectlWatch, wait_for
 
 ISSUED: set[str] = set()
 FORMAT = re.compile(r"kiam_[a-z2-7]{20}_[0-9A-Za-z]{49}")
@@ -174,47 +172,29 @@ def well_formed(secret: str) -> bool:
     return bool(FORMAT.fullmatch(secret)) and parsed is not None and parsed.checksum_ok
 
 
-@dataclass
-class StateRecorder:
+class StateRecorder(KubectlWatch):
     """Watches every credential of a namespace and records the Active count after each event."""
 
-    cluster: ClusterHandle
-    namespace: str
-    states: dict[str, str | None] = field(default_factory=dict)
-    max_active: dict[str, int] = field(default_factory=dict)
-    events: int = 0
-    _accounts: dict[str, str] = field(default_factory=dict)
-    _thread: threading.Thread | None = None
-    _process: subprocess.Popen[str] | None = None
+    def __init__(self, cluster: ClusterHandle, namespace: str) -> None:
+        super().__init__(cluster, namespace)
+        self.states: dict[str, str | None] = {}
+        self.max_active: dict[str, int] = {}
+        self.events = 0
+        self._accounts: dict[str, str] = {}
+        self._decoder = json.JSONDecoder()
+        self._buffer = ""
 
-    def start(self) -> StateRecorder:
-        self._process = kubectl_in_background(
-            self.cluster,
-            *("get", "iamcred", "-n", self.namespace),
-            *("--watch", "--output-watch-events", "-o", "json"),
-        )
-        self._thread = threading.Thread(target=self._read, daemon=True)
-        self._thread.start()
-        return self
+    def _watch_args(self) -> tuple[str, ...]:
+        return ("iamcred", "--output-watch-events", "-o", "json")
 
-    @property
-    def running(self) -> bool:
-        """The watch still runs: what it records is still the namespace's present."""
-        return self._process is not None and self._process.poll() is None
-
-    def _read(self) -> None:
-        decoder = json.JSONDecoder()
-        buffer = ""
-        assert self._process is not None
-        assert self._process.stdout is not None
-        for line in self._process.stdout:
-            buffer += line
-            try:
-                event, end = decoder.raw_decode(buffer.lstrip())
-            except ValueError:
-                continue
-            buffer = buffer.lstrip()[end:]
-            self._observe(event)
+    def _line(self, line: str) -> None:
+        self._buffer += line
+        try:
+            event, end = self._decoder.raw_decode(self._buffer.lstrip())
+        except ValueError:
+            return
+        self._buffer = self._buffer.lstrip()[end:]
+        self._observe(event)
 
     def _observe(self, event: dict[str, Any]) -> None:
         obj = event["object"]
@@ -232,8 +212,3 @@ class StateRecorder:
                 counts[account] = counts.get(account, 0) + 1
         for account, count in counts.items():
             self.max_active[account] = max(self.max_active.get(account, 0), count)
-
-    def stop(self) -> None:
-        if self._process is not None:
-            self._process.terminate()
-            self._process.wait()

@@ -4,16 +4,14 @@ and a watch that records every Secret event of a namespace (names only, never da
 from __future__ import annotations
 
 import json
-import subprocess
-import threading
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from .support import ClusterHandle, OperatorProcess, kubectl_in_background, wait_for
+from .support import ClusterHandle, KubectlWatch, OperatorProcess, wait_for
 
 Labels = frozenset[tuple[str, str]]
 WRITE_VERBS = frozenset({"POST", "PUT", "PATCH", "APPLY", "DELETE", "DELETECOLLECTION"})
@@ -112,44 +110,25 @@ class ApiServerRequests:
         return found
 
 
-@dataclass
-class SecretEvents:
+class SecretEvents(KubectlWatch):
     """Every ADDED, MODIFIED and DELETED event of a namespace's Secrets, by name.
 
     The watch prints only the event type, name and UID (a jsonpath), so no Secret's data ever
     reaches the test.
     """
 
-    cluster: ClusterHandle
-    namespace: str
-    events: list[tuple[str, str, str]] = field(default_factory=list)
-    _process: subprocess.Popen[str] | None = None
-    _thread: threading.Thread | None = None
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    def __init__(self, cluster: ClusterHandle, namespace: str) -> None:
+        super().__init__(cluster, namespace)
+        self.events: list[tuple[str, str, str]] = []
 
-    def start(self) -> SecretEvents:
-        self._process = kubectl_in_background(
-            self.cluster,
-            *("get", "secrets", "-n", self.namespace, "--watch", "--output-watch-events"),
-            *("-o", 'jsonpath={.type} {.object.metadata.name} {.object.metadata.uid}{"\\n"}'),
-        )
-        self._thread = threading.Thread(target=self._read, daemon=True)
-        self._thread.start()
-        return self
+    def _watch_args(self) -> tuple[str, ...]:
+        jsonpath = 'jsonpath={.type} {.object.metadata.name} {.object.metadata.uid}{"\\n"}'
+        return ("secrets", "--output-watch-events", "-o", jsonpath)
 
-    @property
-    def running(self) -> bool:
-        """The watch still runs: the events it holds are still all there were."""
-        return self._process is not None and self._process.poll() is None
-
-    def _read(self) -> None:
-        assert self._process is not None
-        assert self._process.stdout is not None
-        for line in self._process.stdout:
-            parts = line.split()
-            if len(parts) == 3:
-                with self._lock:
-                    self.events.append((parts[0], parts[1], parts[2]))
+    def _line(self, line: str) -> None:
+        parts = line.split()
+        if len(parts) == 3:
+            self.events.append((parts[0], parts[1], parts[2]))
 
     def count(self, event_type: str) -> Counter[str]:
         with self._lock:
@@ -171,11 +150,6 @@ class SecretEvents:
             for kind, name, _ in self.events:
                 last[name] = kind
         return {name for name, kind in last.items() if kind != "DELETED"}
-
-    def stop(self) -> None:
-        if self._process is not None:
-            self._process.terminate()
-            self._process.wait()
 
 
 def states_everywhere(cluster: ClusterHandle) -> dict[str, int]:

@@ -7,13 +7,14 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 import pytest
 
@@ -161,6 +162,48 @@ def kubectl_in_background(
         process.stdin.write(feed)
         process.stdin.close()
     return process
+
+
+class KubectlWatch:
+    """`kubectl get --watch` of one namespace running beside the test, each line of its output
+    handed to `_line` on a reader thread. Subclasses say what to watch and what to record."""
+
+    def __init__(self, cluster: ClusterHandle, namespace: str) -> None:
+        self.cluster, self.namespace = cluster, namespace
+        self._process: subprocess.Popen[str] | None = None
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def _watch_args(self) -> tuple[str, ...]:
+        raise NotImplementedError
+
+    def _line(self, line: str) -> None:
+        raise NotImplementedError
+
+    def start(self) -> Self:
+        self._process = kubectl_in_background(
+            self.cluster, "get", "-n", self.namespace, "--watch", *self._watch_args()
+        )
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+        return self
+
+    @property
+    def running(self) -> bool:
+        """The watch still runs: what it recorded is still all there was."""
+        return self._process is not None and self._process.poll() is None
+
+    def _read(self) -> None:
+        assert self._process is not None
+        assert self._process.stdout is not None
+        for line in self._process.stdout:
+            with self._lock:
+                self._line(line)
+
+    def stop(self) -> None:
+        if self._process is not None:
+            self._process.terminate()
+            self._process.wait()
 
 
 @dataclass
