@@ -35,6 +35,10 @@ crds: install ## regenerate crds/ (and its copy in deploy/crds) from the API mod
 	$(RUN) kube-iam crds --dir crds
 	$(RUN) kube-iam crds --dir deploy/crds
 
+.PHONY: docs
+docs: install ## regenerate the settings table in docs/settings.md from the settings models
+	$(RUN) kube-iam settings --write docs/settings.md
+
 .PHONY: cluster-up
 cluster-up: install ## start the local control plane (builds it on first use) and install the CRDs
 	$(RUN) kube-iam cluster up

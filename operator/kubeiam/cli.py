@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,7 +19,7 @@ def _run(args: argparse.Namespace) -> int:
     from kubeiam.settings import get_settings
 
     settings = get_settings()  # fail here, with the variable's name, on a bad KUBEIAM_* value
-    as_json = settings.log_format == "json"
+    as_json = settings.observability.log_format == "json"
     # Every line names the object it is about: a prefix in text, an `object` key in JSON.
     kopf.configure(
         verbose=args.verbose,
@@ -30,7 +29,8 @@ def _run(args: argparse.Namespace) -> int:
     )
     # Before kopf.run builds its toggle sets; refuses to start against a kopf it was not
     # written for (kube/kopf_toggles.py says why it exists).
-    kopf_toggles.install(enabled=settings.counted_kopf_toggles)
+    kopf_toggles.install(enabled=settings.watching.counted_kopf_toggles)
+    liveness = args.liveness or settings.observability.liveness_endpoint
     try:
         if args.admission_only:
             # Serves the webhook and watches nothing: no peering, every process answers.
@@ -38,7 +38,7 @@ def _run(args: argparse.Namespace) -> int:
                 registry=runtime.admission_only_registry(),
                 clusterwide=True,
                 standalone=True,
-                liveness_endpoint=args.liveness,
+                liveness_endpoint=liveness,
             )
         else:
             kopf.run(
@@ -47,7 +47,7 @@ def _run(args: argparse.Namespace) -> int:
                 standalone=args.standalone or None,
                 priority=args.priority,
                 peering_name=args.peering,
-                liveness_endpoint=args.liveness,
+                liveness_endpoint=liveness,
             )
     except Exception:
         # Through the log, not Python's own traceback print: in JSON, a log pipeline must
@@ -87,6 +87,17 @@ def _webhook_cert(args: argparse.Namespace) -> int:
             Path(directory), namespace=args.namespace, service=args.service
         )
     sys.stdout.write(manifests)
+    return 0
+
+
+def _settings(args: argparse.Namespace) -> int:
+    from kubeiam import settings
+
+    if args.write is None:
+        print(settings.markdown_table(), end="")
+        return 0
+    page = Path(args.write)
+    page.write_text(settings.with_table(page.read_text()))
     return 0
 
 
@@ -157,8 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--liveness",
-        default=os.environ.get("KUBEIAM_LIVENESS_ENDPOINT"),
-        help="serve kopf's health endpoint here, e.g. http://0.0.0.0:8080/healthz",
+        help="serve kopf's health endpoint here, e.g. http://0.0.0.0:8080/healthz (default: "
+        "KUBEIAM_LIVENESS_ENDPOINT)",
     )
     run.add_argument(
         "--admission-only",
@@ -200,6 +211,12 @@ def build_parser() -> argparse.ArgumentParser:
     crds.add_argument("--check", action="store_true", help="fail if crds/ is out of date")
     crds.add_argument("--dir", default="crds")
     crds.set_defaults(handler=_crds)
+
+    table = commands.add_parser(
+        "settings", help="print the table of every KUBEIAM_* setting (docs/settings.md's)"
+    )
+    table.add_argument("--write", metavar="PAGE", help="replace the table in this page instead")
+    table.set_defaults(handler=_settings)
     return parser
 
 

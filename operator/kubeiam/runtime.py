@@ -56,9 +56,9 @@ def webhook_server(ours: Settings) -> Any:
     operator: deploy/ (or the local control plane) registers it, so the operator needs no right
     to change webhook configurations.
     """
-    if ours.webhook_port == 0:
+    if ours.webhook.port == 0:
         return WebhookOff()
-    cert, key = ours.webhook_cert_dir / "tls.crt", ours.webhook_cert_dir / "tls.key"
+    cert, key = ours.webhook.cert_dir / "tls.crt", ours.webhook.cert_dir / "tls.key"
     missing = [str(path) for path in (cert, key) if not path.is_file()]
     if missing:
         raise kopf.PermanentError(
@@ -67,8 +67,8 @@ def webhook_server(ours: Settings) -> Any:
             "KUBEIAM_WEBHOOK_PORT=0 where the webhook is not registered"
         )
     return WebhookServer(
-        addr=ours.webhook_address,
-        port=ours.webhook_port,
+        addr=ours.webhook.address,
+        port=ours.webhook.port,
         certfile=str(cert),
         pkeyfile=str(key),
     )
@@ -117,8 +117,8 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.persistence.diffbase_storage = bookkeeping.ObservedGenerationDiffBase(progress)
     settings.persistence.finalizer = f"{ANNOTATION_PREFIX}/finalizer"
     # A dead watch must be noticed: the server closes it, and the client gives up a bit later.
-    settings.watching.server_timeout = ours.watch_server_timeout
-    settings.watching.client_timeout = ours.watch_client_timeout
+    settings.watching.server_timeout = ours.watching.server_timeout
+    settings.watching.client_timeout = ours.watching.client_timeout
     settings.watching.connect_timeout = 10
     # An API error is retried soon: most are a restart or a brief overload of the API server.
     settings.execution.default_backoff = 5
@@ -131,7 +131,7 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.posting.reporting_instance = socket.gethostname()
     settings.posting.event_name_prefix = "kube-iam-"
     # How long a dead replica's heartbeat counts: the paused replica takes over after this.
-    settings.peering.lifetime = ours.peering_lifetime
+    settings.peering.lifetime = ours.watching.peering_lifetime
     peering.follow()
     logging.getLogger("kubeiam").setLevel(logging.INFO)
 
@@ -144,7 +144,7 @@ async def serve_metrics(**_: Any) -> None:
 
 async def _serve_metrics() -> None:
     try:
-        await metrics.serve(get_settings().metrics_port)
+        await metrics.serve(get_settings().observability.metrics_port)
     except RuntimeError as error:
         # A port in use will not free itself: stop with the reason instead of retrying.
         raise kopf.PermanentError(str(error)) from None

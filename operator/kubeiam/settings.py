@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import datetime
+import json
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, cast
 
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, TypeAdapter, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_ORGANIZATION = "example"
@@ -37,22 +39,30 @@ Scope = Literal["organization", "project"]
 SCOPES: tuple[Scope, ...] = ("organization", "project")
 
 
-class Settings(BaseSettings):
-    """Every knob kube-iam has. Each field is set by the environment variable KUBEIAM_<NAME>.
+class _Group(BaseSettings):
+    """A group of settings, each field read from the variable KUBEIAM_<FIELD> unless its alias
+    names another (the variables are the ConfigMap's keys, unchanged by the grouping)."""
 
-    Durations accept ISO 8601 (`P90D`, `PT12H`) or a number of seconds.
-    """
-
-    model_config = SettingsConfigDict(env_prefix="KUBEIAM_", frozen=True, extra="ignore")
-
-    # -- organisation policy -------------------------------------------------------------------
-    organization: str = Field(
-        default=DEFAULT_ORGANIZATION,
-        min_length=1,
-        max_length=63,
-        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
-        description="Organisation name used in client ids: <account>@<namespace>.<org>.iam.",
+    model_config = SettingsConfigDict(
+        env_prefix="KUBEIAM_", frozen=True, extra="ignore", populate_by_name=True
     )
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _seconds_as_durations(cls, value: object, info: ValidationInfo) -> object:
+        """A plain number of seconds is a duration too, as the docstring promises: pydantic
+        reads a bare "30" from the environment as a malformed ISO 8601 duration otherwise."""
+        field = cls.model_fields.get(info.field_name or "")
+        if field is not None and field.annotation is datetime.timedelta and isinstance(value, str):
+            stripped = value.strip()
+            if stripped.replace(".", "", 1).isdigit():
+                return datetime.timedelta(seconds=float(stripped))
+        return value
+
+
+class CredentialSettings(_Group):
+    """Organisation policy for credentials: the limit, lifetimes, the Secret they get."""
+
     max_active_credentials: int = Field(
         default=5, ge=1, le=100, description="Most credentials of one account Active at once."
     )
@@ -72,6 +82,34 @@ class Settings(BaseSettings):
         default="https://iam.example.invalid/oauth2/token",
         description="Token endpoint written into every generated Secret.",
     )
+    secret_deletion_policy: Literal["Retain", "Delete"] = Field(
+        default="Delete",
+        description="What happens to a credential's Secret when it ends, unless the credential "
+        "says otherwise.",
+    )
+
+    @field_validator("token_url")
+    @classmethod
+    def _https_token_url(cls, value: str) -> str:
+        if not value.startswith("https://"):
+            raise ValueError("KUBEIAM_TOKEN_URL must be an https:// URL")
+        return value
+
+    @model_validator(mode="after")
+    def _lifetimes_fit(self) -> CredentialSettings:
+        if self.default_credential_lifetime <= datetime.timedelta(0):
+            raise ValueError("KUBEIAM_DEFAULT_CREDENTIAL_LIFETIME must be positive")
+        if self.default_credential_lifetime > self.max_credential_lifetime:
+            raise ValueError(
+                "KUBEIAM_DEFAULT_CREDENTIAL_LIFETIME must not exceed "
+                "KUBEIAM_MAX_CREDENTIAL_LIFETIME"
+            )
+        return self
+
+
+class TrustSettings(_Group):
+    """Organisation policy for FederationTrusts: which issuers, which guard rails."""
+
     allowed_issuers: list[str] = Field(
         default_factory=list,
         description="Issuer URLs trusts may name (JSON list); empty allows any https issuer.",
@@ -89,51 +127,63 @@ class Settings(BaseSettings):
     max_trusts_per_account: int = Field(
         default=20, ge=1, le=1000, description="Most FederationTrusts one account may have."
     )
-    issuer_ca_bundle: Path | None = Field(
-        default=None,
-        description="PEM file of extra CA certificates trusted for issuer https (beside the "
-        "system's); verification is never turned off.",
-    )
-    issuer_allowed_networks: list[str] = Field(
-        default_factory=list,
-        description="CIDRs of loopback, link-local or private addresses issuers may resolve to "
-        "(JSON list); empty: only public addresses.",
-    )
-    issuer_connect_timeout: float = Field(
-        default=5.0, gt=0, le=60, description="Seconds to connect to an issuer."
-    )
-    issuer_read_timeout: float = Field(
-        default=10.0, gt=0, le=120, description="Seconds to wait for an issuer's response."
-    )
-    issuer_max_response_bytes: int = Field(
-        default=256 * 1024,
-        ge=1024,
-        description="Largest discovery document or JWKS accepted, in bytes.",
-    )
-    issuer_max_keys: int = Field(
-        default=20, ge=1, le=100, description="Most keys accepted in an issuer's JWKS."
-    )
-    issuer_refresh_min: datetime.timedelta = Field(
-        default=datetime.timedelta(minutes=5),
-        description="Shortest time between two checks of a reachable issuer, whatever its "
-        "Cache-Control says.",
-    )
-    issuer_refresh_max: datetime.timedelta = Field(
-        default=datetime.timedelta(hours=1),
-        description="Longest time between two checks of a reachable issuer.",
-    )
-    issuer_retry_min: datetime.timedelta = Field(
-        default=datetime.timedelta(seconds=5),
-        description="First retry delay after an issuer check failed; doubles on each failure.",
-    )
-    issuer_retry_max: datetime.timedelta = Field(
-        default=datetime.timedelta(minutes=5),
-        description="Longest retry delay after repeated issuer check failures.",
-    )
     token_leeway: datetime.timedelta = Field(
         default=datetime.timedelta(seconds=60),
         description="Clock skew allowed on a token's exp, nbf and iat.",
     )
+
+
+class IssuerSettings(_Group):
+    """How far kube-iam goes to reach an issuer, and how often it looks again."""
+
+    model_config = SettingsConfigDict(env_prefix="KUBEIAM_ISSUER_")
+
+    ca_bundle: Path | None = Field(
+        default=None,
+        description="PEM file of extra CA certificates trusted for issuer https (beside the "
+        "system's); verification is never turned off.",
+    )
+    allowed_networks: list[str] = Field(
+        default_factory=list,
+        description="CIDRs of loopback, link-local or private addresses issuers may resolve to "
+        "(JSON list); empty: only public addresses.",
+    )
+    connect_timeout: float = Field(
+        default=5.0, gt=0, le=60, description="Seconds to connect to an issuer."
+    )
+    read_timeout: float = Field(
+        default=10.0, gt=0, le=120, description="Seconds to wait for an issuer's response."
+    )
+    max_response_bytes: int = Field(
+        default=256 * 1024,
+        ge=1024,
+        description="Largest discovery document or JWKS accepted, in bytes.",
+    )
+    max_keys: int = Field(
+        default=20, ge=1, le=100, description="Most keys accepted in an issuer's JWKS."
+    )
+    refresh_min: datetime.timedelta = Field(
+        default=datetime.timedelta(minutes=5),
+        description="Shortest time between two checks of a reachable issuer, whatever its "
+        "Cache-Control says.",
+    )
+    refresh_max: datetime.timedelta = Field(
+        default=datetime.timedelta(hours=1),
+        description="Longest time between two checks of a reachable issuer.",
+    )
+    retry_min: datetime.timedelta = Field(
+        default=datetime.timedelta(seconds=5),
+        description="First retry delay after an issuer check failed; doubles on each failure.",
+    )
+    retry_max: datetime.timedelta = Field(
+        default=datetime.timedelta(minutes=5),
+        description="Longest retry delay after repeated issuer check failures.",
+    )
+
+
+class AdmissionSettings(_Group):
+    """The admission webhook's rules (catalogue, scopes) and its budget for API reads."""
+
     role_catalogue: list[str] = Field(
         default_factory=list,
         description="The organisation's role slugs (JSON list): admission refuses any other role "
@@ -143,58 +193,8 @@ class Settings(BaseSettings):
         default_factory=lambda: list(SCOPES),
         description="The scopes accounts may use (JSON list); admission refuses others.",
     )
-    secret_deletion_policy: Literal["Retain", "Delete"] = Field(
-        default="Delete",
-        description="What happens to a credential's Secret when it ends, unless the credential "
-        "says otherwise.",
-    )
-
-    # -- operator behaviour --------------------------------------------------------------------
-    log_format: Literal["text", "json"] = Field(default="text", description="Log line format.")
-    watch_server_timeout: int = Field(
-        default=300, ge=10, description="Seconds the API server keeps a watch open."
-    )
-    watch_client_timeout: int = Field(
-        default=330, ge=10, description="Seconds before the operator gives up on a silent watch."
-    )
-    metrics_port: int = Field(
-        default=9090,
-        ge=0,
-        le=65535,
-        description="Port of the Prometheus metrics page (/metrics, on every interface); 0 "
-        "turns it off.",
-    )
-    counted_kopf_toggles: bool = Field(
-        default=True,
-        description="Replace kopf's ToggleSet with one that counts its toggles (kube/"
-        "kopf_toggles.py): a restart over thousands of objects resumes them in seconds, not "
-        "minutes. false keeps kopf's own, for comparing.",
-    )
-    peering_lifetime: int = Field(
-        default=60,
-        ge=10,
-        le=3600,
-        description="Seconds a replica's peering heartbeat counts: a paused replica takes over "
-        "this long after the active one died.",
-    )
-
-    webhook_port: int = Field(
-        default=9443,
-        ge=0,
-        le=65535,
-        description="Port of the admission webhook (https, every replica serves it); 0 turns it "
-        "off, for a cluster where the webhook is not registered.",
-    )
-    webhook_address: str = Field(
-        default="0.0.0.0",  # noqa: S104  (the API server calls the pod IP)
-        description="Address the admission webhook listens on.",
-    )
-    webhook_cert_dir: Path = Field(
-        default=Path("/etc/kube-iam/webhook"),
-        description="Directory holding the webhook's serving certificate as tls.crt and tls.key "
-        "(a mounted kubernetes.io/tls Secret); re-read when the files change.",
-    )
-    admission_timeout: float = Field(
+    timeout: float = Field(
+        validation_alias="KUBEIAM_ADMISSION_TIMEOUT",
         default=2.0,
         gt=0,
         le=10,
@@ -209,38 +209,186 @@ class Settings(BaseSettings):
         "verb and name.",
     )
 
-    @field_validator("*", mode="before")
-    @classmethod
-    def _seconds_as_durations(cls, value: object, info: ValidationInfo) -> object:
-        """A plain number of seconds is a duration too, as the docstring promises: pydantic
-        reads a bare "30" from the environment as a malformed ISO 8601 duration otherwise."""
-        field = cls.model_fields.get(info.field_name or "")
-        if field is not None and field.annotation is datetime.timedelta and isinstance(value, str):
-            stripped = value.strip()
-            if stripped.replace(".", "", 1).isdigit():
-                return datetime.timedelta(seconds=float(stripped))
-        return value
 
-    @field_validator("token_url")
-    @classmethod
-    def _https_token_url(cls, value: str) -> str:
-        if not value.startswith("https://"):
-            raise ValueError("KUBEIAM_TOKEN_URL must be an https:// URL")
-        return value
+class WebhookSettings(_Group):
+    """Where and with which certificate the admission webhook is served."""
 
-    @model_validator(mode="after")
-    def _lifetimes_fit(self) -> Settings:
-        if self.default_credential_lifetime <= datetime.timedelta(0):
-            raise ValueError("KUBEIAM_DEFAULT_CREDENTIAL_LIFETIME must be positive")
-        if self.default_credential_lifetime > self.max_credential_lifetime:
-            raise ValueError(
-                "KUBEIAM_DEFAULT_CREDENTIAL_LIFETIME must not exceed "
-                "KUBEIAM_MAX_CREDENTIAL_LIFETIME"
-            )
-        return self
+    model_config = SettingsConfigDict(env_prefix="KUBEIAM_WEBHOOK_")
+
+    port: int = Field(
+        default=9443,
+        ge=0,
+        le=65535,
+        description="Port of the admission webhook (https, every replica serves it); 0 turns it "
+        "off, for a cluster where the webhook is not registered.",
+    )
+    address: str = Field(
+        default="0.0.0.0",  # noqa: S104  (the API server calls the pod IP)
+        description="Address the admission webhook listens on.",
+    )
+    cert_dir: Path = Field(
+        default=Path("/etc/kube-iam/webhook"),
+        description="Directory holding the webhook's serving certificate as tls.crt and tls.key "
+        "(a mounted kubernetes.io/tls Secret); re-read when the files change.",
+    )
+
+
+class WatchingSettings(_Group):
+    """How the operator watches the API server and meets its other replicas (kopf's side)."""
+
+    model_config = SettingsConfigDict(env_prefix="KUBEIAM_WATCH_")
+
+    server_timeout: int = Field(
+        default=300, ge=10, description="Seconds the API server keeps a watch open."
+    )
+    client_timeout: int = Field(
+        default=330, ge=10, description="Seconds before the operator gives up on a silent watch."
+    )
+    peering_lifetime: int = Field(
+        validation_alias="KUBEIAM_PEERING_LIFETIME",
+        default=60,
+        ge=10,
+        le=3600,
+        description="Seconds a replica's peering heartbeat counts: a paused replica takes over "
+        "this long after the active one died.",
+    )
+    counted_kopf_toggles: bool = Field(
+        validation_alias="KUBEIAM_COUNTED_KOPF_TOGGLES",
+        default=True,
+        description="Replace kopf's ToggleSet with one that counts its toggles (kube/"
+        "kopf_toggles.py): a restart over thousands of objects resumes them in seconds, not "
+        "minutes. false keeps kopf's own, for comparing.",
+    )
+
+
+class ObservabilitySettings(_Group):
+    """Logs, metrics and the health endpoint."""
+
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="Log line format: text, or json (one JSON object a line, with the object "
+        "it is about).",
+    )
+    liveness_endpoint: str | None = Field(
+        default=None,
+        description="Serve kopf's health endpoint here, e.g. http://0.0.0.0:8080/healthz "
+        "(`kube-iam run --liveness` overrides it).",
+    )
+    metrics_port: int = Field(
+        default=9090,
+        ge=0,
+        le=65535,
+        description="Port of the Prometheus metrics page (/metrics, on every interface); 0 "
+        "turns it off.",
+    )
+
+
+class Settings(_Group):
+    """Every knob kube-iam has, in typed groups; each field is set by the environment variable
+    named in docs/settings.md (KUBEIAM_<NAME>; the table there is generated from these models).
+
+    Durations accept ISO 8601 (`P90D`, `PT12H`) or a number of seconds.
+    """
+
+    organization: str = Field(
+        default=DEFAULT_ORGANIZATION,
+        min_length=1,
+        max_length=63,
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+        description="Organisation name used in client ids: `<account>@<namespace>.<org>.iam`.",
+    )
+    credentials: CredentialSettings = Field(default_factory=CredentialSettings)
+    trusts: TrustSettings = Field(default_factory=TrustSettings)
+    issuers: IssuerSettings = Field(default_factory=IssuerSettings)
+    admission: AdmissionSettings = Field(default_factory=AdmissionSettings)
+    webhook: WebhookSettings = Field(default_factory=WebhookSettings)
+    watching: WatchingSettings = Field(default_factory=WatchingSettings)
+    observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)
 
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     """The process's settings, read once from the environment."""
     return Settings()
+
+
+@dataclass(frozen=True)
+class Variable:
+    """One environment variable kube-iam reads: the ConfigMap key that sets a setting."""
+
+    name: str
+    setting: str  # where the code reads it, e.g. credentials.max_active_credentials
+    default: str  # as the ConfigMap would write it
+    description: str
+
+
+def _default_text(annotation: object, value: object) -> str:
+    if value is None:
+        return "unset"
+    if isinstance(value, datetime.timedelta):
+        # In the unit a person would write: pydantic's own ISO form says P1Y for 365 days.
+        seconds = value.total_seconds()
+        for unit, size in (("D", 86400), ("H", 3600), ("M", 60)):
+            if seconds >= size and seconds % size == 0:
+                return (
+                    f"P{int(seconds // size)}D"
+                    if unit == "D"
+                    else f"PT{int(seconds // size)}{unit}"
+                )
+        return f"PT{seconds:g}S"
+    dumped = TypeAdapter[Any](cast(Any, annotation)).dump_python(value, mode="json")
+    return dumped if isinstance(dumped, str) else json.dumps(dumped)
+
+
+def _variables(group: type[BaseSettings], path: str) -> list[Variable]:
+    prefix = str(group.model_config.get("env_prefix", ""))
+    found = []
+    for name, info in group.model_fields.items():
+        setting = f"{path}.{name}" if path else name
+        annotation = info.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseSettings):
+            found += _variables(annotation, setting)
+            continue
+        variable = info.validation_alias if isinstance(info.validation_alias, str) else None
+        default = info.get_default(call_default_factory=True)
+        found.append(
+            Variable(
+                name=variable or (prefix + name).upper(),
+                setting=setting,
+                default=_default_text(annotation, default),
+                description=info.description or "",
+            )
+        )
+    return found
+
+
+def variables() -> list[Variable]:
+    """Every setting with the variable that sets it: the source of docs/settings.md's table."""
+    return _variables(Settings, "")
+
+
+def markdown_table() -> str:
+    """The table of docs/settings.md, generated (`make docs`; a unit test keeps it current)."""
+    rows = ["| Variable | Setting | Default | Meaning |", "|---|---|---|---|"]
+    for variable in variables():
+        cells = [
+            f"`{variable.name}`",
+            f"`{variable.setting}`",
+            f"`{variable.default}`" if variable.default != "unset" else "unset",
+            variable.description.replace("|", "\\|"),
+        ]
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows) + "\n"
+
+
+TABLE_START = "<!-- settings table: generated by `make docs` from operator/kubeiam/settings.py -->"
+TABLE_END = "<!-- end of the settings table -->"
+
+
+def with_table(page: str) -> str:
+    """The page with the text between its table markers replaced by the current table."""
+    before, _, rest = page.partition(TABLE_START)
+    _, found, after = rest.partition(TABLE_END)
+    if not found:
+        raise ValueError(f"the page has no {TABLE_START!r} ... {TABLE_END!r} markers")
+    return f"{before}{TABLE_START}\n{markdown_table()}{TABLE_END}{after}"

@@ -19,7 +19,7 @@ from aiohttp.abc import ResolveResult
 
 from kubeiam.domain.conditions import Reason
 from kubeiam.oidc.fetch import FetchPolicy, IssuerDocuments, IssuerError, fetch_issuer
-from kubeiam.settings import Settings
+from kubeiam.settings import IssuerSettings
 
 from .oidc_issuer import DISCOVERY_PATH, KEYS_PATH, PLAIN_DISCOVERY_PATH, LocalIssuer
 
@@ -352,12 +352,12 @@ def test_a_jwks_that_is_not_a_key_set_is_invalid(
 
 
 def test_the_policy_comes_from_the_settings(tmp_path: Path) -> None:
-    settings = Settings(
-        issuer_ca_bundle=tmp_path / "ca.pem",
-        issuer_allowed_networks=["127.0.0.0/8", "::1/128"],
-        issuer_connect_timeout=1.5,
-        issuer_read_timeout=4.0,
-        issuer_max_response_bytes=4096,
+    settings = IssuerSettings(
+        ca_bundle=tmp_path / "ca.pem",
+        allowed_networks=["127.0.0.0/8", "::1/128"],
+        connect_timeout=1.5,
+        read_timeout=4.0,
+        max_response_bytes=4096,
     )
     assert FetchPolicy.from_settings(settings) == FetchPolicy(
         ca_bundle=tmp_path / "ca.pem",
@@ -367,4 +367,4 @@ def test_the_policy_comes_from_the_settings(tmp_path: Path) -> None:
         max_response_bytes=4096,
     )
     with pytest.raises(ValueError, match="KUBEIAM_ISSUER_ALLOWED_NETWORKS"):
-        FetchPolicy.from_settings(Settings(issuer_allowed_networks=["127.0.0.1/8"]))
+        FetchPolicy.from_settings(IssuerSettings(allowed_networks=["127.0.0.1/8"]))

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import datetime
+from pathlib import Path
 
 import pytest
+import yaml
 from pydantic import ValidationError
 
+from kubeiam import settings as settings_module
 from kubeiam.settings import Settings
 
 
@@ -15,9 +18,9 @@ def test_defaults_are_the_documented_org_policy(monkeypatch: pytest.MonkeyPatch)
         if name.startswith("KUBEIAM_"):
             monkeypatch.delenv(name)
     settings = Settings()
-    assert settings.max_active_credentials == 5
-    assert settings.default_credential_lifetime == datetime.timedelta(days=90)
-    assert settings.max_credential_lifetime == datetime.timedelta(days=365)
+    assert settings.credentials.max_active_credentials == 5
+    assert settings.credentials.default_credential_lifetime == datetime.timedelta(days=90)
+    assert settings.credentials.max_credential_lifetime == datetime.timedelta(days=365)
     assert settings.organization == "example"
 
 
@@ -28,9 +31,9 @@ def test_environment_variables_with_the_prefix_set_fields(monkeypatch: pytest.Mo
     monkeypatch.setenv("KUBEIAM_ALLOWED_ISSUERS", '["https://token.actions.githubusercontent.com"]')
     settings = Settings()
     assert settings.organization == "acme"
-    assert settings.max_active_credentials == 3
-    assert settings.default_credential_lifetime == datetime.timedelta(days=30)
-    assert settings.allowed_issuers == ["https://token.actions.githubusercontent.com"]
+    assert settings.credentials.max_active_credentials == 3
+    assert settings.credentials.default_credential_lifetime == datetime.timedelta(days=30)
+    assert settings.trusts.allowed_issuers == ["https://token.actions.githubusercontent.com"]
 
 
 @pytest.mark.parametrize(
@@ -55,5 +58,35 @@ def test_a_duration_may_be_a_plain_number_of_seconds(monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("KUBEIAM_ISSUER_RETRY_MIN", "1.5")
     monkeypatch.setenv("KUBEIAM_ISSUER_RETRY_MAX", "PT2S")
     settings = Settings()
-    assert settings.issuer_retry_min == datetime.timedelta(seconds=1.5)
-    assert settings.issuer_retry_max == datetime.timedelta(seconds=2)
+    assert settings.issuers.retry_min == datetime.timedelta(seconds=1.5)
+    assert settings.issuers.retry_max == datetime.timedelta(seconds=2)
+
+
+def test_the_settings_page_lists_every_variable_as_the_models_say() -> None:
+    """docs/settings.md's table is the generated one: `make docs` after changing a setting."""
+    page = (Path(__file__).resolve().parents[2] / "docs" / "settings.md").read_text()
+    assert settings_module.with_table(page) == page
+
+
+def test_every_setting_has_its_own_variable_and_a_description() -> None:
+    found = settings_module.variables()
+    names = [variable.name for variable in found]
+    assert len(names) == len(set(names))
+    assert all(name.startswith("KUBEIAM_") for name in names)
+    assert all(variable.description for variable in found)
+    # The grouping kept the variables the ConfigMap already sets.
+    assert {
+        "KUBEIAM_MAX_ACTIVE_CREDENTIALS",
+        "KUBEIAM_ISSUER_RETRY_MIN",
+        "KUBEIAM_WEBHOOK_PORT",
+        "KUBEIAM_ADMISSION_TIMEOUT",
+        "KUBEIAM_PEERING_LIFETIME",
+    } <= set(names)
+
+
+def test_the_configmap_sets_only_variables_kube_iam_reads() -> None:
+    configmap = yaml.safe_load(
+        (Path(__file__).resolve().parents[2] / "deploy" / "settings.yaml").read_text()
+    )
+    known = {variable.name for variable in settings_module.variables()}
+    assert set(configmap["data"]) <= known

@@ -50,14 +50,14 @@ _cache: access.AccessCache | None = None
 def _access_cache(settings: Settings) -> access.AccessCache:
     global _cache  # one cache a process, its TTL from the settings read at first use
     if _cache is None:
-        _cache = access.AccessCache(ttl=settings.access_review_ttl)
+        _cache = access.AccessCache(ttl=settings.admission.access_review_ttl)
     return _cache
 
 
 def _policy(settings: Settings) -> rules.Policy:
     return rules.Policy(
-        role_catalogue=frozenset(settings.role_catalogue),
-        allowed_scopes=frozenset(settings.allowed_scopes),
+        role_catalogue=frozenset(settings.admission.role_catalogue),
+        allowed_scopes=frozenset(settings.admission.allowed_scopes),
     )
 
 
@@ -92,7 +92,7 @@ async def _judge(request: rules.Request, settings: Settings, warnings: list[str]
     planned = rules.checks(request, _policy(settings))
     if isinstance(planned, rules.Refusal):
         raise kopf.AdmissionError(str(planned), code=403)
-    timeout = settings.admission_timeout
+    timeout = settings.admission.timeout
     cache = _access_cache(settings)
     account = None
     account_roles: tuple[str, ...] = ()
@@ -217,7 +217,7 @@ async def _account_reference(
     namespace = str(new.get("metadata", {}).get("namespace") or "")
     try:
         body = await api.get_account(
-            namespace, account, request_timeout=get_settings().admission_timeout
+            namespace, account, request_timeout=get_settings().admission.timeout
         )
     except (ApiException, api.Refused, TimeoutError, OSError):
         # The validating webhook refuses or fails the request with the reason; if it lets it

@@ -257,10 +257,10 @@ metrics.gauge_from_memory(
 
 def _policy(settings: Settings) -> rules.Policy:
     return rules.Policy(
-        default_lifetime=settings.default_credential_lifetime,
-        max_lifetime=settings.max_credential_lifetime,
-        secret_deletion_policy=settings.secret_deletion_policy,
-        max_active=settings.max_active_credentials,
+        default_lifetime=settings.credentials.default_credential_lifetime,
+        max_lifetime=settings.credentials.max_credential_lifetime,
+        secret_deletion_policy=settings.credentials.secret_deletion_policy,
+        max_active=settings.credentials.max_active_credentials,
     )
 
 
@@ -353,7 +353,7 @@ def _track_expiry(view: rules.CredentialView) -> None:
     if view.warned:
         _runtime.scheduler.cancel(keys[1])
         return
-    warn_at = rules.warning_time(expires_at, get_settings().expiry_warning_lead)
+    warn_at = rules.warning_time(expires_at, get_settings().credentials.expiry_warning_lead)
     _runtime.scheduler.schedule(keys[1], max(warn_at, _now()))
 
 
@@ -561,7 +561,7 @@ async def reconcile(
             if latest is not None:
                 await reconcile(body, account=latest)
             return
-        message = rules.limit_message(settings.max_active_credentials)
+        message = rules.limit_message(settings.credentials.max_active_credentials)
         await _write_pending(body, Reason.LIMIT_EXCEEDED, message)
         return
     if isinstance(step, rules.Issue):
@@ -671,7 +671,7 @@ async def _issue(
         credential_id=credential_id(uid),
         account=spec.service_account_name,
         client_id=client_id,
-        token_url=settings.token_url,
+        token_url=settings.credentials.token_url,
         expires_at=expires_at,
         keys=(template.keys.resolved() if template and template.keys else _default_keys()),
         labels=(template.labels or {}) if template else {},
@@ -702,14 +702,16 @@ async def _issue(
         effective_roles=rules.effective_roles(
             (account_body.get("spec") or {}).get("roles") or [], spec.scoped_roles
         ),
-        deletion_policy=str(spec.secret_deletion_policy or settings.secret_deletion_policy),
+        deletion_policy=str(
+            spec.secret_deletion_policy or settings.credentials.secret_deletion_policy
+        ),
     )
     new, warned = rules.issued_status(
         body.get("status") or {},
         generation=int(metadata.get("generation", 1)),
         created_at=metadata["creationTimestamp"],
         issuance=issuance,
-        warning_lead=settings.expiry_warning_lead,
+        warning_lead=settings.credentials.expiry_warning_lead,
         now=_now(),
     )
     written = await _write_status(body, new)
@@ -857,7 +859,7 @@ def _deletion_policy(spec: Mapping[str, Any], status: Mapping[str, Any]) -> str:
     return str(
         status.get("secretDeletionPolicy")
         or spec.get("secretDeletionPolicy")
-        or get_settings().secret_deletion_policy
+        or get_settings().credentials.secret_deletion_policy
     )
 
 
@@ -976,7 +978,7 @@ async def _update_ledger(
     """Admit and release in the account's ledger; the admitted, the ledger, and the account
     as written (or as read, when nothing changed)."""
     namespace, account_name = key
-    limit = get_settings().max_active_credentials
+    limit = get_settings().credentials.max_active_credentials
     for attempt in range(_LEDGER_ATTEMPTS):
         if attempt == 0 and given is not None:
             account: dict[str, Any] | None = dict(given)
@@ -1073,7 +1075,9 @@ async def _run_scheduled(key: ScheduleKey) -> None:
     what, namespace, name, uid = key
     if what == "sweep":
         _runtime.scheduler.schedule(SWEEP, _now() + SWEEP_INTERVAL)
-        for account in _runtime.accounts_to_sweep(get_settings().max_active_credentials):
+        for account in _runtime.accounts_to_sweep(
+            get_settings().credentials.max_active_credentials
+        ):
             try:
                 await settle_account(account, adopt_orphans=True)
             except Exception:
@@ -1106,7 +1110,7 @@ async def _run_scheduled(key: ScheduleKey) -> None:
         await reconcile_until_settled(body)
         return
     if status.get("state") == State.ACTIVE and not rules.has_condition(status, rules.EXPIRING_SOON):
-        lead = get_settings().expiry_warning_lead
+        lead = get_settings().credentials.expiry_warning_lead
         written = await _write_status(
             body,
             rules.expiring_soon(

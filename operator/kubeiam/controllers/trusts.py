@@ -72,14 +72,14 @@ def _view(body: Mapping[str, Any]) -> TrustView:
 
 def _keystore(settings: Settings) -> KeyStore:
     return KeyStore(
-        FetchPolicy.from_settings(settings),
+        FetchPolicy.from_settings(settings.issuers),
         Schedule(
-            refresh_min=settings.issuer_refresh_min,
-            refresh_max=settings.issuer_refresh_max,
-            retry_min=settings.issuer_retry_min,
-            retry_max=settings.issuer_retry_max,
+            refresh_min=settings.issuers.refresh_min,
+            refresh_max=settings.issuers.refresh_max,
+            retry_min=settings.issuers.retry_min,
+            retry_max=settings.issuers.retry_max,
         ),
-        max_keys=settings.issuer_max_keys,
+        max_keys=settings.issuers.max_keys,
         on_refreshed=lambda key: _issuer_refreshed(key),
     )
 
@@ -187,7 +187,9 @@ async def trust_event(event: kopf.RawEvent, **_: Any) -> None:
     if kind == "DELETED" and _runtime.keystore is not None:
         _runtime.keystore.release(metadata["uid"])
     views = _runtime.views((metadata["namespace"], spec.get("serviceAccountName", "")))
-    over = rules.over_limit([view.rank for view in views], get_settings().max_trusts_per_account)
+    over = rules.over_limit(
+        [view.rank for view in views], get_settings().trusts.max_trusts_per_account
+    )
     for view in views:
         misplaced = view.ready_reason == (
             Reason.READY if view.uid in over else Reason.TOO_MANY_TRUSTS
@@ -271,8 +273,8 @@ async def reconcile(body: Mapping[str, Any], *, announce: bool) -> None:
         findings = review_condition(
             condition,
             issuer=spec.issuer,
-            multi_tenant_issuers=settings.multi_tenant_issuers,
-            tenant_claims=settings.tenant_claims,
+            multi_tenant_issuers=settings.trusts.multi_tenant_issuers,
+            tenant_claims=settings.trusts.tenant_claims,
         )
         problems.extend(rules.Problem(f.reason, f.message) for f in findings if f.refuses)
         if announce:
@@ -280,12 +282,12 @@ async def reconcile(body: Mapping[str, Any], *, announce: bool) -> None:
                 if not finding.refuses:
                     events.post(body, "Warning", str(finding.reason), finding.message)
 
-    allowed = rules.issuer_allowed(spec.issuer, settings.allowed_issuers)
+    allowed = rules.issuer_allowed(spec.issuer, settings.trusts.allowed_issuers)
     key = (namespace, spec.service_account_name)
     ranks = [view.rank for view in _runtime.views(key)]
     if uid not in {rank.uid for rank in ranks}:
         ranks.append(_view(body).rank)  # the index lags a just-created trust
-    over = uid in rules.over_limit(ranks, settings.max_trusts_per_account)
+    over = uid in rules.over_limit(ranks, settings.trusts.max_trusts_per_account)
 
     store = _runtime.store()
     check = None
@@ -311,13 +313,13 @@ async def reconcile(body: Mapping[str, Any], *, announce: bool) -> None:
         scoped_roles=tuple(spec.scoped_roles) if spec.scoped_roles is not None else None,
         issuer_is_allowed=allowed,
         over_limit=over,
-        max_trusts=settings.max_trusts_per_account,
+        max_trusts=settings.trusts.max_trusts_per_account,
         problems=tuple(problems),
         issuer=check,
         inline_keys=spec.jwks is not None,
         current_status=body.get("status") or {},
     )
-    await _write(body, facts, recheck_after=settings.issuer_refresh_max)
+    await _write(body, facts, recheck_after=settings.issuers.refresh_max)
 
 
 async def _write(

@@ -34,7 +34,7 @@ from yarl import URL
 
 from kubeiam.domain.conditions import Reason
 from kubeiam.oidc.refresh import parse_cache_control
-from kubeiam.settings import Settings
+from kubeiam.settings import IssuerSettings
 
 __all__ = ["FetchPolicy", "IssuerDocuments", "IssuerError", "fetch_issuer"]
 
@@ -67,19 +67,19 @@ class FetchPolicy:
     max_response_bytes: int
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> FetchPolicy:
+    def from_settings(cls, settings: IssuerSettings) -> FetchPolicy:
         networks: list[IPNetwork] = []
-        for text in settings.issuer_allowed_networks:
+        for text in settings.allowed_networks:
             try:
                 networks.append(ipaddress.ip_network(text))
             except ValueError as error:
                 raise ValueError(f"{_ALLOWED_NETWORKS_SETTING}: {error}") from None
         return cls(
-            ca_bundle=settings.issuer_ca_bundle,
+            ca_bundle=settings.ca_bundle,
             allowed_networks=tuple(networks),
-            connect_timeout=settings.issuer_connect_timeout,
-            read_timeout=settings.issuer_read_timeout,
-            max_response_bytes=settings.issuer_max_response_bytes,
+            connect_timeout=settings.connect_timeout,
+            read_timeout=settings.read_timeout,
+            max_response_bytes=settings.max_response_bytes,
         )
 
     @property

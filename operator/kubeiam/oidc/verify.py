@@ -34,7 +34,7 @@ def _refused(name: str, reason: Reason, message: str) -> Refusal:
 def trust_policy(spec: FederationTrustSpec, settings: Settings) -> tuple[CompiledCondition, Check]:
     """The checks on the trust itself that the operator's Ready condition also makes: the issuer
     is allowed, the condition compiles and passes the guard rails. Raises `Refusal`."""
-    if not issuer_allowed(spec.issuer, settings.allowed_issuers):
+    if not issuer_allowed(spec.issuer, settings.trusts.allowed_issuers):
         raise _refused(
             "trust",
             Reason.ISSUER_NOT_ALLOWED,
@@ -49,8 +49,8 @@ def trust_policy(spec: FederationTrustSpec, settings: Settings) -> tuple[Compile
     findings = review_condition(
         condition,
         issuer=spec.issuer,
-        multi_tenant_issuers=settings.multi_tenant_issuers,
-        tenant_claims=settings.tenant_claims,
+        multi_tenant_issuers=settings.trusts.multi_tenant_issuers,
+        tenant_claims=settings.trusts.tenant_claims,
     )
     for finding in findings:
         if finding.refuses:
@@ -70,14 +70,14 @@ async def issuer_keys(spec: FederationTrustSpec, settings: Settings) -> KeySet:
         if spec.jwks is not None:
             return parse_jwks(
                 spec.jwks.model_dump(mode="json"),
-                max_keys=settings.issuer_max_keys,
+                max_keys=settings.issuers.max_keys,
                 source="spec.jwks",
             )
         documents = await fetch_issuer(
-            spec.issuer, jwks_uri=spec.jwks_uri, policy=FetchPolicy.from_settings(settings)
+            spec.issuer, jwks_uri=spec.jwks_uri, policy=FetchPolicy.from_settings(settings.issuers)
         )
         return parse_jwks(
-            documents.jwks, max_keys=settings.issuer_max_keys, source=documents.jwks_uri
+            documents.jwks, max_keys=settings.issuers.max_keys, source=documents.jwks_uri
         )
     except (IssuerError, JwksError) as error:
         raise _refused("issuer keys", error.reason, error.message) from None
@@ -110,5 +110,5 @@ async def verify(
         condition=condition,
         disabled=spec.disabled,
     )
-    verdict = evaluate_token(token, terms, key_set, now=now, leeway=settings.token_leeway)
+    verdict = evaluate_token(token, terms, key_set, now=now, leeway=settings.trusts.token_leeway)
     return TokenVerdict(checks=(policy_check, keys_check, *verdict.checks), claims=verdict.claims)
