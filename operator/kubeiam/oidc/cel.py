@@ -16,7 +16,9 @@ comparison again. What it showed (cel-python 0.5.0, common-expression-language 0
   and any disagreement between two parsers is a way around the guard rails.
 - Neither has a cost limit. cel-python evaluates in Python, node by node, so evaluation is
   metered here (a budget of steps, charged more for large values, and a deadline); a call into
-  the Rust library cannot be bounded once started, only its inputs.
+  the Rust library cannot be bounded once started, only its inputs. The one call cel-python
+  cannot interrupt either is RE2's search in `matches`: it is replaced here by one that charges
+  the search's worst case to the budget before running it, with RE2's memory bounded.
 - Syntax errors: both give line and column (the Rust library's message is friendlier; ours is
   rebuilt from cel-python's positions and the source).
 - Speed (one core, a four-clause GitHub condition, 3000 runs): the Rust library compiles in
@@ -46,6 +48,7 @@ from typing import Any, Final, Literal, TypeAlias, cast
 
 import celpy
 import lark
+import re2  # type: ignore[import-untyped]  # google-re2, the binding cel-python itself uses
 from celpy import celtypes
 from celpy.adapter import json_to_cel
 from celpy.celparser import CELParseError
@@ -55,7 +58,6 @@ from celpy.evaluation import (
     Evaluator,
     Result,
     base_functions,
-    function_matches,
 )
 
 from kubeiam.domain.conditions import Reason
@@ -97,6 +99,25 @@ MAX_SECONDS: Final = 0.5
 MAX_CLAIM_VALUES: Final = 10_000
 MAX_CLAIM_DEPTH: Final = 20
 MAX_CLAIM_CHARACTERS: Final = 256 * 1024
+# matches(). RE2 takes time linear in the text, but the factor is the compiled program: when its
+# DFA runs out of memory it falls back to an NFA that visits every instruction for every byte, so
+# one search over a 22 KB claim with a 91-character pattern ran 2.4 s inside a single step. Each
+# search is therefore charged before it runs: bytes of text times (forward program + reverse
+# program + MATCH_BYTE_OVERHEAD), one step per MATCH_UNITS_PER_STEP. On the worst patterns
+# measured (DFA-hostile repetitions, 1.3 to 8.5 ns a unit) a whole budget of such searches takes
+# 15 to 110 ms, under the quarter second the budget stands for; a ref of 200 characters against
+# a real pattern costs about 130 steps.
+MATCH_UNITS_PER_STEP: Final = 256
+MATCH_BYTE_OVERHEAD: Final = 64
+# The longest text matches() reads: a claim a trust matches is a name or a path, never kilobytes.
+MAX_MATCH_CHARACTERS: Final = 4096
+# The longest pattern read from a claim (a literal is bounded by the condition's own length).
+MAX_PATTERN_CHARACTERS: Final = 4096
+# Instructions a pattern may compile to: `\pL+` takes 1 200, a ref pattern about 50.
+MAX_PATTERN_PROGRAM: Final = 10_000
+# RE2's memory for one pattern (program and DFA cache; its default is 8 MiB). re2 keeps the last
+# 128 compiled patterns, so this also bounds what patterns read from tokens can hold: 32 MiB.
+MAX_PATTERN_MEMORY: Final = 256 * 1024
 
 _INT64 = range(-(2**63), 2**63)
 # Names that CEL resolves without a declaration: the type names.
@@ -270,11 +291,12 @@ class CompiledCondition:
         does not fit, the result is not a boolean, the claims are beyond the limits, or the
         evaluation ran out of its budget.
         """
-        activation = {VARIABLE: _to_cel(claims)}
+        values = {VARIABLE: _to_cel(claims)}
         meter = _Meter(MAX_COST, time.monotonic() + MAX_SECONDS)
-        evaluator = _MeteredEvaluator(self.tree, _new_activation(), meter)
+        activation = _new_activation(functions={"matches": _metered_matches(meter)})
+        evaluator = _MeteredEvaluator(self.tree, activation, meter)
         try:
-            result = evaluator.evaluate(activation)
+            result = evaluator.evaluate(values)
         except _OutOfBudget as stop:
             raise ConditionEvaluationError(
                 f"the condition could not be evaluated: it {stop.what} and was stopped"
@@ -537,16 +559,14 @@ def _check_pattern(node: Tree, where: Tree | lark.Token) -> None:
     pattern = _literal(literal).value
     if not isinstance(pattern, str):
         return
-    # cel-python's own matches(), so the pattern is compiled exactly as evaluation will.
-    outcome = function_matches("", pattern)
-    if isinstance(outcome, CELEvalError):
-        causes = outcome.args[2] if len(outcome.args) > 2 else ()
-        cause = causes[0] if causes else "it does not compile"
-        why = cause.decode(errors="replace") if isinstance(cause, bytes) else str(cause)
+    # Compiled as evaluation will compile it, with the same options and limits.
+    try:
+        _regexp(pattern)
+    except _PatternRefused as refused:
         raise ConditionError(
             f"{FIELD}: the regular expression {_clip(pattern, 40)!r} of matches()"
-            f"{_position(where)} is not valid RE2: {_clip(why, 80)}"
-        )
+            f"{_position(where)} {refused.why}"
+        ) from None
 
 
 def _result_kind(tree: Tree) -> str | None:
@@ -668,8 +688,92 @@ def _literal(node: Tree) -> Value:
 # -- evaluation --------------------------------------------------------------------------------
 
 
-def _new_activation() -> Activation:
-    return Activation(annotations=_ENVIRONMENT.annotations, package=_ENVIRONMENT.package)
+def _new_activation(functions: Mapping[str, Any] | None = None) -> Activation:
+    return Activation(
+        annotations=_ENVIRONMENT.annotations, package=_ENVIRONMENT.package, functions=functions
+    )
+
+
+# -- matches() ---------------------------------------------------------------------------------
+
+
+def _re2_options() -> Any:
+    options = re2.Options()
+    options.max_mem = MAX_PATTERN_MEMORY
+    # RE2 would log a failed pattern, which may come from a token's claim, to stderr.
+    options.log_errors = False
+    # matches() only says whether there is a match: no submatch tracking, which costs per group.
+    options.never_capture = True
+    return options
+
+
+_RE2_OPTIONS: Final = _re2_options()
+
+
+class _PatternRefused(Exception):
+    """A pattern that RE2 does not compile, or compiles to a program beyond the limit."""
+
+    def __init__(self, why: str, *, too_large: bool = False) -> None:
+        super().__init__(why)
+        self.why = why
+        self.too_large = too_large
+
+
+def _regexp(pattern: str) -> Any:
+    """The compiled pattern (re2 caches it); _PatternRefused says why not, as a sentence end."""
+    try:
+        regexp = re2.compile(pattern, _RE2_OPTIONS)
+    except re2.error as error:
+        cause = error.args[0] if error.args else "it does not compile"
+        why = cause.decode(errors="replace") if isinstance(cause, bytes) else str(cause)
+        if "pattern too large" in why:
+            raise _PatternRefused(_too_large(None), too_large=True) from None
+        raise _PatternRefused(f"is not valid RE2: {_clip(why, 80)}") from None
+    if regexp.programsize > MAX_PATTERN_PROGRAM:
+        raise _PatternRefused(_too_large(regexp.programsize), too_large=True)
+    return regexp
+
+
+def _too_large(size: int | None) -> str:
+    size_first = f"{size} instructions, more than the" if size else "more than the"
+    return (
+        f"compiles to {size_first} {MAX_PATTERN_PROGRAM} instructions allowed; use fewer or"
+        " shorter repetitions"
+    )
+
+
+def _metered_matches(meter: _Meter) -> Any:
+    """CEL's matches() that pays for its search before running it."""
+
+    def matches(text: object, pattern: object) -> celtypes.BoolType:
+        if not isinstance(text, celtypes.StringType) or not isinstance(
+            pattern, celtypes.StringType
+        ):
+            raise TypeError("matches() takes two strings")  # cel-python: no such overload
+        if len(text) > MAX_MATCH_CHARACTERS:
+            raise _OutOfBudget(
+                f"gave matches() a text of {len(text)} characters, more than the"
+                f" {MAX_MATCH_CHARACTERS} characters matches() reads,"
+            )
+        if len(pattern) > MAX_PATTERN_CHARACTERS:
+            raise _OutOfBudget(
+                f"gave matches() a pattern of {len(pattern)} characters, more than the"
+                f" {MAX_PATTERN_CHARACTERS} allowed,"
+            )
+        try:
+            regexp = _regexp(str(pattern))
+        except _PatternRefused as refused:
+            # RE2's own words quote the pattern, which came from the token: not repeated here.
+            why = refused.why if refused.too_large else "is not valid RE2"
+            raise _OutOfBudget(f"gave matches() a regular expression that {why},") from None
+        forward = regexp.programsize
+        reverse = regexp.reverseprogramsize  # -1 when RE2 could not build it: it then runs forward
+        per_byte = forward + (reverse if reverse > 0 else forward) + MATCH_BYTE_OVERHEAD
+        size = len(str(text).encode("utf-8", "surrogatepass"))
+        meter.charge(1 + size * per_byte // MATCH_UNITS_PER_STEP)
+        return celtypes.BoolType(regexp.search(str(text)) is not None)
+
+    return matches
 
 
 class _OutOfBudget(BaseException):
