@@ -232,6 +232,10 @@ def test_an_ip_literal_that_is_not_allowed_is_refused_before_connecting(
         ("0.0.0.0", "0.0.0.0, an unspecified address"),  # noqa: S104 (a URL, not a bind)
         ("224.0.0.251", "224.0.0.251, a multicast address"),
         ("100.64.0.1", "100.64.0.1, a non-public address"),
+        # The metadata address inside IPv6 (6to4, NAT64), and site-local.
+        ("[2002:a9fe:a9fe::1]", "2002:a9fe:a9fe::1, a link-local address (169.254.169.254,"),
+        ("[64:ff9b::a9fe:a9fe]", "64:ff9b::a9fe:a9fe, a link-local address (169.254.169.254,"),
+        ("[fec0::1]", "fec0::1, a site-local address"),
     ],
 )
 def test_a_jwks_uri_on_a_refused_address_is_refused(
