@@ -113,6 +113,13 @@ class Settings(BaseSettings):
     issuer_max_keys: int = Field(
         default=20, ge=1, le=100, description="Most keys accepted in an issuer's JWKS."
     )
+    issuer_refresh_concurrency: int = Field(
+        default=8,
+        ge=1,
+        le=64,
+        description="Most issuer checks in flight at once; a slow issuer holds one of them for "
+        "up to the read timeout while the others go on.",
+    )
     issuer_refresh_min: datetime.timedelta = Field(
         default=datetime.timedelta(minutes=5),
         description="Shortest time between two checks of a reachable issuer, whatever its "
