@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from kubeiam.devcluster.binaries import REPO_ROOT
+from kubeiam.settings import MULTI_TENANT_ISSUERS
 
 from .conftest import ORGANIZATION
 from .credentials_support import account_manifest, many
@@ -52,9 +53,10 @@ def issuer_env(issuers: list[LocalIssuer]) -> dict[str, str]:
         "KUBEIAM_ISSUER_ALLOWED_NETWORKS": json.dumps(["127.0.0.0/8", "::1/128"]),
         "KUBEIAM_ALLOWED_ISSUERS": json.dumps(
             [issuer.url for issuer in issuers]
-            + ["https://cluster.example.internal", *EXAMPLE_ISSUERS]
+            + ["https://cluster.example.internal", *EXAMPLE_ISSUERS, *MULTI_TENANT_ISSUERS]
         ),
-        "KUBEIAM_MULTI_TENANT_ISSUERS": json.dumps([issuers[0].url, EXAMPLE_ISSUERS[0]]),
+        # The default shared issuers (GitHub among them), and the local GitHub-like one.
+        "KUBEIAM_MULTI_TENANT_ISSUERS": json.dumps([issuers[0].url, *MULTI_TENANT_ISSUERS]),
         "KUBEIAM_MAX_TRUSTS_PER_ACCOUNT": "3",
         "KUBEIAM_ISSUER_RETRY_MIN": "1",
         "KUBEIAM_ISSUER_RETRY_MAX": "2",
@@ -230,6 +232,33 @@ def test_a_multi_tenant_issuer_needs_a_pinned_repository_and_a_name_pin_gets_a_w
 
     message = wait_for(warning, timeout=30, what="a RenameableClaim warning")
     assert "repository_id" in message
+
+
+@pytest.mark.parametrize(
+    ("issuer", "pinned"),
+    [
+        ("https://accounts.google.com", "claims.sub == '113059226118543260398'"),
+        ("https://agent.buildkite.com", "claims.organization_id == '0b5e0d2f-5d4c-4a6b'"),
+    ],
+)
+def test_a_trust_on_google_or_buildkite_must_pin_the_tenant(
+    cluster: ClusterHandle,
+    namespace: str,
+    trust_operator: OperatorProcess,
+    issuer: str,
+    pinned: str,
+) -> None:
+    # Disabled, so the issuer is never contacted (the test cluster has no internet); the
+    # condition is reviewed all the same, and its refusal comes first.
+    broad = "claims.email_verified == true && claims.pipeline_slug == 'deploy'"
+    cluster.apply(
+        many([account_manifest(), trust_manifest("broad", issuer, broad, disabled=True)]),
+        namespace,
+    )
+    ready = ready_of(wait_ready(cluster, namespace, "broad", "False", "ConditionTooBroad"))
+    assert issuer in ready["message"]
+    cluster.apply(trust_manifest("pinned", issuer, pinned, disabled=True), namespace)
+    wait_ready(cluster, namespace, "pinned", "False", "Disabled")
 
 
 def test_an_issuer_that_is_down_makes_the_trust_unready_until_it_comes_back(
