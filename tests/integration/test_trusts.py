@@ -25,7 +25,7 @@ AUDIENCE = "sts.kubeiam.test"
 PINNED = "claims.repository == 'acme/api' && claims.ref == 'refs/heads/main'"
 # Issuers the module's operator is told about before it starts: a GitHub-Actions-like one
 # (multi-tenant, so its trusts must pin a repository) and one per test that breaks an issuer.
-SPARE_ISSUERS = 6
+SPARE_ISSUERS = 8
 EXAMPLE_ISSUERS = (
     "https://token.actions.githubusercontent.com",
     "https://oidc.prod-cluster.example.com",
@@ -61,6 +61,8 @@ def issuer_env(issuers: list[LocalIssuer]) -> dict[str, str]:
         "KUBEIAM_ISSUER_RETRY_MIN": "1",
         "KUBEIAM_ISSUER_RETRY_MAX": "2",
         "KUBEIAM_ISSUER_REFRESH_MIN": "1",
+        # Longer than any wait here: a held-open request stays open while a test looks.
+        "KUBEIAM_ISSUER_READ_TIMEOUT": "60",
     }
 
 
@@ -340,6 +342,56 @@ def test_keys_rotated_at_the_issuer_are_picked_up_and_old_tokens_refused(
     accepted = trust_check(cluster, issuer_env, target, spare.mint(spare.github_claims()), tmp_path)
     assert accepted.returncode == 0, accepted.stdout + accepted.stderr
     spare.cache_control = None
+
+
+def test_a_slow_issuer_does_not_hold_up_another_trusts_refresh(
+    cluster: ClusterHandle,
+    namespace: str,
+    spares: Iterator[LocalIssuer],
+    trust_operator: OperatorProcess,
+) -> None:
+    # A hostile issuer answers every refresh as slowly as the read timeout allows: the other
+    # issuers' trusts must go on being refreshed meanwhile.
+    slow, fast = next(spares), next(spares)
+    for issuer in (slow, fast):
+        issuer.cache_control = "max-age=1"
+    cluster.apply(
+        many(
+            [
+                account_manifest(),
+                trust_manifest("slow", slow.url),
+                trust_manifest("fast", fast.url),
+            ]
+        ),
+        namespace,
+    )
+    wait_ready(cluster, namespace, "slow", "True", "Ready")
+    wait_ready(cluster, namespace, "fast", "True", "Ready")
+    held = len(slow.requests) + 1
+    slow.response_delay = 120.0  # answered only when the issuer goes down, below
+    try:
+        wait_for(
+            lambda: len(slow.requests) >= held,
+            timeout=30,
+            what="the slow issuer's next refresh to reach it",
+        )
+        fast.rotate()
+        rotated = sorted(fast.key_ids())
+        wait_for(
+            lambda: (
+                sorted((cluster.get("iamtrust", "fast", namespace) or {})["status"]["jwksKeyIds"])
+                == rotated
+            ),
+            timeout=30,
+            what="the fast issuer's rotated keys while the slow issuer's request is held open",
+        )
+        # Still held: its trust has neither been refreshed nor timed out.
+        assert ready_of(cluster.get("iamtrust", "slow", namespace))["reason"] == "Ready"
+        assert len(slow.requests) == held
+    finally:
+        slow.response_delay = 0.0
+        slow.down()  # releases the held request
+        slow.up()
 
 
 def test_trust_check_refuses_each_bad_token_with_its_reason(
