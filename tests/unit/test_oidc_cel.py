@@ -451,6 +451,42 @@ def test_regular_expressions_that_compile_are_refused_when_read_from_a_claim_too
     assert f"{cel.MAX_PATTERN_PROGRAM} instructions allowed" in message
 
 
+def compiled_patterns(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every pattern RE2 is asked to compile from now on."""
+    compiled: list[str] = []
+    compile_pattern = re2.compile
+
+    def counted(pattern: str, *args: Any) -> Any:
+        compiled.append(pattern)
+        return compile_pattern(pattern, *args)
+
+    monkeypatch.setattr(re2, "compile", counted)
+    return compiled
+
+
+def test_a_pattern_read_from_a_claim_pays_for_its_compilation_before_it_is_compiled(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Compiling a 4 KB pattern of Unicode classes takes RE2 up to half a second, whatever the
+    # text; a token that brings a new one each time must not get that for free.
+    monkeypatch.setattr(cel, "MAX_SECONDS", 600.0)
+    compiled = compiled_patterns(monkeypatch)
+    claims = {"ref": "main", "p": "\\PL" * 1365}
+    message = evaluation_error("claims.ref.matches(claims.p)", claims)
+    assert f"exceeded its cost limit of {cel.MAX_COST} steps" in message
+    assert claims["p"] not in compiled
+
+
+def test_a_literal_pattern_is_compiled_once_with_its_condition(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    condition = compile_condition('claims.ref.matches("^refs/heads/(main|release/.+)$")')
+    compiled = compiled_patterns(monkeypatch)
+    for _ in range(3):
+        assert condition.evaluate({"ref": "refs/heads/main"})
+    assert compiled == []
+
+
 def test_re2_errors_are_not_written_to_the_log(capfd: pytest.CaptureFixture[str]) -> None:
     # RE2 logs a failed compile with the pattern, which may come from a token's claim.
     claims = {"ref": "main", "p": "secret-looking-(" + "x" * 20}

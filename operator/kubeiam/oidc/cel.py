@@ -113,6 +113,10 @@ MATCH_BYTE_OVERHEAD: Final = 64
 MAX_MATCH_CHARACTERS: Final = 4096
 # The longest pattern read from a claim (a literal is bounded by the condition's own length).
 MAX_PATTERN_CHARACTERS: Final = 4096
+# Compiling a pattern read from a claim (literal ones are compiled once, with the condition) is
+# charged by its length before it starts: RE2 took up to 125 us a character on 4 KB patterns of
+# Unicode classes, and a step stands for about 5 us.
+PATTERN_STEPS_PER_CHARACTER: Final = 32
 # Instructions a pattern may compile to: `\pL+` takes 1 200, a ref pattern about 50.
 MAX_PATTERN_PROGRAM: Final = 10_000
 # RE2's memory for one pattern (program and DFA cache; its default is 8 MiB). re2 keeps the last
@@ -283,6 +287,8 @@ class CompiledCondition:
     source: str
     tree: Tree = field(repr=False, compare=False)
     expression: Node = field(repr=False, compare=False)
+    # The literal patterns of its matches() calls, compiled once, here.
+    patterns: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def evaluate(self, claims: Mapping[str, Any]) -> bool:
         """Whether the condition is true for these claims.
@@ -293,7 +299,8 @@ class CompiledCondition:
         """
         values = {VARIABLE: _to_cel(claims)}
         meter = _Meter(MAX_COST, time.monotonic() + MAX_SECONDS)
-        activation = _new_activation(functions={"matches": _metered_matches(meter)})
+        matches = _metered_matches(meter, self.patterns)
+        activation = _new_activation(functions={"matches": matches})
         evaluator = _MeteredEvaluator(self.tree, activation, meter)
         try:
             result = evaluator.evaluate(values)
@@ -338,14 +345,15 @@ def compile_condition(source: str) -> CompiledCondition:
             f"{FIELD}: the condition nests too deeply ({depth} levels in the parse tree, at"
             f" most {MAX_DEPTH}); split long chains with parentheses or use `in` with a list"
         )
-    _check_names(tree, frozenset())
+    patterns: dict[str, Any] = {}
+    _check_names(tree, frozenset(), patterns)
     kind = _result_kind(tree)
     if kind is not None:
         raise ConditionError(
             f"{FIELD}: the condition must be true or false, but it gives {kind};"
             ' compare it with something, as in claims.repository == "acme/api"'
         )
-    return CompiledCondition(source=source, tree=tree, expression=_shape(tree))
+    return CompiledCondition(source=source, tree=tree, expression=_shape(tree), patterns=patterns)
 
 
 # -- syntax errors -----------------------------------------------------------------------------
@@ -465,8 +473,9 @@ def _suggest(name: str, known: frozenset[str]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
-def _check_names(node: Tree, bound: frozenset[str]) -> None:
-    """Refuse names that nothing declares, unknown functions and misused macros."""
+def _check_names(node: Tree, bound: frozenset[str], patterns: dict[str, Any]) -> None:
+    """Refuse names that nothing declares, unknown functions and misused macros; compile the
+    literal patterns of matches() into `patterns`."""
     data = node.data
     if data == "literal":
         _literal(node)  # refuses a literal CEL cannot hold, such as an int beyond 64 bits
@@ -513,15 +522,15 @@ def _check_names(node: Tree, bound: frozenset[str]) -> None:
                 f"{FIELD}: unknown function '{name}'{_position(node)}{_suggest(name, _FUNCTIONS)}"
             )
         for arg in args:
-            _check_names(arg, bound)
+            _check_names(arg, bound, patterns)
         if name == "matches" and len(args) == 2:
-            _check_pattern(args[1], node)
+            _check_pattern(args[1], node, patterns)
         return
     if data == "member_dot_arg":
         target, token = cast(Tree, node.children[0]), cast(lark.Token, node.children[1])
         method = str(token)
         args = _arguments(node, 2)
-        _check_names(target, bound)
+        _check_names(target, bound, patterns)
         if method in _BINDING_MACROS:
             variable = _name_of(args[0]) if len(args) == 2 else None
             if variable is None:
@@ -534,7 +543,7 @@ def _check_names(node: Tree, bound: frozenset[str]) -> None:
                     f"{FIELD}: {method}(){_position(token)} must not name its variable"
                     f" {VARIABLE}, which would hide the token's claims"
                 )
-            _check_names(args[1], bound | {variable})
+            _check_names(args[1], bound | {variable}, patterns)
             return
         if method not in _FUNCTIONS:
             raise ConditionError(
@@ -542,15 +551,15 @@ def _check_names(node: Tree, bound: frozenset[str]) -> None:
                 f"{_suggest(method, _FUNCTIONS | _BINDING_MACROS)}"
             )
         for arg in args:
-            _check_names(arg, bound)
+            _check_names(arg, bound, patterns)
         if method == "matches" and len(args) == 1:
-            _check_pattern(args[0], token)
+            _check_pattern(args[0], token, patterns)
         return
     for child in _subtrees(node):
-        _check_names(child, bound)
+        _check_names(child, bound, patterns)
 
 
-def _check_pattern(node: Tree, where: Tree | lark.Token) -> None:
+def _check_pattern(node: Tree, where: Tree | lark.Token, patterns: dict[str, Any]) -> None:
     """A literal regular expression is compiled now, so a broken one is reported when the
     trust is applied rather than at every token."""
     literal = _unwrap(node)
@@ -561,7 +570,7 @@ def _check_pattern(node: Tree, where: Tree | lark.Token) -> None:
         return
     # Compiled as evaluation will compile it, with the same options and limits.
     try:
-        _regexp(pattern)
+        patterns[pattern] = _regexp(pattern)
     except _PatternRefused as refused:
         raise ConditionError(
             f"{FIELD}: the regular expression {_clip(pattern, 40)!r} of matches()"
@@ -742,8 +751,9 @@ def _too_large(size: int | None) -> str:
     )
 
 
-def _metered_matches(meter: _Meter) -> Any:
-    """CEL's matches() that pays for its search before running it."""
+def _metered_matches(meter: _Meter, compiled: Mapping[str, Any]) -> Any:
+    """CEL's matches() that pays for its search, and for compiling a pattern that is not among
+    the condition's `compiled` literals, before running it."""
 
     def matches(text: object, pattern: object) -> celtypes.BoolType:
         if not isinstance(text, celtypes.StringType) or not isinstance(
@@ -760,8 +770,11 @@ def _metered_matches(meter: _Meter) -> Any:
                 f"gave matches() a pattern of {len(pattern)} characters, more than the"
                 f" {MAX_PATTERN_CHARACTERS} allowed,"
             )
+        regexp = compiled.get(str(pattern))
+        if regexp is None:
+            meter.charge(1 + len(pattern) * PATTERN_STEPS_PER_CHARACTER)
         try:
-            regexp = _regexp(str(pattern))
+            regexp = regexp or _regexp(str(pattern))
         except _PatternRefused as refused:
             # RE2's own words quote the pattern, which came from the token: not repeated here.
             why = refused.why if refused.too_large else "is not valid RE2"
