@@ -14,12 +14,18 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_ORGANIZATION = "example"
 # Issuers whose tokens are minted for every customer alike: any repository on GitHub, any
-# project on gitlab.com. A trust that does not pin the tenant trusts all of them.
+# project on gitlab.com, any Google account, any Buildkite organisation. A trust that does not
+# pin the tenant trusts all of them.
 MULTI_TENANT_ISSUERS = (
     "https://token.actions.githubusercontent.com",
     "https://gitlab.com",
     "https://app.terraform.io",
+    "https://accounts.google.com",
+    "https://agent.buildkite.com",
 )
+# Google: `sub` is the account's id, never reused; `hd` the Workspace domain of a managed account
+# (`email` may be unverified and `azp` is any client's). Buildkite: the organisation; a pipeline
+# slug is unique only within one. GitHub's `sub` does not count (guards.py says why).
 TENANT_CLAIMS = (
     "repository",
     "repository_id",
@@ -32,6 +38,10 @@ TENANT_CLAIMS = (
     "terraform_organization_id",
     "terraform_organization_name",
     "terraform_workspace_id",
+    "sub",
+    "hd",
+    "organization_slug",
+    "organization_id",
 )
 
 
@@ -161,6 +171,13 @@ class IssuerSettings(_Group):
     )
     max_keys: int = Field(
         default=20, ge=1, le=100, description="Most keys accepted in an issuer's JWKS."
+    )
+    refresh_concurrency: int = Field(
+        default=8,
+        ge=1,
+        le=64,
+        description="Most issuer checks in flight at once; a slow issuer holds one of them for "
+        "up to the read timeout while the others go on.",
     )
     refresh_min: datetime.timedelta = Field(
         default=datetime.timedelta(minutes=5),

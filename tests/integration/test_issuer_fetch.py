@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime
 import ipaddress
@@ -19,9 +20,11 @@ from aiohttp.abc import ResolveResult
 
 from kubeiam.domain.conditions import Reason
 from kubeiam.oidc.fetch import FetchPolicy, IssuerDocuments, IssuerError, fetch_issuer
+from kubeiam.oidc.keystore import IssuerKey, KeyStore, Schedule
 from kubeiam.settings import IssuerSettings
 
 from .oidc_issuer import DISCOVERY_PATH, KEYS_PATH, PLAIN_DISCOVERY_PATH, LocalIssuer
+from .support import wait_for
 
 LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
 CAP = 256 * 1024
@@ -232,6 +235,10 @@ def test_an_ip_literal_that_is_not_allowed_is_refused_before_connecting(
         ("0.0.0.0", "0.0.0.0, an unspecified address"),  # noqa: S104 (a URL, not a bind)
         ("224.0.0.251", "224.0.0.251, a multicast address"),
         ("100.64.0.1", "100.64.0.1, a non-public address"),
+        # The metadata address inside IPv6 (6to4, NAT64), and site-local.
+        ("[2002:a9fe:a9fe::1]", "2002:a9fe:a9fe::1, a link-local address (169.254.169.254,"),
+        ("[64:ff9b::a9fe:a9fe]", "64:ff9b::a9fe:a9fe, a link-local address (169.254.169.254,"),
+        ("[fec0::1]", "fec0::1, a site-local address"),
     ],
 )
 def test_a_jwks_uri_on_a_refused_address_is_refused(
@@ -368,3 +375,56 @@ def test_the_policy_comes_from_the_settings(tmp_path: Path) -> None:
     )
     with pytest.raises(ValueError, match="KUBEIAM_ISSUER_ALLOWED_NETWORKS"):
         FetchPolicy.from_settings(IssuerSettings(allowed_networks=["127.0.0.1/8"]))
+
+
+def test_a_slow_issuer_does_not_hold_up_the_refresh_of_another(tmp_path: Path) -> None:
+    # Issuers are refreshed by one task: a hostile issuer that holds each request open must not
+    # delay every other issuer's refresh. The slow issuer's request is held open by its server
+    # until the test ends; meanwhile the fast issuer rotates its keys and the store must see it.
+    with LocalIssuer(ca_dir=tmp_path) as slow, LocalIssuer(ca_dir=tmp_path) as fast:
+        asyncio.run(_refresh_beside_a_slow_issuer(slow, fast))
+
+
+async def _refresh_beside_a_slow_issuer(slow: LocalIssuer, fast: LocalIssuer) -> None:
+    often = datetime.timedelta(seconds=0.2)
+    # Each refresh as the store reports it: the issuer, how many requests the slow issuer had
+    # received by then, and the key ids the store then holds for that issuer.
+    seen: list[tuple[str, int, tuple[str, ...]]] = []
+
+    async def on_refreshed(key: IssuerKey) -> None:
+        check, _ = await store.check(key, "probe")
+        seen.append((key[0], len(slow.requests), tuple(sorted(check.key_ids or ()))))
+
+    store = KeyStore(
+        policy_for(slow, read_timeout=60.0),  # longer than the test: the request stays open
+        Schedule(refresh_min=often, refresh_max=often, retry_min=often, retry_max=often),
+        max_keys=20,
+        on_refreshed=on_refreshed,
+        concurrency=IssuerSettings().refresh_concurrency,
+    )
+    await store.check((slow.url, None), "trust-on-slow")
+    await store.check((fast.url, None), "trust-on-fast")
+    refresher = asyncio.create_task(store.run())
+    try:
+        held = len(slow.requests) + 1
+        slow.response_delay = 120.0  # answered when the issuer stops, at the end of the test
+        await asyncio.to_thread(
+            wait_for,
+            lambda: len(slow.requests) >= held,
+            timeout=20,
+            what="the slow issuer's next refresh to reach it",
+        )
+        fast.rotate()
+        rotated = tuple(sorted(fast.key_ids()))
+        await asyncio.to_thread(
+            wait_for,
+            lambda: [r for r in seen if r[0] == fast.url and r[2] == rotated],
+            timeout=20,
+            what="the fast issuer's rotated keys while the slow issuer's request is held open",
+        )
+        # The slow issuer's refresh has not finished: its request is still open.
+        assert not [r for r in seen if r[0] == slow.url and r[1] >= held]
+    finally:
+        refresher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await refresher

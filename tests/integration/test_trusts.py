@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from kubeiam.devcluster.binaries import REPO_ROOT
+from kubeiam.settings import MULTI_TENANT_ISSUERS
 
 from .conftest import ORGANIZATION
 from .credentials_support import account_manifest, many
@@ -24,7 +25,7 @@ AUDIENCE = "sts.kubeiam.test"
 PINNED = "claims.repository == 'acme/api' && claims.ref == 'refs/heads/main'"
 # Issuers the module's operator is told about before it starts: a GitHub-Actions-like one
 # (multi-tenant, so its trusts must pin a repository) and one per test that breaks an issuer.
-SPARE_ISSUERS = 6
+SPARE_ISSUERS = 8
 EXAMPLE_ISSUERS = (
     "https://token.actions.githubusercontent.com",
     "https://oidc.prod-cluster.example.com",
@@ -52,13 +53,16 @@ def issuer_env(issuers: list[LocalIssuer]) -> dict[str, str]:
         "KUBEIAM_ISSUER_ALLOWED_NETWORKS": json.dumps(["127.0.0.0/8", "::1/128"]),
         "KUBEIAM_ALLOWED_ISSUERS": json.dumps(
             [issuer.url for issuer in issuers]
-            + ["https://cluster.example.internal", *EXAMPLE_ISSUERS]
+            + ["https://cluster.example.internal", *EXAMPLE_ISSUERS, *MULTI_TENANT_ISSUERS]
         ),
-        "KUBEIAM_MULTI_TENANT_ISSUERS": json.dumps([issuers[0].url, EXAMPLE_ISSUERS[0]]),
+        # The default shared issuers (GitHub among them), and the local GitHub-like one.
+        "KUBEIAM_MULTI_TENANT_ISSUERS": json.dumps([issuers[0].url, *MULTI_TENANT_ISSUERS]),
         "KUBEIAM_MAX_TRUSTS_PER_ACCOUNT": "3",
         "KUBEIAM_ISSUER_RETRY_MIN": "1",
         "KUBEIAM_ISSUER_RETRY_MAX": "2",
         "KUBEIAM_ISSUER_REFRESH_MIN": "1",
+        # Longer than any wait here: a held-open request stays open while a test looks.
+        "KUBEIAM_ISSUER_READ_TIMEOUT": "60",
     }
 
 
@@ -232,6 +236,33 @@ def test_a_multi_tenant_issuer_needs_a_pinned_repository_and_a_name_pin_gets_a_w
     assert "repository_id" in message
 
 
+@pytest.mark.parametrize(
+    ("issuer", "pinned"),
+    [
+        ("https://accounts.google.com", "claims.sub == '113059226118543260398'"),
+        ("https://agent.buildkite.com", "claims.organization_id == '0b5e0d2f-5d4c-4a6b'"),
+    ],
+)
+def test_a_trust_on_google_or_buildkite_must_pin_the_tenant(
+    cluster: ClusterHandle,
+    namespace: str,
+    trust_operator: OperatorProcess,
+    issuer: str,
+    pinned: str,
+) -> None:
+    # Disabled, so the issuer is never contacted (the test cluster has no internet); the
+    # condition is reviewed all the same, and its refusal comes first.
+    broad = "claims.email_verified == true && claims.pipeline_slug == 'deploy'"
+    cluster.apply(
+        many([account_manifest(), trust_manifest("broad", issuer, broad, disabled=True)]),
+        namespace,
+    )
+    ready = ready_of(wait_ready(cluster, namespace, "broad", "False", "ConditionTooBroad"))
+    assert issuer in ready["message"]
+    cluster.apply(trust_manifest("pinned", issuer, pinned, disabled=True), namespace)
+    wait_ready(cluster, namespace, "pinned", "False", "Disabled")
+
+
 def test_an_issuer_that_is_down_makes_the_trust_unready_until_it_comes_back(
     cluster: ClusterHandle, namespace: str, spare: LocalIssuer
 ) -> None:
@@ -311,6 +342,56 @@ def test_keys_rotated_at_the_issuer_are_picked_up_and_old_tokens_refused(
     accepted = trust_check(cluster, issuer_env, target, spare.mint(spare.github_claims()), tmp_path)
     assert accepted.returncode == 0, accepted.stdout + accepted.stderr
     spare.cache_control = None
+
+
+def test_a_slow_issuer_does_not_hold_up_another_trusts_refresh(
+    cluster: ClusterHandle,
+    namespace: str,
+    spares: Iterator[LocalIssuer],
+    trust_operator: OperatorProcess,
+) -> None:
+    # A hostile issuer answers every refresh as slowly as the read timeout allows: the other
+    # issuers' trusts must go on being refreshed meanwhile.
+    slow, fast = next(spares), next(spares)
+    for issuer in (slow, fast):
+        issuer.cache_control = "max-age=1"
+    cluster.apply(
+        many(
+            [
+                account_manifest(),
+                trust_manifest("slow", slow.url),
+                trust_manifest("fast", fast.url),
+            ]
+        ),
+        namespace,
+    )
+    wait_ready(cluster, namespace, "slow", "True", "Ready")
+    wait_ready(cluster, namespace, "fast", "True", "Ready")
+    held = len(slow.requests) + 1
+    slow.response_delay = 120.0  # answered only when the issuer goes down, below
+    try:
+        wait_for(
+            lambda: len(slow.requests) >= held,
+            timeout=30,
+            what="the slow issuer's next refresh to reach it",
+        )
+        fast.rotate()
+        rotated = sorted(fast.key_ids())
+        wait_for(
+            lambda: (
+                sorted((cluster.get("iamtrust", "fast", namespace) or {})["status"]["jwksKeyIds"])
+                == rotated
+            ),
+            timeout=30,
+            what="the fast issuer's rotated keys while the slow issuer's request is held open",
+        )
+        # Still held: its trust has neither been refreshed nor timed out.
+        assert ready_of(cluster.get("iamtrust", "slow", namespace))["reason"] == "Ready"
+        assert len(slow.requests) == held
+    finally:
+        slow.response_delay = 0.0
+        slow.down()  # releases the held request
+        slow.up()
 
 
 def test_trust_check_refuses_each_bad_token_with_its_reason(

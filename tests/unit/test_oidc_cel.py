@@ -3,11 +3,13 @@ evaluation treats missing claims, type errors and hostile tokens."""
 
 from __future__ import annotations
 
+import random
 import time
 from typing import Any
 
 import pytest
-from hypothesis import given
+import re2
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from kubeiam.domain.conditions import Reason
@@ -280,9 +282,9 @@ def test_hostile_claims_are_refused_before_evaluation(
 
 
 def test_regular_expressions_take_linear_time_on_hostile_input() -> None:
-    # A backtracking engine needs about 2**100000 steps here, RE2 one pass: the bound tells
+    # A backtracking engine needs about 2**4000 steps here, RE2 one pass: the bound tells
     # the two apart by astronomical orders of magnitude, so a loaded machine cannot trip it.
-    claims = {"ref": "a" * 100_000 + "!"}
+    claims = {"ref": "a" * (cel.MAX_MATCH_CHARACTERS - 1) + "!"}
     started = time.monotonic()
     assert not evaluate('claims.ref.matches("^(a+)+$")', claims)
     assert time.monotonic() - started < 30
@@ -371,3 +373,199 @@ def test_a_literal_beyond_64_bits_is_an_error_at_compile_time() -> None:
         "spec.condition: the literal 99999999999999999999999 at line 1, column 17 cannot be"
         " used: it is out of range"
     )
+
+
+# -- matches(): one RE2 search is charged before it runs ---------------------------------------
+# RE2 is linear in the text, but the factor is the compiled program: when its DFA runs out of
+# memory it falls back to an NFA that visits every instruction for every byte. The review's
+# attack: a ~22 KB claim and a 91-character pattern ran 2.4 s in one step, past the deadline
+# that is only checked between steps.
+
+
+def hostile_pattern(atom: str, width: int, blocks: int) -> str:
+    """A pattern whose program grows with width * blocks and whose DFA explodes on `ab` text."""
+    return f"{atom}{{{width}}}" * blocks + "c"
+
+
+def hostile_text(alphabet: str, length: int, seed: int = 0) -> str:
+    chooser = random.Random(seed)  # noqa: S311 - reproducible test text, not a secret
+    return "".join(chooser.choice(alphabet) for _ in range(length))
+
+
+class RE2Work:
+    """Every RE2 search that actually runs, weighed as the cost model weighs it."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.units = 0
+        self.searches = 0
+        search = re2._Regexp.search
+
+        def weighed(regexp: Any, text: str, *args: Any) -> Any:
+            program = regexp.programsize
+            reverse = regexp.reverseprogramsize
+            self.units += len(text.encode("utf-8", "surrogatepass")) * (
+                program + (reverse if reverse > 0 else program) + cel.MATCH_BYTE_OVERHEAD
+            )
+            self.searches += 1
+            return search(regexp, text, *args)
+
+        monkeypatch.setattr(re2._Regexp, "search", weighed)
+
+
+def test_one_matches_over_a_large_claim_is_refused_before_it_runs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    work = RE2Work(monkeypatch)
+    pattern = hostile_pattern("[ab]", 1000, 9)
+    assert len(pattern) == 91  # the review's length
+    claims = {"blob": hostile_text("ab", 22_000)}
+    message = evaluation_error(f'claims.blob.matches("{pattern}")', claims)
+    assert f"more than the {cel.MAX_MATCH_CHARACTERS} characters matches() reads" in message
+    assert work.searches == 0
+
+
+def test_matches_is_charged_text_times_program_before_it_runs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(cel, "MAX_SECONDS", 600.0)  # the step budget must stop it, not the clock
+    work = RE2Work(monkeypatch)
+    claims = {
+        "ref": hostile_text("ab", cel.MAX_MATCH_CHARACTERS),
+        "p": hostile_pattern("[ab]", 1000, 9),
+    }
+    message = evaluation_error("claims.ref.matches(claims.p)", claims)
+    assert f"exceeded its cost limit of {cel.MAX_COST} steps" in message
+    assert work.searches == 0
+
+
+def test_a_regular_expression_with_a_large_program_is_refused_at_compile_time() -> None:
+    pattern = hostile_pattern("[ab]", 1000, 11)
+    message = compile_error(f'claims.ref.matches("{pattern}")')
+    assert message.startswith("spec.condition: the regular expression '[ab]{1000}")
+    assert f"{cel.MAX_PATTERN_PROGRAM} instructions allowed" in message
+
+
+def test_regular_expressions_that_compile_are_refused_when_read_from_a_claim_too() -> None:
+    claims = {"ref": "main", "p": hostile_pattern("[ab]", 1000, 11)}
+    message = evaluation_error("claims.ref.matches(claims.p)", claims)
+    assert f"{cel.MAX_PATTERN_PROGRAM} instructions allowed" in message
+
+
+def compiled_patterns(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every pattern RE2 is asked to compile from now on."""
+    compiled: list[str] = []
+    compile_pattern = re2.compile
+
+    def counted(pattern: str, *args: Any) -> Any:
+        compiled.append(pattern)
+        return compile_pattern(pattern, *args)
+
+    monkeypatch.setattr(re2, "compile", counted)
+    return compiled
+
+
+def test_a_pattern_read_from_a_claim_pays_for_its_compilation_before_it_is_compiled(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Compiling a 4 KB pattern of Unicode classes takes RE2 up to half a second, whatever the
+    # text; a token that brings a new one each time must not get that for free.
+    monkeypatch.setattr(cel, "MAX_SECONDS", 600.0)
+    compiled = compiled_patterns(monkeypatch)
+    claims = {"ref": "main", "p": "\\PL" * 1365}
+    message = evaluation_error("claims.ref.matches(claims.p)", claims)
+    assert f"exceeded its cost limit of {cel.MAX_COST} steps" in message
+    assert claims["p"] not in compiled
+
+
+def test_a_literal_pattern_is_compiled_once_with_its_condition(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    condition = compile_condition('claims.ref.matches("^refs/heads/(main|release/.+)$")')
+    compiled = compiled_patterns(monkeypatch)
+    for _ in range(3):
+        assert condition.evaluate({"ref": "refs/heads/main"})
+    assert compiled == []
+
+
+def test_re2_errors_are_not_written_to_the_log(capfd: pytest.CaptureFixture[str]) -> None:
+    # RE2 logs a failed compile with the pattern, which may come from a token's claim.
+    claims = {"ref": "main", "p": "secret-looking-(" + "x" * 20}
+    evaluation_error("claims.ref.matches(claims.p)", claims)
+    evaluation_error("claims.ref.matches(claims.p)", {"ref": "x", "p": r"\pL{1000}"})
+    assert "secret-looking" not in capfd.readouterr().err
+    assert "pattern" not in capfd.readouterr().err.lower()
+
+
+def test_matches_on_a_realistic_ref_costs_little() -> None:
+    condition = compile_condition(
+        'claims.ref.matches("^refs/heads/(main|release/v[0-9]+\\\\.[0-9]+)$")'
+    )
+    assert condition.evaluate({"ref": "refs/heads/release/v1.2"})
+    assert not condition.evaluate({"ref": "refs/heads/feature"})
+
+
+_ATOMS = {"ab": "[ab]", "aé": "[aé]", "a\U0001d51f": "[a\U0001d51f]", "any": "."}
+
+
+@st.composite
+def hostile_conditions(draw: st.DrawFn) -> tuple[str, dict[str, Any]]:
+    """A condition of at most the schema's length that calls matches() as often as it fits,
+    with DFA-hostile patterns over claims within the caps (multi-byte letters weigh more in
+    RE2's UTF-8)."""
+    alphabet = draw(st.sampled_from(["ab", "aé", "a\U0001d51f"]))
+    atom = draw(st.sampled_from([_ATOMS[alphabet], ".", "\\pL", "\\w"]))
+    pattern = hostile_pattern(atom, draw(st.integers(1, 1000)), draw(st.integers(1, 12)))
+    text = hostile_text(
+        alphabet, draw(st.integers(1, cel.MAX_MATCH_CHARACTERS)), draw(st.integers())
+    )
+    if draw(st.booleans()):
+        call = f'claims.t.matches("{pattern}")'
+        claims = {"t": text}
+    else:
+        call = "claims.t.matches(claims.p)"
+        claims = {"t": text, "p": pattern}
+    calls = max(1, min(draw(st.integers(1, 200)), (MAX_CONDITION_LENGTH + 4) // (len(call) + 4)))
+    return " || ".join([call] * calls), claims
+
+
+MAX_CONDITION_LENGTH = 4096  # FederationTrust.spec.condition's maxLength in the schema
+
+
+@example(
+    (
+        " || ".join([f'claims.t.matches("{hostile_pattern("[ab]", 1000, 9)}")'] * 34),
+        {"t": hostile_text("ab", 4096)},
+    )
+)
+@settings(max_examples=40, deadline=None)
+@given(hostile_conditions())
+def test_no_condition_within_the_schema_runs_past_the_budget(
+    case: tuple[str, dict[str, Any]],
+) -> None:
+    source, claims = case
+    assert len(source) <= MAX_CONDITION_LENGTH
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cel, "MAX_SECONDS", 600.0)  # only the step budget may stop it here
+        work = RE2Work(patch)
+        result = outcome(source, claims)
+    if isinstance(result, ConditionEvaluationError):
+        assert "seconds" not in result.message
+    assert work.units <= cel.MAX_COST * cel.MATCH_UNITS_PER_STEP
+
+
+def test_the_costliest_search_the_budget_admits_ends_well_within_the_deadline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The one wall-clock assertion of the cost model, a generous backstop: the search below is
+    # the largest a budget admits (tens of milliseconds), held to the whole deadline.
+    monkeypatch.setattr(cel, "MAX_SECONDS", 600.0)
+    work = RE2Work(monkeypatch)
+    pattern = hostile_pattern("[ab]", 1000, 9)
+    regexp = re2.compile(pattern)
+    per_byte = regexp.programsize + regexp.reverseprogramsize + cel.MATCH_BYTE_OVERHEAD
+    claims = {"t": hostile_text("ab", (cel.MAX_COST - 200) * cel.MATCH_UNITS_PER_STEP // per_byte)}
+    started = time.monotonic()
+    assert not evaluate(f'claims.t.matches("{pattern}")', claims)
+    elapsed = time.monotonic() - started
+    assert work.units > 0.9 * cel.MAX_COST * cel.MATCH_UNITS_PER_STEP
+    assert elapsed < cel.MAX_SECONDS

@@ -14,6 +14,7 @@ from kubeiam.oidc.guards import Finding, is_pinned, review_condition
 from kubeiam.settings import MULTI_TENANT_ISSUERS, TENANT_CLAIMS
 
 GITHUB = "https://token.actions.githubusercontent.com"
+GITLAB = "https://gitlab.com"
 PRIVATE = "https://issuer.example.com"
 
 
@@ -66,7 +67,6 @@ def test_conditions_that_pin_a_tenant_claim(source: str) -> None:
     [
         "true",
         'claims.ref == "refs/heads/main"',
-        'claims.sub == "repo:acme/api:ref:refs/heads/main"',
         'claims.repository_id != "1"',
         "has(claims.repository_id)",
         'claims.repository.matches("^acme/.*$")',
@@ -122,6 +122,53 @@ def test_gitlab_and_terraform_name_their_own_claims() -> None:
     assert not refusals('claims.project_id == "42"', "https://gitlab.com")
 
 
+@pytest.mark.parametrize(
+    ("issuer", "audience", "claims", "pinning"),
+    [
+        (
+            "https://accounts.google.com",
+            "every Google account",
+            "sub, hd",
+            ['claims.sub == "113059226118543260398"', 'claims.hd == "acme.com"'],
+        ),
+        (
+            "https://agent.buildkite.com",
+            "every Buildkite organisation",
+            "organization_slug, organization_id",
+            [
+                'claims.organization_slug == "acme"',
+                'claims.organization_id == "0b5e0d2f-5d4c-4a6b-9d3e-2f1c8a7b6e5d"',
+                'claims.sub.startsWith("organization:acme:pipeline:deploy:ref:refs/")',
+            ],
+        ),
+    ],
+)
+def test_google_and_buildkite_are_shared_issuers_by_default(
+    issuer: str, audience: str, claims: str, pinning: list[str]
+) -> None:
+    # Not pinned: the claims any tenant's token can carry (Google's client and email, which an
+    # unverified account may claim; a Buildkite pipeline slug, unique only in its organisation).
+    for broad in (
+        "true",
+        'claims.email == "ci@acme.com" && claims.azp == "1234.apps.googleusercontent.com"',
+        'claims.pipeline_slug == "deploy" && claims.build_branch == "main"',
+    ):
+        (finding,) = refusals(broad, issuer)
+        assert finding.reason is Reason.CONDITION_TOO_BROAD
+        assert f"issues tokens to {audience}; the condition must require one of the claims" in (
+            finding.message
+        )
+        assert f"the claims {claims} to equal" in finding.message
+    for condition in pinning:
+        assert not refusals(condition, issuer)
+
+
+def test_github_subjects_do_not_pin_a_repository() -> None:
+    # An organisation may customise its subject to leave the repository out.
+    assert refusals('claims.sub == "repo:acme/api:ref:refs/heads/main"')
+    assert not refusals('claims.sub == "project_path:acme/api:ref_type:branch:ref:main"', GITLAB)
+
+
 def test_issuers_are_compared_without_trailing_slash_or_case_in_the_host() -> None:
     for issuer in (GITHUB + "/", "https://Token.Actions.GitHubUserContent.com"):
         assert refusals("true", issuer)
@@ -167,6 +214,7 @@ def test_pinning_a_name_without_its_id_warns_and_names_the_id() -> None:
         ("project_path", "project_id"),
         ("namespace_path", "namespace_id"),
         ("terraform_organization_name", "terraform_organization_id"),
+        ("organization_slug", "organization_id"),  # Buildkite
     ],
 )
 def test_each_renameable_name_has_its_id_twin(name: str, twin: str) -> None:

@@ -53,7 +53,9 @@ def store(fake: FakeIssuer, refreshed: list[IssuerKey]) -> KeyStore:
     async def on_refreshed(key: IssuerKey) -> None:
         refreshed.append(key)
 
-    return KeyStore(POLICY, SCHEDULE, max_keys=5, on_refreshed=on_refreshed, fetch=fake)
+    return KeyStore(
+        POLICY, SCHEDULE, max_keys=5, on_refreshed=on_refreshed, concurrency=8, fetch=fake
+    )
 
 
 def test_many_trusts_of_one_issuer_cost_one_fetch() -> None:
@@ -125,3 +127,38 @@ def test_inline_keys_are_checked_like_fetched_ones() -> None:
     check, found = keys.parse_inline({"keys": []}, now=now)
     assert check.problem is not None
     assert check.problem.reason == Reason.JWKS_INVALID
+
+
+def test_no_more_issuers_are_fetched_at_once_than_the_bound() -> None:
+    gate, full = asyncio.Event(), asyncio.Event()
+    in_flight, most = 0, 0
+
+    async def gated(issuer: str, *, jwks_uri: str | None, policy: Any) -> IssuerDocuments:
+        nonlocal in_flight, most
+        in_flight += 1
+        most = max(most, in_flight)
+        if in_flight == 2:
+            full.set()
+        await gate.wait()
+        in_flight -= 1
+        return IssuerDocuments(jwks_uri=f"{issuer}/keys", jwks={"keys": [rsa_jwk()]}, max_age=None)
+
+    async def scenario() -> None:
+        async def on_refreshed(key: IssuerKey) -> None:
+            pass
+
+        keys = KeyStore(
+            POLICY, SCHEDULE, max_keys=5, on_refreshed=on_refreshed, concurrency=2, fetch=gated
+        )
+        checks = [
+            asyncio.create_task(keys.check((f"https://issuer-{i}.example.com", None), f"t{i}"))
+            for i in range(5)
+        ]
+        await full.wait()
+        for _ in range(20):  # every other check gets its turn to try to start a fetch
+            await asyncio.sleep(0)
+        gate.set()
+        await asyncio.gather(*checks)
+
+    asyncio.run(scenario())
+    assert most == 2

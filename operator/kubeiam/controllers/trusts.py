@@ -81,6 +81,7 @@ def _keystore(settings: Settings) -> KeyStore:
         ),
         max_keys=settings.issuers.max_keys,
         on_refreshed=lambda key: _issuer_refreshed(key),
+        concurrency=settings.issuers.refresh_concurrency,
     )
 
 

@@ -16,7 +16,9 @@ comparison again. What it showed (cel-python 0.5.0, common-expression-language 0
   and any disagreement between two parsers is a way around the guard rails.
 - Neither has a cost limit. cel-python evaluates in Python, node by node, so evaluation is
   metered here (a budget of steps, charged more for large values, and a deadline); a call into
-  the Rust library cannot be bounded once started, only its inputs.
+  the Rust library cannot be bounded once started, only its inputs. The one call cel-python
+  cannot interrupt either is RE2's search in `matches`: it is replaced here by one that charges
+  the search's worst case to the budget before running it, with RE2's memory bounded.
 - Syntax errors: both give line and column (the Rust library's message is friendlier; ours is
   rebuilt from cel-python's positions and the source).
 - Speed (one core, a four-clause GitHub condition, 3000 runs): the Rust library compiles in
@@ -46,6 +48,7 @@ from typing import Any, Final, Literal, TypeAlias, cast
 
 import celpy
 import lark
+import re2  # type: ignore[import-untyped]  # google-re2, the binding cel-python itself uses
 from celpy import celtypes
 from celpy.adapter import json_to_cel
 from celpy.celparser import CELParseError
@@ -55,7 +58,6 @@ from celpy.evaluation import (
     Evaluator,
     Result,
     base_functions,
-    function_matches,
 )
 
 from kubeiam.domain.conditions import Reason
@@ -97,6 +99,29 @@ MAX_SECONDS: Final = 0.5
 MAX_CLAIM_VALUES: Final = 10_000
 MAX_CLAIM_DEPTH: Final = 20
 MAX_CLAIM_CHARACTERS: Final = 256 * 1024
+# matches(). RE2 takes time linear in the text, but the factor is the compiled program: when its
+# DFA runs out of memory it falls back to an NFA that visits every instruction for every byte, so
+# one search over a 22 KB claim with a 91-character pattern ran 2.4 s inside a single step. Each
+# search is therefore charged before it runs: bytes of text times (forward program + reverse
+# program + MATCH_BYTE_OVERHEAD), one step per MATCH_UNITS_PER_STEP. On the worst patterns
+# measured (DFA-hostile repetitions, 1.3 to 8.5 ns a unit) a whole budget of such searches takes
+# 15 to 110 ms, under the quarter second the budget stands for; a ref of 200 characters against
+# a real pattern costs about 130 steps.
+MATCH_UNITS_PER_STEP: Final = 256
+MATCH_BYTE_OVERHEAD: Final = 64
+# The longest text matches() reads: a claim a trust matches is a name or a path, never kilobytes.
+MAX_MATCH_CHARACTERS: Final = 4096
+# The longest pattern read from a claim (a literal is bounded by the condition's own length).
+MAX_PATTERN_CHARACTERS: Final = 4096
+# Compiling a pattern read from a claim (literal ones are compiled once, with the condition) is
+# charged by its length before it starts: RE2 took up to 125 us a character on 4 KB patterns of
+# Unicode classes, and a step stands for about 5 us.
+PATTERN_STEPS_PER_CHARACTER: Final = 32
+# Instructions a pattern may compile to: `\pL+` takes 1 200, a ref pattern about 50.
+MAX_PATTERN_PROGRAM: Final = 10_000
+# RE2's memory for one pattern (program and DFA cache; its default is 8 MiB). re2 keeps the last
+# 128 compiled patterns, so this also bounds what patterns read from tokens can hold: 32 MiB.
+MAX_PATTERN_MEMORY: Final = 256 * 1024
 
 _INT64 = range(-(2**63), 2**63)
 # Names that CEL resolves without a declaration: the type names.
@@ -262,6 +287,8 @@ class CompiledCondition:
     source: str
     tree: Tree = field(repr=False, compare=False)
     expression: Node = field(repr=False, compare=False)
+    # The literal patterns of its matches() calls, compiled once, here.
+    patterns: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def evaluate(self, claims: Mapping[str, Any]) -> bool:
         """Whether the condition is true for these claims.
@@ -270,11 +297,13 @@ class CompiledCondition:
         does not fit, the result is not a boolean, the claims are beyond the limits, or the
         evaluation ran out of its budget.
         """
-        activation = {VARIABLE: _to_cel(claims)}
+        values = {VARIABLE: _to_cel(claims)}
         meter = _Meter(MAX_COST, time.monotonic() + MAX_SECONDS)
-        evaluator = _MeteredEvaluator(self.tree, _new_activation(), meter)
+        matches = _metered_matches(meter, self.patterns)
+        activation = _new_activation(functions={"matches": matches})
+        evaluator = _MeteredEvaluator(self.tree, activation, meter)
         try:
-            result = evaluator.evaluate(activation)
+            result = evaluator.evaluate(values)
         except _OutOfBudget as stop:
             raise ConditionEvaluationError(
                 f"the condition could not be evaluated: it {stop.what} and was stopped"
@@ -316,14 +345,15 @@ def compile_condition(source: str) -> CompiledCondition:
             f"{FIELD}: the condition nests too deeply ({depth} levels in the parse tree, at"
             f" most {MAX_DEPTH}); split long chains with parentheses or use `in` with a list"
         )
-    _check_names(tree, frozenset())
+    patterns: dict[str, Any] = {}
+    _check_names(tree, frozenset(), patterns)
     kind = _result_kind(tree)
     if kind is not None:
         raise ConditionError(
             f"{FIELD}: the condition must be true or false, but it gives {kind};"
             ' compare it with something, as in claims.repository == "acme/api"'
         )
-    return CompiledCondition(source=source, tree=tree, expression=_shape(tree))
+    return CompiledCondition(source=source, tree=tree, expression=_shape(tree), patterns=patterns)
 
 
 # -- syntax errors -----------------------------------------------------------------------------
@@ -443,8 +473,9 @@ def _suggest(name: str, known: frozenset[str]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
-def _check_names(node: Tree, bound: frozenset[str]) -> None:
-    """Refuse names that nothing declares, unknown functions and misused macros."""
+def _check_names(node: Tree, bound: frozenset[str], patterns: dict[str, Any]) -> None:
+    """Refuse names that nothing declares, unknown functions and misused macros; compile the
+    literal patterns of matches() into `patterns`."""
     data = node.data
     if data == "literal":
         _literal(node)  # refuses a literal CEL cannot hold, such as an int beyond 64 bits
@@ -491,15 +522,15 @@ def _check_names(node: Tree, bound: frozenset[str]) -> None:
                 f"{FIELD}: unknown function '{name}'{_position(node)}{_suggest(name, _FUNCTIONS)}"
             )
         for arg in args:
-            _check_names(arg, bound)
+            _check_names(arg, bound, patterns)
         if name == "matches" and len(args) == 2:
-            _check_pattern(args[1], node)
+            _check_pattern(args[1], node, patterns)
         return
     if data == "member_dot_arg":
         target, token = cast(Tree, node.children[0]), cast(lark.Token, node.children[1])
         method = str(token)
         args = _arguments(node, 2)
-        _check_names(target, bound)
+        _check_names(target, bound, patterns)
         if method in _BINDING_MACROS:
             variable = _name_of(args[0]) if len(args) == 2 else None
             if variable is None:
@@ -512,7 +543,7 @@ def _check_names(node: Tree, bound: frozenset[str]) -> None:
                     f"{FIELD}: {method}(){_position(token)} must not name its variable"
                     f" {VARIABLE}, which would hide the token's claims"
                 )
-            _check_names(args[1], bound | {variable})
+            _check_names(args[1], bound | {variable}, patterns)
             return
         if method not in _FUNCTIONS:
             raise ConditionError(
@@ -520,15 +551,15 @@ def _check_names(node: Tree, bound: frozenset[str]) -> None:
                 f"{_suggest(method, _FUNCTIONS | _BINDING_MACROS)}"
             )
         for arg in args:
-            _check_names(arg, bound)
+            _check_names(arg, bound, patterns)
         if method == "matches" and len(args) == 1:
-            _check_pattern(args[0], token)
+            _check_pattern(args[0], token, patterns)
         return
     for child in _subtrees(node):
-        _check_names(child, bound)
+        _check_names(child, bound, patterns)
 
 
-def _check_pattern(node: Tree, where: Tree | lark.Token) -> None:
+def _check_pattern(node: Tree, where: Tree | lark.Token, patterns: dict[str, Any]) -> None:
     """A literal regular expression is compiled now, so a broken one is reported when the
     trust is applied rather than at every token."""
     literal = _unwrap(node)
@@ -537,16 +568,14 @@ def _check_pattern(node: Tree, where: Tree | lark.Token) -> None:
     pattern = _literal(literal).value
     if not isinstance(pattern, str):
         return
-    # cel-python's own matches(), so the pattern is compiled exactly as evaluation will.
-    outcome = function_matches("", pattern)
-    if isinstance(outcome, CELEvalError):
-        causes = outcome.args[2] if len(outcome.args) > 2 else ()
-        cause = causes[0] if causes else "it does not compile"
-        why = cause.decode(errors="replace") if isinstance(cause, bytes) else str(cause)
+    # Compiled as evaluation will compile it, with the same options and limits.
+    try:
+        patterns[pattern] = _regexp(pattern)
+    except _PatternRefused as refused:
         raise ConditionError(
             f"{FIELD}: the regular expression {_clip(pattern, 40)!r} of matches()"
-            f"{_position(where)} is not valid RE2: {_clip(why, 80)}"
-        )
+            f"{_position(where)} {refused.why}"
+        ) from None
 
 
 def _result_kind(tree: Tree) -> str | None:
@@ -668,8 +697,96 @@ def _literal(node: Tree) -> Value:
 # -- evaluation --------------------------------------------------------------------------------
 
 
-def _new_activation() -> Activation:
-    return Activation(annotations=_ENVIRONMENT.annotations, package=_ENVIRONMENT.package)
+def _new_activation(functions: Mapping[str, Any] | None = None) -> Activation:
+    return Activation(
+        annotations=_ENVIRONMENT.annotations, package=_ENVIRONMENT.package, functions=functions
+    )
+
+
+# -- matches() ---------------------------------------------------------------------------------
+
+
+def _re2_options() -> Any:
+    options = re2.Options()
+    options.max_mem = MAX_PATTERN_MEMORY
+    # RE2 would log a failed pattern, which may come from a token's claim, to stderr.
+    options.log_errors = False
+    # matches() only says whether there is a match: no submatch tracking, which costs per group.
+    options.never_capture = True
+    return options
+
+
+_RE2_OPTIONS: Final = _re2_options()
+
+
+class _PatternRefused(Exception):
+    """A pattern that RE2 does not compile, or compiles to a program beyond the limit."""
+
+    def __init__(self, why: str, *, too_large: bool = False) -> None:
+        super().__init__(why)
+        self.why = why
+        self.too_large = too_large
+
+
+def _regexp(pattern: str) -> Any:
+    """The compiled pattern (re2 caches it); _PatternRefused says why not, as a sentence end."""
+    try:
+        regexp = re2.compile(pattern, _RE2_OPTIONS)
+    except re2.error as error:
+        cause = error.args[0] if error.args else "it does not compile"
+        why = cause.decode(errors="replace") if isinstance(cause, bytes) else str(cause)
+        if "pattern too large" in why:
+            raise _PatternRefused(_too_large(None), too_large=True) from None
+        raise _PatternRefused(f"is not valid RE2: {_clip(why, 80)}") from None
+    if regexp.programsize > MAX_PATTERN_PROGRAM:
+        raise _PatternRefused(_too_large(regexp.programsize), too_large=True)
+    return regexp
+
+
+def _too_large(size: int | None) -> str:
+    size_first = f"{size} instructions, more than the" if size else "more than the"
+    return (
+        f"compiles to {size_first} {MAX_PATTERN_PROGRAM} instructions allowed; use fewer or"
+        " shorter repetitions"
+    )
+
+
+def _metered_matches(meter: _Meter, compiled: Mapping[str, Any]) -> Any:
+    """CEL's matches() that pays for its search, and for compiling a pattern that is not among
+    the condition's `compiled` literals, before running it."""
+
+    def matches(text: object, pattern: object) -> celtypes.BoolType:
+        if not isinstance(text, celtypes.StringType) or not isinstance(
+            pattern, celtypes.StringType
+        ):
+            raise TypeError("matches() takes two strings")  # cel-python: no such overload
+        if len(text) > MAX_MATCH_CHARACTERS:
+            raise _OutOfBudget(
+                f"gave matches() a text of {len(text)} characters, more than the"
+                f" {MAX_MATCH_CHARACTERS} characters matches() reads,"
+            )
+        if len(pattern) > MAX_PATTERN_CHARACTERS:
+            raise _OutOfBudget(
+                f"gave matches() a pattern of {len(pattern)} characters, more than the"
+                f" {MAX_PATTERN_CHARACTERS} allowed,"
+            )
+        regexp = compiled.get(str(pattern))
+        if regexp is None:
+            meter.charge(1 + len(pattern) * PATTERN_STEPS_PER_CHARACTER)
+        try:
+            regexp = regexp or _regexp(str(pattern))
+        except _PatternRefused as refused:
+            # RE2's own words quote the pattern, which came from the token: not repeated here.
+            why = refused.why if refused.too_large else "is not valid RE2"
+            raise _OutOfBudget(f"gave matches() a regular expression that {why},") from None
+        forward = regexp.programsize
+        reverse = regexp.reverseprogramsize  # -1 when RE2 could not build it: it then runs forward
+        per_byte = forward + (reverse if reverse > 0 else forward) + MATCH_BYTE_OVERHEAD
+        size = len(str(text).encode("utf-8", "surrogatepass"))
+        meter.charge(1 + size * per_byte // MATCH_UNITS_PER_STEP)
+        return celtypes.BoolType(regexp.search(str(text)) is not None)
+
+    return matches
 
 
 class _OutOfBudget(BaseException):

@@ -33,13 +33,12 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
 from kubeiam.domain.conditions import Reason
+from kubeiam.oidc.addresses import IPAddress, IPNetwork, refusal
 from kubeiam.oidc.refresh import parse_cache_control
 from kubeiam.settings import IssuerSettings
 
 __all__ = ["FetchPolicy", "IssuerDocuments", "IssuerError", "fetch_issuer"]
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 DISCOVERY_PATH = "/.well-known/openid-configuration"
 MAX_REDIRECTS = 3
@@ -329,7 +328,7 @@ def _https_url(raw: str, what: str, policy: FetchPolicy, *, source: str | None =
     # aiohttp connects to an IP literal without asking the resolver, so it is checked here.
     literal = _ip_literal(url.host)
     if literal is not None:
-        kind = _refusal(literal, policy.allowed_networks)
+        kind = refusal(literal, policy.allowed_networks)
         if kind is not None:
             raise IssuerError(
                 Reason.ISSUER_UNREACHABLE,
@@ -347,26 +346,6 @@ def _ip_literal(host: str) -> IPAddress | None:
         return ipaddress.ip_address(host)
     except ValueError:
         return None
-
-
-def _refusal(address: IPAddress, allowed: tuple[IPNetwork, ...]) -> str | None:
-    """Why an issuer may not be fetched from `address` (e.g. "a loopback address"), or None."""
-    # ::ffff:10.0.0.1 reaches 10.0.0.1: an IPv4-mapped address is judged as the IPv4 one.
-    mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
-    judged: IPAddress = mapped or address
-    if any(candidate in network for network in allowed for candidate in (address, judged)):
-        return None
-    kinds = (
-        ("an unspecified address", judged.is_unspecified),
-        ("a loopback address", judged.is_loopback),
-        ("a link-local address", judged.is_link_local),
-        ("a multicast address", judged.is_multicast),
-        ("a reserved address", judged.is_reserved),
-        ("a private address", judged.is_private),
-        # What is left and still not global: shared (carrier-grade NAT) and similar ranges.
-        ("a non-public address", not judged.is_global),
-    )
-    return next((kind for kind, applies in kinds if applies), None)
 
 
 class _AddressRefused(OSError):
@@ -392,7 +371,7 @@ class _GuardedResolver(AbstractResolver):
         refused: list[str] = []
         for result in results:
             address = _ip_literal(result["host"])
-            kind = "not an IP address" if address is None else _refusal(address, self._allowed)
+            kind = "not an IP address" if address is None else refusal(address, self._allowed)
             if kind is None:
                 kept.append(result)
             else:

@@ -1,8 +1,9 @@
 """Guard rails on trust conditions: a trust on a shared issuer must pin its tenant, by id if it can.
 
-A multi-tenant issuer (GitHub Actions, gitlab.com, HCP Terraform) signs tokens for every
-customer with the same key: a trust whose condition does not fix the repository, project or
-organisation trusts all of them. What "pins" means, on the condition's shape (oidc.cel):
+A multi-tenant issuer (GitHub Actions, gitlab.com, HCP Terraform, Google, Buildkite) signs
+tokens for every customer with the same key: a trust whose condition does not fix the
+repository, project or organisation trusts all of them. What "pins" means, on the condition's
+shape (oidc.cel):
 
 - An atom pins claim `c` when it requires `c` to equal a fixed value:
   `claims.c == "v"`, `"v" == claims.c`, `claims["c"] == "v"`, `claims.c in ["v", "w"]` (a list
@@ -56,6 +57,7 @@ ID_TWINS: Final = {
     "project_path": "project_id",
     "namespace_path": "namespace_id",
     "terraform_organization_name": "terraform_organization_id",
+    "organization_slug": "organization_id",
 }
 _RENAMED: Final = {
     "repository": "repository",
@@ -63,6 +65,7 @@ _RENAMED: Final = {
     "project_path": "project",
     "namespace_path": "group or namespace",
     "terraform_organization_name": "organisation",
+    "organization_slug": "organisation",
 }
 # A path prefix ending in "/" fixes the owner part of these claims, not the whole claim.
 _OWNER_OF_PATH: Final = {"repository": "repository_owner", "project_path": "namespace_path"}
@@ -80,7 +83,15 @@ _TENANCY: Final = {
         "every HCP Terraform organisation",
         ("terraform_organization_id", "terraform_organization_name", "terraform_workspace_id"),
     ),
+    "https://accounts.google.com": ("every Google account", ("sub", "hd")),
+    "https://agent.buildkite.com": (
+        "every Buildkite organisation",
+        ("organization_slug", "organization_id"),
+    ),
 }
+# Tenant claims that do not name the tenant on one issuer: a GitHub organisation may customise
+# its subject to leave the repository and owner out, so equal subjects can come from anyone.
+_NOT_A_TENANT: Final = {"https://token.actions.githubusercontent.com": frozenset({"sub"})}
 
 # Each way a condition can be true, as the set of labels that way pins.
 Ways = frozenset[frozenset[str]]
@@ -114,9 +125,10 @@ def review_condition(
     expression = condition.expression
     normal = _normal(issuer)
     if normal in {_normal(url) for url in multi_tenant_issuers}:
-        tenants = frozenset(tenant_claims)
-        if not _pinned(expression, tenants):
-            findings.append(_too_broad(issuer, normal, expression, tenant_claims))
+        excluded = _NOT_A_TENANT.get(normal, frozenset())
+        tenants = [claim for claim in tenant_claims if claim not in excluded]
+        if not _pinned(expression, frozenset(tenants)):
+            findings.append(_too_broad(issuer, normal, expression, tenants))
     for name, twin in ID_TWINS.items():
         ways = _ways(expression, {name: "name", twin: "id"})
         if any("name" in way and "id" not in way for way in ways):

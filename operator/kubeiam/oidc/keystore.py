@@ -63,10 +63,14 @@ class KeyStore:
         *,
         max_keys: int,
         on_refreshed: Callable[[IssuerKey], Awaitable[None]],
+        concurrency: int,
         fetch: Fetch = fetch_issuer,
         clock: Clock = _utcnow,
     ) -> None:
         self._policy = policy
+        # Fetches in flight at once, first checks and refreshes alike: a slow issuer holds one
+        # slot for up to the read timeout, never the others' turn.
+        self._slots = asyncio.Semaphore(concurrency)
         self._schedule = schedule
         self._max_keys = max_keys
         self._on_refreshed = on_refreshed
@@ -106,32 +110,44 @@ class KeyStore:
         return IssuerCheck(checked_at=now, key_ids=keys.key_ids), keys
 
     async def run(self) -> None:
-        """Refresh each issuer when it is due, one at a time, forever."""
-        while True:
-            self._wake.clear()
-            now = self._clock()
-            while self._heap and self._heap[0][0] <= now:
-                due, key = heapq.heappop(self._heap)
-                entry = self._entries.get(key)
-                if entry is None or entry.due != due:
-                    continue  # forgotten, or rescheduled since
-                async with entry.lock:
-                    await self._refresh(key, entry)
-                try:
-                    await self._on_refreshed(key)
-                except Exception:
-                    logger.exception("Updating the trusts of %s after a refresh failed", key[0])
+        """Refresh each issuer when it is due, forever; issuers are refreshed side by side, so
+        one that answers slowly delays only itself."""
+        refreshing: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                self._wake.clear()
                 now = self._clock()
-            delay = (self._heap[0][0] - now).total_seconds() if self._heap else 3600.0
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=max(delay, 0.05))
+                while self._heap and self._heap[0][0] <= now:
+                    due, key = heapq.heappop(self._heap)
+                    entry = self._entries.get(key)
+                    if entry is None or entry.due != due:
+                        continue  # forgotten, or rescheduled since
+                    entry.due = None  # taken: _refresh schedules the next check
+                    task = asyncio.create_task(self._refresh_due(key, entry))
+                    refreshing.add(task)
+                    task.add_done_callback(refreshing.discard)
+                delay = (self._heap[0][0] - now).total_seconds() if self._heap else 3600.0
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=max(delay, 0.05))
+        finally:
+            for task in refreshing:
+                task.cancel()
+
+    async def _refresh_due(self, key: IssuerKey, entry: _Entry) -> None:
+        async with entry.lock:
+            await self._refresh(key, entry)
+        try:
+            await self._on_refreshed(key)
+        except Exception:
+            logger.exception("Updating the trusts of %s after a refresh failed", key[0])
 
     async def _refresh(self, key: IssuerKey, entry: _Entry) -> None:
         issuer, jwks_uri = key
         now = self._clock()
         max_age: datetime.timedelta | None = None
         try:
-            documents = await self._fetch(issuer, jwks_uri=jwks_uri, policy=self._policy)
+            async with self._slots:
+                documents = await self._fetch(issuer, jwks_uri=jwks_uri, policy=self._policy)
             max_age = documents.max_age
             source = documents.jwks_uri
             keys = parse_jwks(documents.jwks, max_keys=self._max_keys, source=source)
