@@ -356,8 +356,9 @@ class ServiceAccountCredentialSpec(ApiModel):
         default=None,
         description=(
             "If set, tokens issued for this credential carry only these of the account's roles"
-            " (role slugs such as compute.deployer; at most 64). Unset: all of the account's"
-            " roles."
+            " (role slugs such as compute.deployer; at most 64); an empty list means none."
+            " Unset: all of the account's roles. Removing or widening it needs the RBAC verb"
+            " bind on each role that adds back."
         ),
     )
     require_dpop: bool = Field(

@@ -191,8 +191,9 @@ class FederationTrustSpec(ApiModel):
         default=None,
         description=(
             "If set, tokens issued through this trust carry only these of the account's roles"
-            " (role slugs such as compute.deployer; at most 64). Unset: all of the account's"
-            " roles."
+            " (role slugs such as compute.deployer; at most 64); an empty list means none."
+            " Unset: all of the account's roles. Removing or widening it needs the RBAC verb"
+            " bind on each role that adds back."
         ),
     )
     disabled: bool = Field(

@@ -280,7 +280,7 @@ def _view(body: Mapping[str, Any]) -> rules.CredentialView:
         revoked=bool(spec.get("revoked")),
         issued=bool(status.get("secretHash")),
         expires_at=status.get("expiresAt"),
-        scoped_roles=tuple(spec.get("scopedRoles") or ()),
+        scoped_roles=None if spec.get("scopedRoles") is None else tuple(spec["scopedRoles"]),
         effective_roles=tuple(status.get("effectiveRoles") or ()),
         reason=rules.ready_reason(status),
         warned=rules.has_condition(status, rules.EXPIRING_SOON),
