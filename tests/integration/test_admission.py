@@ -484,6 +484,12 @@ def _patch(person: Person, kind: str, name: str, namespace: str, ops: list[Any])
     return person("patch", kind, name, "-n", namespace, "--type=json", "-p", json.dumps(ops))
 
 
+def _without_display_name(manifest: str) -> str:
+    body = json.loads(manifest)
+    del body["spec"]["displayName"]
+    return json.dumps(body)
+
+
 def test_nobody_makes_themselves_an_owner(
     cluster: ClusterHandle,
     namespace: str,
@@ -700,3 +706,35 @@ def test_owners_are_named_only_to_who_may_read_the_account(
     )
     assert "alice" not in result.stderr
     assert "team-a" not in result.stderr
+
+
+def test_display_name_is_optional_and_listings_show_the_name(
+    cluster: ClusterHandle,
+    namespace: str,
+    policy_operator: OperatorProcess,
+    team: dict[str, Person],
+) -> None:
+    allowed(team["admin"].apply(account(), namespace))
+    allowed(team["alice"].apply(_without_display_name(credential_manifest("ci")), namespace))
+    allowed(team["alice"].apply(credential_manifest("named", displayName="Nightly CI"), namespace))
+    allowed(team["alice"].apply(_without_display_name(trust("gh")), namespace))
+
+    def listed(kind: str) -> dict[str, str]:
+        lines = cluster.kubectl("get", kind, "-n", namespace).stdout.splitlines()
+        start = lines[0].index("DISPLAY NAME")
+        return {line.split()[0]: line[start:].split("  ")[0].strip() for line in lines[1:]}
+
+    wait_for(
+        lambda: listed("iamcred") == {"ci": "ci", "named": "Nightly CI"},
+        what="kubectl get iamcred to show each credential's display name",
+    )
+    wait_for(
+        lambda: listed("iamtrust") == {"gh": "gh"},
+        what="kubectl get iamtrust to show the trust's name as its display name",
+    )
+    allowed(team["alice"]("patch", "iamcred", "named", "-n", namespace, "--type=json",
+                          "-p", '[{"op":"remove","path":"/spec/displayName"}]'))  # fmt: skip
+    wait_for(
+        lambda: listed("iamcred") == {"ci": "ci", "named": "named"},
+        what="a removed display name to give way to the name",
+    )

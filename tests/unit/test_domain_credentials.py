@@ -32,6 +32,7 @@ from kubeiam.domain.credentials import (
     Wait,
     active_status,
     decide,
+    display_name,
     effective_roles,
     ended_status,
     expiring_soon,
@@ -885,3 +886,8 @@ def test_a_refused_secret_is_explained_by_name_status_and_retry() -> None:
     assert "ResourceQuota" in message
     assert "every 10s" in message
     assert "nothing was issued" in message
+
+
+def test_the_display_name_is_the_spec_s_or_else_the_object_s_name() -> None:
+    assert display_name({"displayName": "Nightly CI"}, "ci") == "Nightly CI"
+    assert display_name({}, "ci") == "ci"

@@ -306,8 +306,12 @@ class ServiceAccountCredentialSpec(ApiModel):
             " Required; immutable."
         )
     )
-    display_name: DisplayName = Field(
-        description="A name for people, shown in listings and audit logs; 1 to 255 characters."
+    display_name: DisplayName | None = Field(
+        default=None,
+        description=(
+            "A name for people, shown in listings and audit logs; 1 to 255 characters. Optional:"
+            " unset, listings show the credential's name."
+        ),
     )
     description: Description | None = Field(
         default=None,
@@ -446,6 +450,11 @@ class ServiceAccountCredentialStatus(ObjectStatus):
             " spec.expiresIn or the organisation's default, and never changed."
         ),
     )
+    display_name: str | None = Field(
+        default=None,
+        max_length=255,
+        description="What listings show: spec.displayName, or the object's name when unset.",
+    )
     effective_roles: Annotated[list[str], Field(max_length=64)] | None = Field(
         default=None,
         description=(
@@ -511,6 +520,12 @@ class ServiceAccountCredential(Resource):
         plural="serviceaccountcredentials",
         short_names=("iamcred",),
         printer_columns=(
+            PrinterColumn(
+                name="Display Name",
+                json_path=".status.displayName",
+                type="string",
+                description="spec.displayName, or the object's name when that is unset.",
+            ),
             PrinterColumn(
                 name="Account",
                 json_path=".spec.serviceAccountName",

@@ -240,6 +240,11 @@ def effective_roles(account_roles: Sequence[str], scoped_roles: Sequence[str] | 
     return sorted(set(account_roles) & set(scoped_roles))
 
 
+def display_name(spec: Mapping[str, Any], name: str) -> str:
+    """What listings show for a credential or trust: spec.displayName, or else its name."""
+    return str(spec.get("displayName") or name)
+
+
 # -- statuses ------------------------------------------------------------------------------
 
 
