@@ -267,8 +267,11 @@ def test_only_owners_or_managers_may_touch_an_accounts_credentials(
     wait_state(cluster, namespace, "ci", "Revoked")
 
     # The creator cannot be rewritten, by anyone.
-    allowed(team["admin"]("annotate", "iamcred", "deploy", "-n", namespace,
-                          "iam.kubeiam.io/created-by=mallory", "--overwrite"))  # fmt: skip
+    refused(
+        team["admin"]("annotate", "iamcred", "deploy", "-n", namespace,
+                      "iam.kubeiam.io/created-by=mallory", "--overwrite"),
+        "(rule: created-by)",
+    )  # fmt: skip
     stamped = cluster.get("iamcred", "deploy", namespace)
     assert stamped is not None
     assert stamped["metadata"]["annotations"]["iam.kubeiam.io/created-by"] == "dave"
@@ -285,8 +288,10 @@ def test_granting_a_role_needs_bind_on_it(
     policy_operator: OperatorProcess,
     team: dict[str, Person],
 ) -> None:
-    # erin administers the namespace (RBAC lets her create accounts) but holds no role.
-    result = team["erin"].apply(account("reports", roles=("storage.reader",)), namespace)
+    # erin administers the namespace (RBAC lets her create accounts) but holds no role. She
+    # lists herself as an owner, or only the other owners could change the account later.
+    reports = {"owners": [{"kind": "User", "name": "erin"}]}
+    result = team["erin"].apply(account("reports", roles=("storage.reader",), **reports), namespace)
     refused(
         result,
         'admission webhook "accounts.iam.kubeiam.io" denied the request',
@@ -296,7 +301,9 @@ def test_granting_a_role_needs_bind_on_it(
     )
     grant_role(cluster, namespace, "storage.reader", "--user=erin")
     allowed(
-        team["erin"].apply_once_allowed(account("reports", roles=("storage.reader",)), namespace)
+        team["erin"].apply_once_allowed(
+            account("reports", roles=("storage.reader",), **reports), namespace
+        )
     )
     body = wait_for(
         lambda: (
@@ -308,11 +315,11 @@ def test_granting_a_role_needs_bind_on_it(
     # Adding a role she does not hold is refused; removing one needs nothing.
     refused(
         team["erin"].apply(
-            account("reports", roles=("storage.reader", "storage.admin")), namespace
+            account("reports", roles=("storage.reader", "storage.admin"), **reports), namespace
         ),
         "granting 'storage.admin'",
     )
-    allowed(team["erin"].apply(account("reports", roles=()), namespace))
+    allowed(team["erin"].apply(account("reports", roles=(), **reports), namespace))
 
     # Credentials narrow with scopedRoles, and naming a role there needs bind too.
     allowed(team["admin"].apply(account(roles=("compute.deployer", "storage.reader")), namespace))
@@ -468,3 +475,266 @@ def test_a_paused_replica_answers_admission(
         older.stop()
         newer.stop()
         policy_operator.start()
+
+
+# -- issue 15: the sequences an attacker composes ------------------------------------------------
+
+
+def _patch(person: Person, kind: str, name: str, namespace: str, ops: list[Any]) -> Any:
+    return person("patch", kind, name, "-n", namespace, "--type=json", "-p", json.dumps(ops))
+
+
+def _without_display_name(manifest: str) -> str:
+    body = json.loads(manifest)
+    del body["spec"]["displayName"]
+    return json.dumps(body)
+
+
+def test_nobody_makes_themselves_an_owner(
+    cluster: ClusterHandle,
+    namespace: str,
+    policy_operator: OperatorProcess,
+    team: dict[str, Person],
+) -> None:
+    """erin administers the namespace (RBAC lets her patch and delete accounts) but neither
+    owns the account nor may bind its role: adding herself to its owners, to then create a
+    credential with that role, is refused at the first step; so is deleting the account."""
+    allowed(team["admin"].apply(account(roles=("compute.deployer",)), namespace))
+    add_erin = [{"op": "add", "path": "/spec/owners/-", "value": {"kind": "User", "name": "erin"}}]
+    refused(
+        _patch(team["erin"], "iamsa", "pipeline", namespace, add_erin),
+        'admission webhook "accounts.iam.kubeiam.io" denied the request',
+        "erin may not change ServiceAccount 'pipeline': only its owners (User alice, Group"
+        " team-a) or whoever holds the RBAC verb 'manage' on serviceaccounts.iam.kubeiam.io"
+        f" 'pipeline' in namespace '{namespace}' may (rule: owners)",
+    )
+    refused(team["erin"].apply(credential_manifest("erins"), namespace), "(rule: owners)")
+    refused(
+        team["erin"]("delete", "iamsa", "pipeline", "-n", namespace),
+        "erin may not delete ServiceAccount 'pipeline'",
+    )
+    body = cluster.get("iamsa", "pipeline", namespace)
+    assert body is not None
+    assert body["metadata"].get("deletionTimestamp") is None
+    assert {"kind": "User", "name": "erin"} not in body["spec"]["owners"]
+
+    # An owner whom RBAC lets patch accounts changes it (owners included) and deletes it; the
+    # garbage collector still removes its credentials, and the namespace controller the rest.
+    bind(cluster, namespace, "team-a-admins", "admin", "--group=team-a")
+    can_i = ["auth", "can-i", "patch", "serviceaccounts.iam.kubeiam.io", "-n", namespace]
+    wait_for(lambda: team["dave"](*can_i).returncode == 0, what="RBAC to let dave patch accounts")
+    allowed(team["alice"].apply(credential_manifest("ci"), namespace))
+    wait_state(cluster, namespace, "ci", "Active")
+    add_carol = [
+        {"op": "add", "path": "/spec/owners/-", "value": {"kind": "User", "name": "carol"}}
+    ]
+    allowed(_patch(team["dave"], "iamsa", "pipeline", namespace, add_carol))
+    allowed(team["admin"].apply(account("other"), namespace))
+    allowed(team["dave"]("delete", "iamsa", "pipeline", "-n", namespace, "--wait=false"))
+    wait_for(
+        lambda: cluster.get("iamcred", "ci", namespace) is None,
+        what="the garbage collector to delete the account's credential",
+    )
+    cluster.kubectl("delete", "namespace", namespace, "--wait=false")
+    wait_for(
+        lambda: cluster.kubectl("get", "namespace", namespace, check=False).returncode != 0,
+        what="the namespace controller to delete the namespace and its account",
+    )
+
+
+def test_an_empty_scoped_roles_grants_no_role(
+    cluster: ClusterHandle,
+    namespace: str,
+    policy_operator: OperatorProcess,
+    team: dict[str, Person],
+) -> None:
+    allowed(team["admin"].apply(account(roles=("compute.deployer", "storage.reader")), namespace))
+    allowed(team["alice"].apply(credential_manifest("none", scopedRoles=[]), namespace))
+    body = wait_state(cluster, namespace, "none", "Active")
+    assert body["status"]["effectiveRoles"] == []
+    with_trust = json.loads(trust("gh"))
+    with_trust["spec"]["scopedRoles"] = []
+    allowed(team["alice"].apply(json.dumps(with_trust), namespace))
+
+    def trust_roles() -> tuple[list[str]] | None:
+        status = (cluster.get("iamtrust", "gh", namespace) or {}).get("status") or {}
+        return (status["effectiveRoles"],) if "effectiveRoles" in status else None
+
+    assert wait_for(trust_roles, what="the trust's effectiveRoles") == ([],)
+
+
+def test_removing_or_widening_scoped_roles_needs_bind_on_what_it_adds_back(
+    cluster: ClusterHandle,
+    namespace: str,
+    policy_operator: OperatorProcess,
+    team: dict[str, Person],
+) -> None:
+    """alice owns the account and may bind compute.deployer only: a credential or trust she
+    narrowed cannot be widened back to the account's other role by dropping scopedRoles."""
+    allowed(team["admin"].apply(account(roles=("compute.deployer", "storage.reader")), namespace))
+    grant_role(cluster, namespace, "compute.deployer", "--user=alice")
+    narrow = credential_manifest("narrow", scopedRoles=["compute.deployer"])
+    allowed(team["alice"].apply_once_allowed(narrow, namespace))
+    wait_state(cluster, namespace, "narrow", "Active")
+    drop = [{"op": "remove", "path": "/spec/scopedRoles"}]
+    refused(
+        _patch(team["alice"], "iamcred", "narrow", namespace, drop),
+        "spec.scopedRoles: alice may grant only roles they hold: granting 'storage.reader'"
+        " needs the RBAC verb 'bind'",
+        "(rule: scope-down)",
+    )
+    # Narrowing to nothing needs nothing; widening from nothing to what she holds is fine.
+    allowed(
+        _patch(team["alice"], "iamcred", "narrow", namespace,
+               [{"op": "replace", "path": "/spec/scopedRoles", "value": []}])
+    )  # fmt: skip
+    refused(_patch(team["alice"], "iamcred", "narrow", namespace, drop), "'storage.reader'")
+    body = cluster.get("iamcred", "narrow", namespace)
+    assert body is not None
+    assert body["spec"]["scopedRoles"] == []
+
+    with_trust = json.loads(trust("gh"))
+    with_trust["spec"]["scopedRoles"] = ["compute.deployer"]
+    allowed(team["alice"].apply(json.dumps(with_trust), namespace))
+    refused(
+        _patch(team["alice"], "iamtrust", "gh", namespace, drop),
+        'admission webhook "trusts.iam.kubeiam.io" denied the request',
+        "granting 'storage.reader'",
+    )
+    # Whoever may bind every role the account holds may drop the narrowing.
+    grant_role(cluster, namespace, "storage.reader", "--user=alice")
+    wait_for(
+        lambda: _patch(team["alice"], "iamtrust", "gh", namespace, drop).returncode == 0,
+        what="the webhook to let alice widen once she may bind storage.reader",
+    )
+
+
+def test_a_kube_system_identity_is_judged_like_anyone_else(
+    cluster: ClusterHandle,
+    namespace: str,
+    policy_operator: OperatorProcess,
+    team: dict[str, Person],
+) -> None:
+    """A ServiceAccount in kube-system that is neither the garbage collector nor the namespace
+    controller, given edit in the namespace, owns nothing and may not forge who created what."""
+    bot = "system:serviceaccount:kube-system:mallory"
+    bind(cluster, namespace, "mallory-edits", "edit", "--serviceaccount=kube-system:mallory")
+    as_bot = Person(cluster, f"--as={bot}")
+    allowed(team["admin"].apply(account(), namespace))
+    allowed(team["alice"].apply(credential_manifest("ci"), namespace))
+    refused(
+        as_bot.apply(credential_manifest("bots"), namespace),
+        f"{bot} may not create credentials of ServiceAccount 'pipeline'",
+        "(rule: owners)",
+    )
+    forged = json.loads(credential_manifest("bots"))
+    forged["metadata"]["annotations"] = {"iam.kubeiam.io/created-by": "alice"}
+    refused(as_bot.apply(json.dumps(forged), namespace), "(rule: created-by)")
+    refused(
+        as_bot("patch", "iamcred", "ci", "-n", namespace, "--type=merge",
+               "-p", '{"spec":{"revoked":true}}'),
+        f"{bot} may not change credentials",
+    )  # fmt: skip
+    assert cluster.get("iamcred", "bots", namespace) is None
+
+
+def test_a_forged_creator_is_refused(
+    cluster: ClusterHandle,
+    namespace: str,
+    policy_operator: OperatorProcess,
+    team: dict[str, Person],
+) -> None:
+    allowed(team["admin"].apply(account(), namespace))
+    forged = json.loads(credential_manifest("ci"))
+    forged["metadata"]["annotations"] = {"iam.kubeiam.io/created-by": "bob"}
+    refused(
+        team["alice"].apply(json.dumps(forged), namespace),
+        'admission webhook "credentials.iam.kubeiam.io" denied the request',
+        "metadata.annotations[iam.kubeiam.io/created-by]: kube-iam records here who created the"
+        " object; alice may not set it to 'bob'",
+        "(rule: created-by)",
+    )
+    # Stating one's own name is no forgery; leaving it out is the usual way.
+    honest = json.loads(credential_manifest("ci"))
+    honest["metadata"]["annotations"] = {"iam.kubeiam.io/created-by": "alice"}
+    allowed(team["alice"].apply(json.dumps(honest), namespace))
+    refused(
+        team["admin"]("annotate", "iamcred", "ci", "-n", namespace,
+                      "iam.kubeiam.io/created-by=mallory", "--overwrite"),
+        "may not change it from 'alice' to 'mallory'",
+        "(rule: created-by)",
+    )  # fmt: skip
+    # A GitOps apply that omits it keeps it.
+    allowed(team["alice"]("annotate", "iamcred", "ci", "-n", namespace, "tier=ci"))
+    allowed(
+        team["alice"]("annotate", "iamcred", "ci", "-n", namespace, "iam.kubeiam.io/created-by-")
+    )
+    body = wait_state(cluster, namespace, "ci", "Active")
+    assert body["metadata"]["annotations"]["iam.kubeiam.io/created-by"] == "alice"
+    assert body["status"]["createdBy"] == "alice"
+
+
+def test_owners_are_named_only_to_who_may_read_the_account(
+    cluster: ClusterHandle,
+    namespace: str,
+    policy_operator: OperatorProcess,
+    team: dict[str, Person],
+) -> None:
+    """frank may create credentials in the namespace but not read its accounts: a refusal
+    tells him the rule, not who the owners are."""
+    role = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": {"name": "request-credentials", "namespace": namespace},
+        "rules": [
+            {
+                "apiGroups": ["iam.kubeiam.io"],
+                "resources": ["serviceaccountcredentials"],
+                "verbs": ["get", "create", "patch"],
+            }
+        ],
+    }
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(role))
+    bind(cluster, namespace, "frank-requests", "role:request-credentials", "--user=frank")
+    allowed(team["admin"].apply(account(), namespace))
+    result = Person(cluster, "--as=frank").apply(credential_manifest("franks"), namespace)
+    refused(
+        result,
+        "frank may not create credentials of ServiceAccount 'pipeline': only its owners or"
+        " whoever holds the RBAC verb 'manage' on serviceaccounts.iam.kubeiam.io 'pipeline'"
+        f" in namespace '{namespace}' may (rule: owners)",
+    )
+    assert "alice" not in result.stderr
+    assert "team-a" not in result.stderr
+
+
+def test_display_name_is_optional_and_listings_show_the_name(
+    cluster: ClusterHandle,
+    namespace: str,
+    policy_operator: OperatorProcess,
+    team: dict[str, Person],
+) -> None:
+    allowed(team["admin"].apply(account(), namespace))
+    allowed(team["alice"].apply(_without_display_name(credential_manifest("ci")), namespace))
+    allowed(team["alice"].apply(credential_manifest("named", displayName="Nightly CI"), namespace))
+    allowed(team["alice"].apply(_without_display_name(trust("gh")), namespace))
+
+    def listed(kind: str) -> dict[str, str]:
+        lines = cluster.kubectl("get", kind, "-n", namespace).stdout.splitlines()
+        start = lines[0].index("DISPLAY NAME")
+        return {line.split()[0]: line[start:].split("  ")[0].strip() for line in lines[1:]}
+
+    wait_for(
+        lambda: listed("iamcred") == {"ci": "ci", "named": "Nightly CI"},
+        what="kubectl get iamcred to show each credential's display name",
+    )
+    wait_for(
+        lambda: listed("iamtrust") == {"gh": "gh"},
+        what="kubectl get iamtrust to show the trust's name as its display name",
+    )
+    allowed(team["alice"]("patch", "iamcred", "named", "-n", namespace, "--type=json",
+                          "-p", '[{"op":"remove","path":"/spec/displayName"}]'))  # fmt: skip
+    wait_for(
+        lambda: listed("iamcred") == {"ci": "ci", "named": "named"},
+        what="a removed display name to give way to the name",
+    )

@@ -152,8 +152,8 @@ REFUSALS = [
     refused("credential-account-name-uppercase",
             credential({"spec.serviceAccountName": "Pipeline"}),
             "spec.serviceAccountName"),
-    refused("credential-display-name-missing", credential({"spec.displayName": REMOVE}),
-            "spec.displayName: Required value"),
+    refused("credential-display-name-empty", credential({"spec.displayName": ""}),
+            "spec.displayName"),
     refused("credential-expires-at-and-expires-in",
             credential({"spec.expiresAt": "2030-01-01T00:00:00Z"}),
             "spec.expiresAt and spec.expiresIn are mutually exclusive"),
@@ -320,6 +320,7 @@ ACCEPTANCES = [
                          "spec.secretName": "ci-client", "spec.requireDpop": True,
                          "spec.secretDeletionPolicy": "Delete"})),
     accepted("credential-without-expiry", credential({"spec.expiresIn": REMOVE})),
+    accepted("credential-without-display-name", credential({"spec.displayName": REMOVE})),
     accepted("credential-template-keys-of-every-valid-shape",
              credential({"spec.secretTemplate": {
                  "labels": {"app.kubernetes.io/part-of": "ci", "Team_1.x": "a"},

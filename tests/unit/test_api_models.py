@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from kubeiam.api import (
     FederationTrust,
+    FederationTrustSpec,
     Scope,
     SecretKeys,
     ServiceAccount,
@@ -240,9 +241,13 @@ def test_the_crds_name_group_version_and_kinds() -> None:
         "ServiceAccountCredential": (
             "serviceaccountcredentials",
             "iamcred",
-            ["Account", "State", "Expires", "Secret", "Ready", "Age"],
+            ["Display Name", "Account", "State", "Expires", "Secret", "Ready", "Age"],
         ),
-        "FederationTrust": ("federationtrusts", "iamtrust", ["Account", "Issuer", "Ready", "Age"]),
+        "FederationTrust": (
+            "federationtrusts",
+            "iamtrust",
+            ["Display Name", "Account", "Issuer", "Ready", "Age"],
+        ),
     }
     for kind, (plural, short_name, columns) in expected.items():
         spec = documents[kind]["spec"]
@@ -355,6 +360,25 @@ def test_invalid_credential_specs_are_refused(changes: Schema) -> None:
     spec = {"serviceAccountName": "pipeline", "displayName": "CI", **changes}
     with pytest.raises(ValidationError):
         ServiceAccountCredentialSpec.model_validate(spec)
+
+
+def test_display_name_of_credentials_and_trusts_is_optional() -> None:
+    """As in the seeds' create APIs; unset, status.displayName is the object's name."""
+    assert ServiceAccountCredentialSpec.model_validate({"serviceAccountName": "pipeline"})
+    trust = {
+        "serviceAccountName": "pipeline",
+        "issuer": "https://token.actions.githubusercontent.com",
+        "audiences": ["https://github.com/acme"],
+        "condition": "claims.repository == 'acme/shop'",
+    }
+    assert FederationTrustSpec.model_validate(trust)
+    with pytest.raises(ValidationError):
+        ServiceAccountCredentialSpec.model_validate(
+            {"serviceAccountName": "pipeline", "displayName": ""}
+        )
+    for model in (ServiceAccountCredential, FederationTrust):
+        columns = {c.name: c.json_path for c in model.names.printer_columns}
+        assert columns["Display Name"] == ".status.displayName"
 
 
 def test_secret_keys_default_where_not_given() -> None:

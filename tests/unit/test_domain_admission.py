@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from kubeiam.domain import admission as rules
 from kubeiam.domain.admission import (
@@ -17,11 +20,19 @@ from kubeiam.domain.admission import (
     Requester,
     Rule,
 )
+from kubeiam.domain.credentials import effective_roles
 
 ALICE = Requester("alice", groups=("system:authenticated",))
 BOB = Requester("bob", groups=("team-b", "system:authenticated"))
 ACCOUNT = AccountFacts("pipeline", owners=(Owner("User", "alice"), Owner("Group", "team-a")))
 CATALOGUE = Policy(role_catalogue=frozenset({"compute.deployer", "storage.reader"}))
+
+
+def _stamps(operation: Operation, requester: Requester) -> dict[str, str | None]:
+    """The created-by annotation as the mutating webhook leaves it."""
+    if operation == Operation.CREATE:
+        return {"new_creator": requester.username}
+    return {"new_creator": "alice", "old_creator": "alice"}
 
 
 def credential(
@@ -39,6 +50,7 @@ def credential(
         requester,
         new_spec=None if operation == Operation.DELETE else {**base, **(new or {})},
         old_spec=None if operation == Operation.CREATE else {**base, **(old or {})},
+        **_stamps(operation, requester),
     )
 
 
@@ -46,16 +58,22 @@ def account(
     operation: Operation = Operation.CREATE,
     new: dict[str, Any] | None = None,
     old: dict[str, Any] | None = None,
+    requester: Requester = ALICE,
 ) -> Request:
-    base = {"displayName": "Pipeline", "scope": "organization"}
+    base = {
+        "displayName": "Pipeline",
+        "scope": "organization",
+        "owners": [{"kind": "User", "name": "alice"}, {"kind": "Group", "name": "team-a"}],
+    }
     return Request(
         Kind.ACCOUNT,
         operation,
         "team-a",
         "pipeline",
-        ALICE,
-        new_spec={**base, **(new or {})},
+        requester,
+        new_spec=None if operation == Operation.DELETE else {**base, **(new or {})},
         old_spec=None if operation == Operation.CREATE else {**base, **(old or {})},
+        **_stamps(operation, requester),
     )
 
 
@@ -141,6 +159,70 @@ def test_only_added_scoped_roles_need_bind() -> None:
     assert rules.granted_roles(request) == ("storage.reader",)
 
 
+ACCOUNT_ROLES = ("compute.deployer", "storage.reader", "storage.admin")
+
+
+def test_an_empty_scoped_roles_grants_nothing_and_needs_no_bind() -> None:
+    assert rules.granted_roles(credential(new={"scopedRoles": []}), ACCOUNT_ROLES) == ()
+    narrowed = credential(Operation.UPDATE, new={"scopedRoles": []}, old={})
+    assert rules.granted_roles(narrowed, ACCOUNT_ROLES) == ()
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "granted"),
+    [
+        (["compute.deployer"], None, ("storage.reader", "storage.admin")),
+        ([], None, ACCOUNT_ROLES),
+        (None, [], ()),
+        (None, ["compute.deployer"], ()),
+        ([], ["storage.reader"], ("storage.reader",)),
+        (None, ["not.held"], ("not.held",)),
+    ],
+    ids=["removed", "removed from empty", "emptied", "narrowed", "widened", "unheld named"],
+)
+def test_an_update_needs_bind_on_what_its_effective_grant_adds(
+    old: list[str] | None, new: list[str] | None, granted: tuple[str, ...]
+) -> None:
+    request = credential(
+        Operation.UPDATE,
+        new={} if new is None else {"scopedRoles": new},
+        old={} if old is None else {"scopedRoles": old},
+    )
+    assert rules.granted_roles(request, ACCOUNT_ROLES) == granted
+
+
+SLUGS = st.lists(st.sampled_from(["a.read", "a.write", "b.admin", "c.audit"]), max_size=4)
+
+
+@given(account_roles=SLUGS, old=st.none() | SLUGS, new=st.none() | SLUGS)
+def test_whatever_an_update_adds_to_the_effective_grant_needs_bind(
+    account_roles: list[str], old: list[str] | None, new: list[str] | None
+) -> None:
+    """No update of scopedRoles widens the roles tokens carry without `bind` on each."""
+    request = credential(
+        Operation.UPDATE,
+        new={} if new is None else {"scopedRoles": new},
+        old={} if old is None else {"scopedRoles": old},
+    )
+    added = set(effective_roles(account_roles, new)) - set(effective_roles(account_roles, old))
+    assert added <= set(rules.granted_roles(request, account_roles))
+
+
+def test_removing_scoped_roles_is_refused_on_the_field_itself() -> None:
+    request = credential(Operation.UPDATE, new={}, old={"scopedRoles": ["compute.deployer"]})
+    refusal = rules.scope_down_refusal(request, {"storage.reader": True}, ACCOUNT_ROLES)
+    assert refusal is not None
+    assert refusal.field == "spec.scopedRoles"
+    assert "granting 'storage.admin' needs the RBAC verb 'bind'" in refusal.message
+    assert "unset spec.scopedRoles means all of the account's roles" in refusal.message
+    assert (
+        rules.scope_down_refusal(
+            request, {"storage.reader": True, "storage.admin": True}, ACCOUNT_ROLES
+        )
+        is None
+    )
+
+
 # -- owners --------------------------------------------------------------------------------------
 
 
@@ -192,8 +274,53 @@ def test_what_is_left_of_a_deleted_account_may_be_deleted() -> None:
     assert rules.owner_refusal(changed, None, may_manage=False) is not None
 
 
-def test_accounts_answer_to_rbac_not_to_owners() -> None:
-    assert not rules.needs_owner(account(Operation.UPDATE, new={"displayName": "x"}))
+def test_creating_an_account_answers_to_rbac_not_to_owners() -> None:
+    assert not rules.needs_owner(account())
+    assert rules.owner_refusal(account(requester=BOB), None, may_manage=False) is None
+
+
+@pytest.mark.parametrize("operation", [Operation.UPDATE, Operation.DELETE])
+def test_changing_or_deleting_an_account_needs_one_of_its_owners(operation: Operation) -> None:
+    request = account(operation, new={"displayName": "x"}, requester=BOB)
+    assert rules.needs_owner(request)
+    refusal = rules.decide(request, None, may_manage=False, may_bind={})
+    assert refusal is not None
+    assert refusal.rule == Rule.OWNERS
+    verb = "change" if operation == Operation.UPDATE else "delete"
+    assert refusal.message.startswith(
+        f"bob may not {verb} ServiceAccount 'pipeline': only its owners (User alice,"
+        " Group team-a) or whoever holds the RBAC verb 'manage' on"
+    )
+    assert rules.decide(request, None, may_manage=True, may_bind={}) is None
+    owner = account(operation, new={"displayName": "x"}, requester=ALICE)
+    assert rules.decide(owner, None, may_manage=False, may_bind={}) is None
+
+
+def test_nobody_makes_themselves_an_owner() -> None:
+    """The owners judged are the account's before the change, not the ones it asks for."""
+    erin = Requester("erin")
+    request = account(
+        Operation.UPDATE,
+        new={"owners": [{"kind": "User", "name": "alice"}, {"kind": "User", "name": "erin"}]},
+        requester=erin,
+    )
+    refusal = rules.decide(request, None, may_manage=False, may_bind={})
+    assert refusal is not None
+    assert refusal.rule == Rule.OWNERS
+
+
+def test_a_metadata_only_update_of_an_account_needs_no_owner() -> None:
+    assert not rules.needs_owner(account(Operation.UPDATE, requester=BOB))
+
+
+def test_owners_are_not_listed_to_who_may_not_read_the_account() -> None:
+    refusal = rules.owner_refusal(
+        credential(requester=BOB), ACCOUNT, may_manage=False, show_owners=False
+    )
+    assert refusal is not None
+    assert "alice" not in refusal.message
+    assert "team-a'" in refusal.message  # the namespace, not the group
+    assert "only its owners or whoever holds the RBAC verb 'manage'" in refusal.message
 
 
 # -- account-exists ------------------------------------------------------------------------------
@@ -234,8 +361,12 @@ def test_decide_reports_the_account_before_ownership_and_roles() -> None:
 
 def test_checks_plan_the_lookups_only_where_needed() -> None:
     planned = rules.checks(credential(new={"scopedRoles": ["compute.deployer"]}), CATALOGUE)
-    assert planned == rules.Checks(account="pipeline", bind_roles=("compute.deployer",))
+    assert planned == rules.Checks(account="pipeline")
     assert rules.checks(credential(Operation.UPDATE), CATALOGUE) == rules.Checks()
+    # An account's own owners come with the request: nothing to read.
+    assert rules.checks(account(Operation.UPDATE, new={"displayName": "x"}), CATALOGUE) == (
+        rules.Checks()
+    )
     refused = rules.checks(account(new={"roles": ["nope.role"]}), CATALOGUE)
     assert isinstance(refused, rules.Refusal)
     assert refused.rule == Rule.ROLE_CATALOGUE
@@ -250,20 +381,52 @@ def test_scoped_roles_the_account_lacks_give_a_warning() -> None:
 # -- createdBy -----------------------------------------------------------------------------------
 
 
-def test_the_creator_is_stamped_whatever_the_manifest_says() -> None:
-    forged = {rules.CREATED_BY_ANNOTATION: "mallory"}
-    assert rules.stamped_annotation(Operation.CREATE, ALICE, forged, None) == (True, "alice")
+def test_the_creator_is_stamped_when_the_manifest_leaves_it_out() -> None:
     assert rules.stamped_annotation(Operation.CREATE, ALICE, None, None) == (True, "alice")
+    # A value the manifest gives is left for the validating webhook to judge, not rewritten.
+    forged = {rules.CREATED_BY_ANNOTATION: "mallory"}
+    assert rules.stamped_annotation(Operation.CREATE, ALICE, forged, None) == (False, None)
 
 
-def test_the_stamp_cannot_be_changed_or_dropped_later() -> None:
+def test_a_dropped_stamp_is_put_back() -> None:
     old = {rules.CREATED_BY_ANNOTATION: "alice"}
     assert rules.stamped_annotation(Operation.UPDATE, BOB, {}, old) == (True, "alice")
+    assert rules.stamped_annotation(Operation.UPDATE, BOB, old, old) == (False, None)
     forged = {rules.CREATED_BY_ANNOTATION: "bob"}
-    assert rules.stamped_annotation(Operation.UPDATE, BOB, forged, old) == (True, "alice")
-    assert rules.stamped_annotation(Operation.UPDATE, BOB, old, old) == (False, "alice")
-    # An object created before the webhook existed cannot be given a creator afterwards.
-    assert rules.stamped_annotation(Operation.UPDATE, BOB, forged, {}) == (True, None)
+    assert rules.stamped_annotation(Operation.UPDATE, BOB, forged, old) == (False, None)
+
+
+def creator_request(
+    operation: Operation, requester: Requester, new: str | None, old: str | None = None
+) -> Request:
+    return dataclasses.replace(credential(operation, requester), new_creator=new, old_creator=old)
+
+
+def test_a_forged_creator_is_refused() -> None:
+    refusal = rules.creator_refusal(creator_request(Operation.CREATE, ALICE, "bob"))
+    assert refusal is not None
+    assert str(refusal) == (
+        "metadata.annotations[iam.kubeiam.io/created-by]: kube-iam records here who created the"
+        " object; alice may not set it to 'bob': leave it out, kube-iam writes it"
+        " (rule: created-by)"
+    )
+    assert rules.creator_refusal(creator_request(Operation.CREATE, ALICE, "alice")) is None
+    # Only the admission stamp could have been missing; the mutating webhook adds it.
+    assert rules.creator_refusal(creator_request(Operation.CREATE, ALICE, None)) is not None
+
+
+def test_a_recorded_creator_cannot_be_changed_or_removed() -> None:
+    changed = rules.creator_refusal(creator_request(Operation.UPDATE, BOB, "bob", "alice"))
+    assert changed is not None
+    assert "bob may not change it from 'alice' to 'bob'" in changed.message
+    # Not even to the requester's own name.
+    assert rules.creator_refusal(creator_request(Operation.UPDATE, ALICE, "alice", "bob"))
+    assert rules.creator_refusal(creator_request(Operation.UPDATE, BOB, None, "alice"))
+    assert rules.creator_refusal(creator_request(Operation.UPDATE, BOB, "alice", "alice")) is None
+    # An object created before the webhook existed is not given a creator afterwards.
+    assert rules.creator_refusal(creator_request(Operation.UPDATE, BOB, "bob", None))
+    assert rules.creator_refusal(creator_request(Operation.UPDATE, BOB, None, None)) is None
+    assert rules.creator_refusal(creator_request(Operation.DELETE, BOB, None, "alice")) is None
 
 
 def test_created_by_is_recorded_once() -> None:

@@ -32,6 +32,7 @@ from kubeiam.domain.credentials import (
     Wait,
     active_status,
     decide,
+    display_name,
     effective_roles,
     ended_status,
     expiring_soon,
@@ -390,15 +391,18 @@ def test_a_refused_expiry_resolves_to_none(request_: dict[str, Any]) -> None:
 # -- effective_roles -----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("scoped", [None, []])
-def test_without_scoped_roles_the_account_roles_apply_sorted_once(
-    scoped: list[str] | None,
-) -> None:
-    assert effective_roles(["write", "read", "admin", "read"], scoped) == [
+def test_without_scoped_roles_the_account_roles_apply_sorted_once() -> None:
+    assert effective_roles(["write", "read", "admin", "read"], None) == [
         "admin",
         "read",
         "write",
     ]
+
+
+def test_an_empty_scoped_roles_grants_no_role() -> None:
+    """Set means "only these", so an empty list means none (it once meant "unset": all)."""
+    assert effective_roles(["write", "read", "admin"], []) == []
+    assert effective_roles(["write", "read", "admin"], ()) == []
 
 
 def test_scoped_roles_narrow_to_the_intersection() -> None:
@@ -413,17 +417,17 @@ def test_scoped_roles_the_account_lacks_are_dropped() -> None:
 ROLES = st.lists(st.sampled_from(["admin", "deploy", "read", "write", "audit"]), max_size=8)
 
 
-@given(account_roles=ROLES, scoped=ROLES)
+@given(account_roles=ROLES, scoped=st.none() | ROLES)
 def test_effective_roles_never_exceed_the_account_nor_the_scope(
-    account_roles: list[str], scoped: list[str]
+    account_roles: list[str], scoped: list[str] | None
 ) -> None:
     result = effective_roles(account_roles, scoped)
     assert result == sorted(set(result))
     assert set(result) <= set(account_roles)
-    if scoped:
-        assert set(result) <= set(scoped)
-    else:
+    if scoped is None:
         assert set(result) == set(account_roles)
+    else:
+        assert set(result) == set(account_roles) & set(scoped)
 
 
 # -- statuses ------------------------------------------------------------------------------
@@ -882,3 +886,8 @@ def test_a_refused_secret_is_explained_by_name_status_and_retry() -> None:
     assert "ResourceQuota" in message
     assert "every 10s" in message
     assert "nothing was issued" in message
+
+
+def test_the_display_name_is_the_spec_s_or_else_the_object_s_name() -> None:
+    assert display_name({"displayName": "Nightly CI"}, "ci") == "Nightly CI"
+    assert display_name({}, "ci") == "ci"

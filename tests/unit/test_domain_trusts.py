@@ -95,6 +95,10 @@ def test_effective_roles_are_the_accounts_narrowed_by_scoped_roles() -> None:
         desired_status(facts(account_roles=None), now=NOW, recheck_after=HOUR)["effectiveRoles"]
         == []
     )
+    # Set means "only these": an empty list grants none of the account's roles.
+    assert (
+        desired_status(facts(scoped_roles=()), now=NOW, recheck_after=HOUR)["effectiveRoles"] == []
+    )
 
 
 def test_a_recheck_that_finds_the_same_keys_costs_no_write_until_the_recorded_time_is_old() -> None:

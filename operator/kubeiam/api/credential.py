@@ -306,8 +306,12 @@ class ServiceAccountCredentialSpec(ApiModel):
             " Required; immutable."
         )
     )
-    display_name: DisplayName = Field(
-        description="A name for people, shown in listings and audit logs; 1 to 255 characters."
+    display_name: DisplayName | None = Field(
+        default=None,
+        description=(
+            "A name for people, shown in listings and audit logs; 1 to 255 characters. Optional:"
+            " unset, listings show the credential's name."
+        ),
     )
     description: Description | None = Field(
         default=None,
@@ -356,8 +360,9 @@ class ServiceAccountCredentialSpec(ApiModel):
         default=None,
         description=(
             "If set, tokens issued for this credential carry only these of the account's roles"
-            " (role slugs such as compute.deployer; at most 64). Unset: all of the account's"
-            " roles."
+            " (role slugs such as compute.deployer; at most 64); an empty list means none."
+            " Unset: all of the account's roles. Removing or widening it needs the RBAC verb"
+            " bind on each role that adds back."
         ),
     )
     require_dpop: bool = Field(
@@ -445,6 +450,11 @@ class ServiceAccountCredentialStatus(ObjectStatus):
             " spec.expiresIn or the organisation's default, and never changed."
         ),
     )
+    display_name: str | None = Field(
+        default=None,
+        max_length=255,
+        description="What listings show: spec.displayName, or the object's name when unset.",
+    )
     effective_roles: Annotated[list[str], Field(max_length=64)] | None = Field(
         default=None,
         description=(
@@ -510,6 +520,12 @@ class ServiceAccountCredential(Resource):
         plural="serviceaccountcredentials",
         short_names=("iamcred",),
         printer_columns=(
+            PrinterColumn(
+                name="Display Name",
+                json_path=".status.displayName",
+                type="string",
+                description="spec.displayName, or the object's name when that is unset.",
+            ),
             PrinterColumn(
                 name="Account",
                 json_path=".spec.serviceAccountName",

@@ -102,8 +102,12 @@ class FederationTrustSpec(ApiModel):
             " immutable."
         )
     )
-    display_name: DisplayName = Field(
-        description="A name for people, shown in listings and audit logs; 1 to 255 characters."
+    display_name: DisplayName | None = Field(
+        default=None,
+        description=(
+            "A name for people, shown in listings and audit logs; 1 to 255 characters. Optional:"
+            " unset, listings show the trust's name."
+        ),
     )
     description: Description | None = Field(
         default=None,
@@ -191,8 +195,9 @@ class FederationTrustSpec(ApiModel):
         default=None,
         description=(
             "If set, tokens issued through this trust carry only these of the account's roles"
-            " (role slugs such as compute.deployer; at most 64). Unset: all of the account's"
-            " roles."
+            " (role slugs such as compute.deployer; at most 64); an empty list means none."
+            " Unset: all of the account's roles. Removing or widening it needs the RBAC verb"
+            " bind on each role that adds back."
         ),
     )
     disabled: bool = Field(
@@ -207,6 +212,11 @@ class FederationTrustSpec(ApiModel):
 class FederationTrustStatus(ObjectStatus):
     """The trust as the operator checked it; written by the operator only."""
 
+    display_name: str | None = Field(
+        default=None,
+        max_length=255,
+        description="What listings show: spec.displayName, or the object's name when unset.",
+    )
     effective_roles: Annotated[list[str], Field(max_length=64)] | None = Field(
         default=None,
         description=(
@@ -237,6 +247,12 @@ class FederationTrust(Resource):
         plural="federationtrusts",
         short_names=("iamtrust",),
         printer_columns=(
+            PrinterColumn(
+                name="Display Name",
+                json_path=".status.displayName",
+                type="string",
+                description="spec.displayName, or the object's name when that is unset.",
+            ),
             PrinterColumn(
                 name="Account",
                 json_path=".spec.serviceAccountName",

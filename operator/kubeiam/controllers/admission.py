@@ -35,13 +35,11 @@ VALIDATE_IDS = {plural: f"validate-{plural}" for plural in KINDS}
 STAMP_IDS = {plural: f"created-by-{plural}" for plural in KINDS}
 # The kinds the garbage collector deletes with their account.
 OWNED_BY_ACCOUNT = frozenset({CREDENTIALS, TRUSTS})
-# Credentials and trusts answer to their account's owners on delete too; accounts on delete are
-# RBAC's alone.
+# Every kind answers to its account's owners on delete too (deploy/webhook.yaml registers the
+# same operations; the garbage collector and the namespace controller are exempt there).
 _Operation = Literal["CREATE", "UPDATE", "DELETE"]
 VALIDATE_OPERATIONS: dict[str, tuple[_Operation, ...]] = {
-    SERVICE_ACCOUNTS: ("CREATE", "UPDATE"),
-    CREDENTIALS: ("CREATE", "UPDATE", "DELETE"),
-    TRUSTS: ("CREATE", "UPDATE", "DELETE"),
+    plural: ("CREATE", "UPDATE", "DELETE") for plural in KINDS
 }
 
 _cache: access.AccessCache | None = None
@@ -67,6 +65,12 @@ def _spec(body: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
     return dict(body.get("spec") or {})
 
 
+def _creator(body: Mapping[str, Any] | None) -> str | None:
+    annotations = ((body or {}).get("metadata") or {}).get("annotations") or {}
+    value = annotations.get(rules.CREATED_BY_ANNOTATION)
+    return None if value is None else str(value)
+
+
 def _request(
     kind: rules.Kind,
     operation: str,
@@ -84,6 +88,8 @@ def _request(
         requester=rules.Requester.from_userinfo(userinfo),
         new_spec=_spec(new),
         old_spec=_spec(old),
+        new_creator=_creator(new),
+        old_creator=_creator(old),
     )
 
 
@@ -94,44 +100,53 @@ async def _judge(request: rules.Request, settings: Settings, warnings: list[str]
         raise kopf.AdmissionError(str(planned), code=403)
     timeout = settings.admission.timeout
     cache = _access_cache(settings)
-    account = None
-    account_roles: tuple[str, ...] = ()
+    fetched = None
     if planned.account is not None:
         body = await api.get_account(request.namespace, planned.account, request_timeout=timeout)
-        if body is not None:
-            account = rules.AccountFacts.from_body(body)
-            account_roles = tuple((body.get("spec") or {}).get("roles") or ())
-        refusal = rules.account_refusal(request, account)
+        fetched = None if body is None else rules.AccountFacts.from_body(body)
+        refusal = rules.account_refusal(request, fetched)
         if refusal is not None:
             raise kopf.AdmissionError(str(refusal), code=403)
-    may_manage = False
-    if rules.needs_owner(request) and not (
-        account is not None and rules.is_owner(request.requester, account.owners)
-    ):
-        may_manage = await access.may(
+    account = rules.account_facts(request, fetched)
+
+    async def may(verb: str) -> bool:
+        return await access.may(
             cache,
             request.requester,
-            rules.MANAGE,
+            verb,
             rules.ACCOUNTS_RESOURCE,
             request.namespace,
             request.account_name,
             request_timeout=timeout,
         )
+
+    may_manage = False
+    show_owners = True
+    if rules.needs_owner(request) and not (
+        account is not None and rules.is_owner(request.requester, account.owners)
+    ):
+        may_manage = await may(rules.MANAGE)
+        # About to be refused: name the owners only to whoever may read the account anyway.
+        show_owners = may_manage or await may(rules.READ)
+    account_roles = fetched.roles if fetched is not None else ()
+    bind_roles = rules.granted_roles(request, account_roles)
     may_bind: dict[str, bool] = {}
-    if planned.bind_roles:
+    if bind_roles:
         may_bind = await access.may_each(
             cache,
             request.requester,
             rules.BIND,
             rules.ROLES_RESOURCE,
             request.namespace,
-            planned.bind_roles,
+            bind_roles,
             request_timeout=timeout,
         )
-    refusal = rules.decide(request, account, may_manage=may_manage, may_bind=may_bind)
+    refusal = rules.decide(
+        request, fetched, may_manage=may_manage, may_bind=may_bind, show_owners=show_owners
+    )
     if refusal is not None:
         raise kopf.AdmissionError(str(refusal), code=403)
-    if account is not None:
+    if fetched is not None:
         warnings.extend(rules.role_warnings(request, account_roles))
 
 

@@ -280,7 +280,7 @@ def _view(body: Mapping[str, Any]) -> rules.CredentialView:
         revoked=bool(spec.get("revoked")),
         issued=bool(status.get("secretHash")),
         expires_at=status.get("expiresAt"),
-        scoped_roles=tuple(spec.get("scopedRoles") or ()),
+        scoped_roles=None if spec.get("scopedRoles") is None else tuple(spec["scopedRoles"]),
         effective_roles=tuple(status.get("effectiveRoles") or ()),
         reason=rules.ready_reason(status),
         warned=rules.has_condition(status, rules.EXPIRING_SOON),
@@ -617,6 +617,7 @@ async def _write_status(body: Mapping[str, Any], desired: Mapping[str, Any]) -> 
     current = body.get("status") or {}
     # The first write of a credential's status also records who created it.
     desired = with_created_by(desired, body["metadata"].get("annotations"), current)
+    desired["displayName"] = rules.display_name(body.get("spec") or {}, body["metadata"]["name"])
     changes = {k: v for k, v in desired.items() if current.get(k) != v}
     if not changes:
         return dict(body)

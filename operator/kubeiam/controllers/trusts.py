@@ -332,6 +332,7 @@ async def _write(
         body["metadata"].get("annotations"),
         current,
     )
+    desired["displayName"] = rules.display_name(body.get("spec") or {}, body["metadata"]["name"])
     changes = changed_fields(current, desired)
     if not changes:
         return

@@ -41,7 +41,7 @@ class CredentialView:
     revoked: bool
     issued: bool
     expires_at: str | None
-    scoped_roles: tuple[str, ...] = ()
+    scoped_roles: tuple[str, ...] | None = None  # None: unset, all of the account's roles
     effective_roles: tuple[str, ...] = ()
     reason: str | None = None
     warned: bool = False
@@ -233,10 +233,16 @@ def secret_refused_message(secret_name: str, refusal: str, retry_seconds: float)
 
 
 def effective_roles(account_roles: Sequence[str], scoped_roles: Sequence[str] | None) -> list[str]:
-    """The account's roles, narrowed to `scopedRoles` when the credential names any."""
-    if not scoped_roles:
+    """The account's roles, narrowed to `scopedRoles` when that is set: unset (None) means all of
+    them, an empty list none."""
+    if scoped_roles is None:
         return sorted(set(account_roles))
     return sorted(set(account_roles) & set(scoped_roles))
+
+
+def display_name(spec: Mapping[str, Any], name: str) -> str:
+    """What listings show for a credential or trust: spec.displayName, or else its name."""
+    return str(spec.get("displayName") or name)
 
 
 # -- statuses ------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kubeiam.domain.conditions import READY, Condition, Reason, format_time, merge_condition
-from kubeiam.domain.credentials import effective_roles
+from kubeiam.domain.credentials import display_name, effective_roles
 
 __all__ = [
     "IssuerCheck",
@@ -16,6 +16,7 @@ __all__ = [
     "TrustFacts",
     "TrustRank",
     "desired_status",
+    "display_name",
     "effective_roles",
     "issuer_allowed",
     "over_limit",
