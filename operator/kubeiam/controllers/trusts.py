@@ -19,9 +19,8 @@ import kopf
 
 from kubeiam.api import FederationTrust
 from kubeiam.domain import trusts as rules
-from kubeiam.domain.admission import with_created_by
-from kubeiam.domain.conditions import READY, Reason, changed_fields
-from kubeiam.kube import api, events, metrics, retry
+from kubeiam.domain.conditions import Reason, ready_condition
+from kubeiam.kube import api, events, metrics, retry, status
 from kubeiam.kube.ownership import ensure_owned_by_account
 from kubeiam.kube.resources import GROUP, SERVICE_ACCOUNTS, TRUSTS, VERSION
 from kubeiam.oidc.cel import ConditionError, compile_condition
@@ -54,10 +53,10 @@ class TrustView:
 
 
 def _view(body: Mapping[str, Any]) -> TrustView:
-    metadata, spec, status = body["metadata"], body.get("spec") or {}, body.get("status") or {}
-    ready = next((c for c in status.get("conditions") or [] if c.get("type") == READY), None)
+    metadata, spec, current = body["metadata"], body.get("spec") or {}, body.get("status") or {}
+    ready = ready_condition(current)
     scoped = spec.get("scopedRoles")
-    effective = status.get("effectiveRoles")
+    effective = current.get("effectiveRoles")
     return TrustView(
         namespace=metadata["namespace"],
         name=metadata["name"],
@@ -326,24 +325,10 @@ async def _write(
     body: Mapping[str, Any], facts: rules.TrustFacts, *, recheck_after: datetime.timedelta
 ) -> None:
     current = facts.current_status
-    desired = with_created_by(
-        rules.desired_status(facts, now=_now(), recheck_after=recheck_after),
-        body["metadata"].get("annotations"),
-        current,
-    )
-    changes = changed_fields(current, desired)
-    if not changes:
-        return
-    metadata = body["metadata"]
-    written = await api.patch_status(
-        TRUSTS, metadata["namespace"], metadata["name"], metadata["resourceVersion"], changes
-    )
-    before = _ready(current)
-    after = _ready(desired)
+    desired = rules.desired_status(facts, now=_now(), recheck_after=recheck_after)
+    written = await status.write(TRUSTS, body, desired)
+    before = ready_condition(current)
+    after = ready_condition(desired)
     if after is not None and (before is None or before.get("reason") != after.get("reason")):
         kind: events.EventType = "Normal" if after.get("status") == "True" else "Warning"
         events.post(written, kind, str(after.get("reason")), str(after.get("message")))
-
-
-def _ready(status: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    return next((c for c in status.get("conditions") or [] if c.get("type") == READY), None)

@@ -7,7 +7,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from kubeiam.domain.conditions import READY, Condition, Reason, format_time, merge_condition
+from kubeiam.domain.conditions import (
+    READY,
+    Condition,
+    Reason,
+    format_time,
+    merge_condition,
+    parse_time,
+)
 from kubeiam.domain.credentials import effective_roles
 
 __all__ = [
@@ -191,7 +198,7 @@ def _checked_at(
     if not recorded:
         return format_time(check.checked_at)
     unchanged = all(current.get(key) == value for key, value in desired.items())
-    age = check.checked_at - datetime.datetime.fromisoformat(recorded.replace("Z", "+00:00"))
+    age = check.checked_at - parse_time(recorded)
     if unchanged and age < recheck_after:
         return str(recorded)
     return format_time(check.checked_at)
