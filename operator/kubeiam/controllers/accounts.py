@@ -9,7 +9,7 @@ from typing import Any
 import kopf
 
 from kubeiam.domain.accounts import AccountFacts, desired_status, state_change
-from kubeiam.domain.conditions import ready_condition
+from kubeiam.domain.conditions import find_ready
 from kubeiam.kube import api, events, metrics, retry, status
 from kubeiam.kube.resources import GROUP, SERVICE_ACCOUNTS, VERSION
 from kubeiam.settings import get_settings
@@ -44,7 +44,7 @@ async def reconcile(body: Mapping[str, Any]) -> None:
     new_state = state_change(current, desired)
     if new_state is not None:
         # The Ready condition's message says what the state means for the account's credentials.
-        ready = ready_condition(desired) or {}
+        ready = find_ready(desired) or {}
         events.post(
             written,
             "Normal",

@@ -19,7 +19,7 @@ import kopf
 
 from kubeiam.api import FederationTrust
 from kubeiam.domain import trusts as rules
-from kubeiam.domain.conditions import Reason, ready_condition
+from kubeiam.domain.conditions import find_ready
 from kubeiam.kube import api, events, metrics, retry, status
 from kubeiam.kube.ownership import ensure_owned_by_account
 from kubeiam.kube.resources import GROUP, SERVICE_ACCOUNTS, TRUSTS, VERSION
@@ -54,7 +54,7 @@ class TrustView:
 
 def _view(body: Mapping[str, Any]) -> TrustView:
     metadata, spec, current = body["metadata"], body.get("spec") or {}, body.get("status") or {}
-    ready = ready_condition(current)
+    ready = find_ready(current)
     scoped = spec.get("scopedRoles")
     effective = current.get("effectiveRoles")
     return TrustView(
@@ -190,9 +190,7 @@ async def trust_event(event: kopf.RawEvent, **_: Any) -> None:
         [view.rank for view in views], get_settings().trusts.max_trusts_per_account
     )
     for view in views:
-        misplaced = view.ready_reason == (
-            Reason.READY if view.uid in over else Reason.TOO_MANY_TRUSTS
-        )
+        misplaced = rules.misplaced(view.ready_reason, over_limit=view.uid in over)
         if view.uid != metadata["uid"] and misplaced:
             await _reconcile_by_name(view)
 
@@ -215,17 +213,15 @@ async def account_event(event: kopf.RawEvent, **_: Any) -> None:
     roles = tuple(spec.get("roles") or ())
     disabled = bool(spec.get("disabled"))
     for view in _runtime.views(key):
-        if kind != "MODIFIED" or _stale(view, roles, disabled):
+        stale = rules.stale(
+            recorded_roles=view.effective_roles,
+            ready_reason=view.ready_reason,
+            scoped_roles=view.scoped_roles,
+            account_roles=roles,
+            account_disabled=disabled,
+        )
+        if kind != "MODIFIED" or stale:
             await _reconcile_by_name(view)
-
-
-def _stale(view: TrustView, roles: tuple[str, ...], disabled: bool) -> bool:
-    wanted = rules.effective_roles(roles, view.scoped_roles)
-    if view.effective_roles is None or list(view.effective_roles) != wanted:
-        return True
-    if view.ready_reason == Reason.ACCOUNT_MISSING:
-        return True
-    return disabled != (view.ready_reason == Reason.ACCOUNT_DISABLED)
 
 
 async def _issuer_refreshed(key: IssuerKey) -> None:
@@ -327,8 +323,8 @@ async def _write(
     current = facts.current_status
     desired = rules.desired_status(facts, now=_now(), recheck_after=recheck_after)
     written = await status.write(TRUSTS, body, desired)
-    before = ready_condition(current)
-    after = ready_condition(desired)
+    before = find_ready(current)
+    after = find_ready(desired)
     if after is not None and (before is None or before.get("reason") != after.get("reason")):
         kind: events.EventType = "Normal" if after.get("status") == "True" else "Warning"
         events.post(written, kind, str(after.get("reason")), str(after.get("message")))

@@ -71,7 +71,7 @@ def format_time(moment: datetime.datetime) -> str:
     return moment.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def ready_condition(status: Mapping[str, Any]) -> Mapping[str, Any] | None:
+def find_ready(status: Mapping[str, Any]) -> Mapping[str, Any] | None:
     """The Ready condition of a status, if it has one: the one lookup every kind uses."""
     return next((c for c in status.get("conditions") or [] if c.get("type") == READY), None)
 

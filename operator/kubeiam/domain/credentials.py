@@ -16,10 +16,10 @@ from kubeiam.domain.conditions import (
     READY,
     Condition,
     Reason,
+    find_ready,
     format_time,
     merge_condition,
     parse_time,
-    ready_condition,
 )
 from kubeiam.domain.lifetimes import ExpiryRefused, format_duration, resolve_expiry
 from kubeiam.settings import CredentialSettings
@@ -406,7 +406,7 @@ def expiring_soon(
 
 def ready_reason(current: Mapping[str, Any]) -> str | None:
     """The reason of the Ready condition, if there is one."""
-    ready = ready_condition(current)
+    ready = find_ready(current)
     return None if ready is None else ready.get("reason")
 
 
