@@ -54,7 +54,10 @@ DAY = datetime.timedelta(days=1)
 DEFAULT = 90 * DAY
 MAXIMUM = 365 * DAY
 POLICY = Policy(
-    default_lifetime=DEFAULT, max_lifetime=MAXIMUM, secret_deletion_policy="Retain", max_active=5
+    default_credential_lifetime=DEFAULT,
+    max_credential_lifetime=MAXIMUM,
+    secret_deletion_policy="Retain",
+    max_active_credentials=5,
 )
 ACCOUNT_NAME = "pipeline-prod"
 SECRET_HASH = "sha256:" + "ab" * 32
@@ -247,7 +250,7 @@ def test_exactly_the_maximum_lifetime_is_granted() -> None:
 
 
 def test_a_default_lifetime_above_the_maximum_fails_too() -> None:
-    policy = dataclasses.replace(POLICY, default_lifetime=400 * DAY)
+    policy = POLICY.model_copy(update={"default_credential_lifetime": 400 * DAY})
     step = decide(facts(), policy)
     assert isinstance(step, Fail)
     assert step.reason == Reason.LIFETIME_EXCEEDED
@@ -358,7 +361,7 @@ def test_otherwise_the_credential_asks_for_a_slot() -> None:
 
 def test_an_issued_credential_survives_a_lowered_maximum() -> None:
     recorded = CREATED + 200 * DAY
-    lowered = dataclasses.replace(POLICY, max_lifetime=180 * DAY)
+    lowered = POLICY.model_copy(update={"max_credential_lifetime": 180 * DAY})
     step = decide(facts(expires_in="4800h", status=issued(recorded)), lowered)
     assert step == KeepActive(recorded)
 

@@ -8,6 +8,7 @@ import datetime
 from hypothesis import given
 from hypothesis import strategies as st
 
+from kubeiam.domain import trusts as rules
 from kubeiam.domain.conditions import Reason
 from kubeiam.domain.trusts import (
     IssuerCheck,
@@ -158,3 +159,33 @@ def test_the_oldest_trusts_keep_their_place_under_the_limit(
     for rank in ranks:
         if rank.uid in over:
             assert all(k < rank for k in kept)
+
+
+def test_a_trust_is_stale_when_its_roles_or_its_account_state_no_longer_follow() -> None:
+    same = {"recorded_roles": ["a.read"], "scoped_roles": None, "account_roles": ["a.read"]}
+    assert not rules.stale(**same, ready_reason="Ready", account_disabled=False)
+    assert rules.stale(**same, ready_reason="Ready", account_disabled=True)
+    assert rules.stale(**same, ready_reason="AccountMissing", account_disabled=False)
+    assert not rules.stale(**same, ready_reason="AccountDisabled", account_disabled=True)
+    assert rules.stale(
+        recorded_roles=["a.read"],
+        scoped_roles=None,
+        account_roles=["a.read", "b.write"],
+        ready_reason="Ready",
+        account_disabled=False,
+    )
+    assert rules.stale(
+        recorded_roles=None,
+        scoped_roles=None,
+        account_roles=[],
+        ready_reason=None,
+        account_disabled=False,
+    )
+
+
+def test_a_trust_is_misplaced_when_ready_over_the_limit_or_refused_within_it() -> None:
+    assert rules.misplaced("Ready", over_limit=True)
+    assert rules.misplaced("TooManyTrusts", over_limit=False)
+    assert not rules.misplaced("Ready", over_limit=False)
+    assert not rules.misplaced("TooManyTrusts", over_limit=True)
+    assert not rules.misplaced("IssuerUnreachable", over_limit=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime
 from typing import Any, cast
 
-from kubeiam.controllers.credentials import _Runtime
+from kubeiam.controllers.credentials.state import Runtime as _Runtime
 from kubeiam.domain.credentials import CredentialView
 
 

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import datetime
+from collections.abc import Mapping
 from typing import Any
 
 import kopf
 
 from kubeiam.domain.accounts import AccountFacts, desired_status, state_change
-from kubeiam.domain.admission import with_created_by
-from kubeiam.kube import events, metrics
+from kubeiam.domain.conditions import find_ready
+from kubeiam.kube import api, events, metrics, retry, status
 from kubeiam.kube.resources import GROUP, SERVICE_ACCOUNTS, VERSION
-from kubeiam.kube.status import stage_status
 from kubeiam.settings import get_settings
 
 
@@ -21,31 +21,33 @@ from kubeiam.settings import get_settings
 @kopf.on.create(GROUP, VERSION, SERVICE_ACCOUNTS)
 @kopf.on.update(GROUP, VERSION, SERVICE_ACCOUNTS, field="spec")
 @metrics.counts_errors("ServiceAccount")
-def reconcile_account(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+async def reconcile_account(body: kopf.Body, **_: Any) -> None:
+    await retry.until_settled(dict(body), reconcile, api.get_account, what="account")
+
+
+async def reconcile(body: Mapping[str, Any]) -> None:
     """Compute the account's status from its spec and write what differs."""
-    current = dict(body.status)
+    metadata, spec = body["metadata"], body.get("spec") or {}
+    current = body.get("status") or {}
     facts = AccountFacts(
-        name=body.metadata.name or "",
-        namespace=body.metadata.namespace or "",
-        generation=int(body.metadata.get("generation", 1)),
-        disabled=bool(body.spec.get("disabled", False)),
-        created_at=body.metadata.get("creationTimestamp"),
+        name=metadata["name"],
+        namespace=metadata["namespace"],
+        generation=int(metadata.get("generation", 1)),
+        disabled=bool(spec.get("disabled", False)),
+        created_at=metadata.get("creationTimestamp"),
         current_status=current,
     )
-    desired = with_created_by(
-        desired_status(
-            facts,
-            organization=get_settings().organization,
-            now=datetime.datetime.now(datetime.UTC),
-        ),
-        body.metadata.annotations,
-        current,
+    desired = desired_status(
+        facts, organization=get_settings().organization, now=datetime.datetime.now(datetime.UTC)
     )
-    stage_status(patch, current, desired)
+    written = await status.write(SERVICE_ACCOUNTS, body, desired)
     new_state = state_change(current, desired)
     if new_state is not None:
         # The Ready condition's message says what the state means for the account's credentials.
-        ready = next(c for c in desired["conditions"] if c["type"] == "Ready")
+        ready = find_ready(desired) or {}
         events.post(
-            body, "Normal", new_state, f"The account is now {new_state}. {ready['message']}"
+            written,
+            "Normal",
+            new_state,
+            f"The account is now {new_state}. {ready.get('message', '')}",
         )

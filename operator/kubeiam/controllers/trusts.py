@@ -19,9 +19,8 @@ import kopf
 
 from kubeiam.api import FederationTrust
 from kubeiam.domain import trusts as rules
-from kubeiam.domain.admission import with_created_by
-from kubeiam.domain.conditions import READY, Reason, changed_fields
-from kubeiam.kube import api, events, metrics, retry
+from kubeiam.domain.conditions import find_ready
+from kubeiam.kube import api, events, metrics, retry, status
 from kubeiam.kube.ownership import ensure_owned_by_account
 from kubeiam.kube.resources import GROUP, SERVICE_ACCOUNTS, TRUSTS, VERSION
 from kubeiam.oidc.cel import ConditionError, compile_condition
@@ -54,10 +53,10 @@ class TrustView:
 
 
 def _view(body: Mapping[str, Any]) -> TrustView:
-    metadata, spec, status = body["metadata"], body.get("spec") or {}, body.get("status") or {}
-    ready = next((c for c in status.get("conditions") or [] if c.get("type") == READY), None)
+    metadata, spec, current = body["metadata"], body.get("spec") or {}, body.get("status") or {}
+    ready = find_ready(current)
     scoped = spec.get("scopedRoles")
-    effective = status.get("effectiveRoles")
+    effective = current.get("effectiveRoles")
     return TrustView(
         namespace=metadata["namespace"],
         name=metadata["name"],
@@ -192,9 +191,7 @@ async def trust_event(event: kopf.RawEvent, **_: Any) -> None:
         [view.rank for view in views], get_settings().trusts.max_trusts_per_account
     )
     for view in views:
-        misplaced = view.ready_reason == (
-            Reason.READY if view.uid in over else Reason.TOO_MANY_TRUSTS
-        )
+        misplaced = rules.misplaced(view.ready_reason, over_limit=view.uid in over)
         if view.uid != metadata["uid"] and misplaced:
             await _reconcile_by_name(view)
 
@@ -217,17 +214,15 @@ async def account_event(event: kopf.RawEvent, **_: Any) -> None:
     roles = tuple(spec.get("roles") or ())
     disabled = bool(spec.get("disabled"))
     for view in _runtime.views(key):
-        if kind != "MODIFIED" or _stale(view, roles, disabled):
+        stale = rules.stale(
+            recorded_roles=view.effective_roles,
+            ready_reason=view.ready_reason,
+            scoped_roles=view.scoped_roles,
+            account_roles=roles,
+            account_disabled=disabled,
+        )
+        if kind != "MODIFIED" or stale:
             await _reconcile_by_name(view)
-
-
-def _stale(view: TrustView, roles: tuple[str, ...], disabled: bool) -> bool:
-    wanted = rules.effective_roles(roles, view.scoped_roles)
-    if view.effective_roles is None or list(view.effective_roles) != wanted:
-        return True
-    if view.ready_reason == Reason.ACCOUNT_MISSING:
-        return True
-    return disabled != (view.ready_reason == Reason.ACCOUNT_DISABLED)
 
 
 async def _issuer_refreshed(key: IssuerKey) -> None:
@@ -327,25 +322,10 @@ async def _write(
     body: Mapping[str, Any], facts: rules.TrustFacts, *, recheck_after: datetime.timedelta
 ) -> None:
     current = facts.current_status
-    desired = with_created_by(
-        rules.desired_status(facts, now=_now(), recheck_after=recheck_after),
-        body["metadata"].get("annotations"),
-        current,
-    )
-    desired["displayName"] = rules.display_name(body.get("spec") or {}, body["metadata"]["name"])
-    changes = changed_fields(current, desired)
-    if not changes:
-        return
-    metadata = body["metadata"]
-    written = await api.patch_status(
-        TRUSTS, metadata["namespace"], metadata["name"], metadata["resourceVersion"], changes
-    )
-    before = _ready(current)
-    after = _ready(desired)
+    desired = rules.desired_status(facts, now=_now(), recheck_after=recheck_after)
+    written = await status.write(TRUSTS, body, desired)
+    before = find_ready(current)
+    after = find_ready(desired)
     if after is not None and (before is None or before.get("reason") != after.get("reason")):
         kind: events.EventType = "Normal" if after.get("status") == "True" else "Warning"
         events.post(written, kind, str(after.get("reason")), str(after.get("message")))
-
-
-def _ready(status: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    return next((c for c in status.get("conditions") or [] if c.get("type") == READY), None)

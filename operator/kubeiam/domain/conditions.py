@@ -71,6 +71,18 @@ def format_time(moment: datetime.datetime) -> str:
     return moment.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def find_ready(status: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The Ready condition of a status, if it has one: the one lookup every kind uses."""
+    return next((c for c in status.get("conditions") or [] if c.get("type") == READY), None)
+
+
+def parse_time(text: str) -> datetime.datetime:
+    """A timestamp as the API server writes it (RFC 3339, `Z` or an offset), timezone-aware:
+    the one parser every layer uses (Python 3.11's fromisoformat reads the `Z`)."""
+    moment = datetime.datetime.fromisoformat(text)
+    return moment if moment.tzinfo else moment.replace(tzinfo=datetime.UTC)
+
+
 def merge_condition(
     existing: Sequence[Mapping[str, Any]],
     condition: Condition,

@@ -12,8 +12,17 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from kubeiam.domain.conditions import READY, Condition, Reason, format_time, merge_condition
+from kubeiam.domain.conditions import (
+    READY,
+    Condition,
+    Reason,
+    find_ready,
+    format_time,
+    merge_condition,
+    parse_time,
+)
 from kubeiam.domain.lifetimes import ExpiryRefused, format_duration, resolve_expiry
+from kubeiam.settings import CredentialSettings
 
 
 class State(StrEnum):
@@ -56,14 +65,8 @@ class CredentialView:
         return not self.issued and not self.ended
 
 
-@dataclass(frozen=True)
-class Policy:
-    """The organisation policy a credential is decided under."""
-
-    default_lifetime: datetime.timedelta
-    max_lifetime: datetime.timedelta
-    secret_deletion_policy: str
-    max_active: int
+# The organisation policy a credential is decided under: the settings' credentials group.
+Policy = CredentialSettings
 
 
 @dataclass(frozen=True)
@@ -154,7 +157,7 @@ def _parse_time(value: Any) -> datetime.datetime | None:
         return None
     if isinstance(value, datetime.datetime):
         return value
-    return datetime.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    return parse_time(str(value))
 
 
 def _expiry(facts: CredentialFacts, policy: Policy) -> datetime.datetime | ExpiryRefused:
@@ -170,8 +173,8 @@ def _expiry(facts: CredentialFacts, policy: Policy) -> datetime.datetime | Expir
         created_at=facts.created_at,
         expires_at=facts.expires_at,
         expires_in=facts.expires_in,
-        default_lifetime=policy.default_lifetime,
-        max_lifetime=policy.max_lifetime,
+        default_lifetime=policy.default_credential_lifetime,
+        max_lifetime=policy.max_credential_lifetime,
     )
     return expiry if isinstance(expiry, ExpiryRefused) else expiry.expires_at
 
@@ -409,10 +412,8 @@ def expiring_soon(
 
 def ready_reason(current: Mapping[str, Any]) -> str | None:
     """The reason of the Ready condition, if there is one."""
-    return next(
-        (c.get("reason") for c in current.get("conditions") or [] if c.get("type") == READY),
-        None,
-    )
+    ready = find_ready(current)
+    return None if ready is None else ready.get("reason")
 
 
 def has_condition(current: Mapping[str, Any], condition_type: str) -> bool:

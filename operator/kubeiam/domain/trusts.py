@@ -7,7 +7,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from kubeiam.domain.conditions import READY, Condition, Reason, format_time, merge_condition
+from kubeiam.domain.conditions import (
+    READY,
+    Condition,
+    Reason,
+    format_time,
+    merge_condition,
+    parse_time,
+)
 from kubeiam.domain.credentials import display_name, effective_roles
 
 __all__ = [
@@ -192,7 +199,31 @@ def _checked_at(
     if not recorded:
         return format_time(check.checked_at)
     unchanged = all(current.get(key) == value for key, value in desired.items())
-    age = check.checked_at - datetime.datetime.fromisoformat(recorded.replace("Z", "+00:00"))
+    age = check.checked_at - parse_time(recorded)
     if unchanged and age < recheck_after:
         return str(recorded)
     return format_time(check.checked_at)
+
+
+def stale(
+    *,
+    recorded_roles: Sequence[str] | None,
+    ready_reason: str | None,
+    scoped_roles: Sequence[str] | None,
+    account_roles: Sequence[str],
+    account_disabled: bool,
+) -> bool:
+    """Whether a trust's status (`recorded_roles`: its effectiveRoles) no longer follows its
+    account (roles, missing, disabled), so that an account's change must reconcile it."""
+    wanted = effective_roles(account_roles, scoped_roles)
+    if recorded_roles is None or list(recorded_roles) != wanted:
+        return True
+    if ready_reason == Reason.ACCOUNT_MISSING:
+        return True
+    return account_disabled != (ready_reason == Reason.ACCOUNT_DISABLED)
+
+
+def misplaced(ready_reason: str | None, *, over_limit: bool) -> bool:
+    """Whether a trust's Ready reason is on the wrong side of its account's trust limit: Ready
+    while over it, or TooManyTrusts while within it."""
+    return ready_reason == (Reason.READY if over_limit else Reason.TOO_MANY_TRUSTS)

@@ -1,4 +1,5 @@
-"""Retrying a reconcile that lost a compare-and-swap: read the object again and decide again."""
+"""The one retry path for a reconcile that lost a compare-and-swap: read the object again and
+decide again."""
 
 from __future__ import annotations
 
@@ -19,20 +20,24 @@ async def until_settled(
     *,
     what: str,
     attempts: int = 5,
+    read_first: bool = False,
 ) -> None:
     """Run `step` on `body`; on `Conflict` (someone else wrote first) run it again on a fresh
-    read, up to `attempts` times. The object deleted, or replaced by another of the same name,
-    ends the work: there is nothing left to write."""
+    read, up to `attempts` times. With `read_first`, `body` is known to be stale already (another
+    reconcile of the object ran meanwhile): the first attempt reads it again too. The object
+    deleted, or replaced by another of the same name, ends the work: nothing is left to write."""
     metadata = body["metadata"]
-    for _attempt in range(attempts):
+    for attempt in range(attempts):
+        if attempt or read_first:
+            fresh = await read(metadata["namespace"], metadata["name"])
+            if fresh is None or fresh["metadata"]["uid"] != metadata["uid"]:
+                return
+            body = fresh
         try:
             await step(body)
             return
         except api.Gone:
             return
         except api.Conflict:
-            fresh = await read(metadata["namespace"], metadata["name"])
-            if fresh is None or fresh["metadata"]["uid"] != metadata["uid"]:
-                return
-            body = fresh
+            continue
     raise kopf.TemporaryError(f"The {what} kept changing while it was handled.", delay=1)

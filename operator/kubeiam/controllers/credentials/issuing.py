@@ -1,0 +1,164 @@
+"""Issuing an admitted credential: its Secret written once (kube/secrets.py) and the status that
+records it; and the Pending status of a credential that is not issued yet.
+
+The client secret exists only inside `write_once` and in the Secret: nothing here sees it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import http
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import kopf
+
+from kubeiam.api import ServiceAccountCredential
+from kubeiam.api.credential import DEFAULT_SECRET_KEYS
+from kubeiam.controllers.credentials import expiry
+from kubeiam.controllers.credentials.state import now, view_of
+from kubeiam.domain import credentials as rules
+from kubeiam.domain import upkeep
+from kubeiam.domain.conditions import Reason, format_time, parse_time
+from kubeiam.domain.credentials import State
+from kubeiam.domain.secret_format import credential_id
+from kubeiam.kube import api, events, faults, metrics, status
+from kubeiam.kube.resources import CREDENTIALS
+from kubeiam.kube.secrets import SecretRequest, Taken, write_once
+from kubeiam.settings import Settings
+
+# How soon an admitted credential whose Secret the API server refused (a quota, a policy) tries
+# again; its Ready condition says why meanwhile.
+SECRET_RETRY = 10.0
+
+ISSUANCE_SECONDS = metrics.histogram(
+    "kubeiam_credential_issuance_seconds",
+    "From a credential's creation (creationTimestamp, whole seconds) to its Secret written "
+    "and its status Active. waited: whether it was Pending first (no slot, account missing or "
+    "disabled), which then counts in the time.",
+    buckets=(0.25, 0.5, 1, 2, 3, 5, 10, 30, 60, 300, 3600, 86400),
+    labels=["waited"],
+)
+
+
+@dataclass(frozen=True)
+class Conflict:
+    """The Secret's name is taken by a Secret that is not this credential's: it must end."""
+
+    message: str
+
+
+class SecretRefusedError(kopf.TemporaryError):
+    """Retried by kopf after SECRET_RETRY; `status` labels it in the reconcile error metric."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(f"The API server refused the Secret (HTTP {status}).", delay=SECRET_RETRY)
+        self.status = status
+
+
+async def issue(
+    body: Mapping[str, Any],
+    credential: ServiceAccountCredential,
+    account_body: Mapping[str, Any],
+    expires_at: datetime.datetime,
+    settings: Settings,
+) -> Conflict | None:
+    """Write the Secret once and record the issuance; a Conflict if the name is taken."""
+    metadata = body["metadata"]
+    namespace, name, uid = metadata["namespace"], metadata["name"], metadata["uid"]
+    spec = credential.spec
+    client_id = (account_body.get("status") or {}).get("clientId")
+    if not client_id:
+        raise kopf.TemporaryError("The account has no client id yet.", delay=1)
+    template = spec.secret_template
+    secret_name = spec.secret_name or name
+    request = SecretRequest(
+        namespace=namespace,
+        name=secret_name,
+        credential=name,
+        credential_uid=uid,
+        credential_id=credential_id(uid),
+        account=spec.service_account_name,
+        client_id=client_id,
+        token_url=settings.credentials.token_url,
+        expires_at=expires_at,
+        keys=(
+            template.keys.resolved() if template and template.keys else dict(DEFAULT_SECRET_KEYS)
+        ),
+        labels=(template.labels or {}) if template else {},
+        annotations=(template.annotations or {}) if template else {},
+    )
+    try:
+        outcome = await write_once(request)
+    except api.Refused as refusal:
+        if refusal.status >= 500 or refusal.status == http.HTTPStatus.TOO_MANY_REQUESTS:
+            raise  # the API server's own trouble: retried with kopf's backoff, not reported
+        message = rules.secret_refused_message(secret_name, _status_line(refusal), SECRET_RETRY)
+        await write_pending(body, Reason.SECRET_REFUSED, message)
+        raise SecretRefusedError(refusal.status) from None
+    if isinstance(outcome, Taken):
+        return Conflict(upkeep.secret_conflict_message(secret_name, outcome.owner))
+    faults.crash_point("after-secret-created")
+    issuance = rules.Issuance(
+        credential_id=request.credential_id,
+        client_id=client_id,
+        secret_name=secret_name,
+        secret_hash=outcome.secret_hash,
+        expires_at=expires_at,
+        effective_roles=rules.effective_roles(
+            (account_body.get("spec") or {}).get("roles") or [], spec.scoped_roles
+        ),
+        deletion_policy=str(
+            spec.secret_deletion_policy or settings.credentials.secret_deletion_policy
+        ),
+    )
+    desired, warned = rules.issued_status(
+        body.get("status") or {},
+        generation=int(metadata.get("generation", 1)),
+        created_at=metadata["creationTimestamp"],
+        issuance=issuance,
+        warning_lead=settings.credentials.expiry_warning_lead,
+        now=now(),
+    )
+    written = await status.write(CREDENTIALS, body, desired)
+    faults.crash_point("after-status-written")
+    waited = (body.get("status") or {}).get("state") == State.PENDING
+    waited_for = max(0.0, (now() - parse_time(metadata["creationTimestamp"])).total_seconds())
+    ISSUANCE_SECONDS.labels(waited=str(waited).lower()).observe(waited_for)
+    events.post(
+        written,
+        "Normal",
+        str(Reason.ISSUED),
+        f"Issued; the client secret is in Secret {secret_name!r}, expiring at "
+        f"{format_time(expires_at)}.",
+    )
+    if warned:
+        expiry.post_warning(written)
+    expiry.track(view_of(written))
+    return None
+
+
+async def write_pending(body: Mapping[str, Any], reason: Reason, message: str) -> None:
+    """Not issued (yet): say why, with an event when the reason changes."""
+    metadata = body["metadata"]
+    current = body.get("status") or {}
+    desired = rules.pending_status(
+        current,
+        generation=int(metadata.get("generation", 1)),
+        created_at=metadata["creationTimestamp"],
+        reason=reason,
+        message=message,
+        now=now(),
+    )
+    previous_reason = rules.ready_reason(current)
+    written = await status.write(CREDENTIALS, body, desired)
+    if previous_reason != str(reason):
+        events.post(written, "Normal", str(reason), message)
+
+
+def _status_line(refusal: api.Refused) -> str:
+    try:
+        return f"HTTP {refusal.status} {http.HTTPStatus(refusal.status).phrase}"
+    except ValueError:
+        return f"HTTP {refusal.status}"
