@@ -135,8 +135,8 @@ kind-e2e: kind-prerequisites install ## build the image, run deploy/ on kind and
 	$(E2E_KUBECTL) apply --kustomize $(E2E_DIR)
 	@# The webhook's serving certificate and its CA in the webhook configurations (no cert-manager).
 	$(RUN) kube-iam webhook-cert | $(E2E_KUBECTL) apply -f -
-	$(E2E_KUBECTL) rollout restart deployment/kube-iam --namespace kube-iam-system
-	$(E2E_KUBECTL) rollout status deployment/kube-iam --namespace kube-iam-system --timeout=300s
+	$(E2E_KUBECTL) rollout status deployment/kube-iam deployment/kube-iam-webhook \
+		--namespace kube-iam-system --timeout=300s
 	@# The operator runs in the cluster: the tests start none, and skip those that need their own.
 	status=0; KUBECONFIG=$(E2E_KUBECONFIG) KUBEIAM_E2E_EXTERNAL_OPERATOR=1 \
 		KUBEIAM_TEST_STATE_DIR=$(E2E_DIR) $(RUN) pytest tests/integration \

@@ -90,6 +90,10 @@ def admission_only_registry() -> kopf.OperatorRegistry:
     @kopf.on.startup(registry=registry)
     def configure_webhook_only(settings: kopf.OperatorSettings, **_: Any) -> None:
         configure_admission(settings, get_settings())
+        # kube-iam's kinds are found once at start (API discovery, open to everyone), not by
+        # watching CRDs, so the webhook's ServiceAccount needs no right to them; an upgrade that
+        # serves a new version rolls the webhook's pods anyway.
+        settings.scanning.disabled = True
         logging.getLogger("kubeiam").setLevel(logging.INFO)
 
     @kopf.on.startup(registry=registry)
