@@ -134,7 +134,7 @@ kind-e2e: kind-prerequisites install ## build the image, run deploy/ on kind and
 		--for=condition=Established --timeout=60s
 	$(E2E_KUBECTL) apply --kustomize $(E2E_DIR)
 	@# The webhook's serving certificate and its CA in the webhook configurations (no cert-manager).
-	$(RUN) kube-iam webhook-cert | $(E2E_KUBECTL) apply -f -
+	$(RUN) kube-iam webhook-cert --kubeconfig $(E2E_KUBECONFIG) | $(E2E_KUBECTL) apply -f -
 	$(E2E_KUBECTL) rollout status deployment/kube-iam deployment/kube-iam-webhook \
 		--namespace kube-iam-system --timeout=300s
 	@# The operator runs in the cluster: the tests start none, and skip those that need their own.

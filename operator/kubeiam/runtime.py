@@ -57,6 +57,7 @@ def webhook_server(ours: Settings) -> Any:
         max_review_bytes=ours.webhook_max_review_bytes,
         concurrency=ours.webhook_concurrency,
         warning_lead=ours.webhook_cert_warning_lead,
+        client_ca=ours.webhook_client_ca,
     )
 
 

@@ -211,6 +211,11 @@ class Settings(BaseSettings):
         description="Reviews the webhook judges at once (large bodies: one at a time, apart); "
         "a request that waits a second for a slot gets 503.",
     )
+    webhook_client_ca: Path | None = Field(
+        default=None,
+        description="PEM file of the CA that signs the API server's client certificate for "
+        "webhooks; set, the webhook refuses a TLS connection without such a certificate.",
+    )
     webhook_cert_warning_lead: datetime.timedelta = Field(
         default=datetime.timedelta(days=14),
         description="The webhook logs a warning this long before its serving certificate expires.",

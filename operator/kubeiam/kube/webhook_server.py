@@ -50,7 +50,7 @@ SMALL_REVIEW_BYTES = 32 * 1024
 MAX_CONTAINERS = 100_000
 QUEUE_SECONDS = 1.0
 READ_SECONDS = 2.0
-CERT_CHECK_SECONDS = 30.0
+CERT_CHECK_SECONDS = 10.0
 
 CERT_EXPIRY = Gauge(
     "kubeiam_webhook_certificate_expiry_timestamp_seconds",
@@ -88,11 +88,13 @@ class ReviewServer(kopf_webhooks.WebhookServer):
         max_review_bytes: int,
         concurrency: int,
         warning_lead: datetime.timedelta,
+        client_ca: Path | None = None,
     ) -> None:
         super().__init__(addr=addr, port=port, certfile=str(certfile), pkeyfile=str(pkeyfile))
         self.cert_path, self.key_path = certfile, pkeyfile
         self.max_review_bytes = max_review_bytes
         self.warning_lead = warning_lead
+        self.client_ca = client_ca
         self._small = asyncio.Semaphore(concurrency)
         self._large = asyncio.Semaphore(1)
         self._digest = b""
@@ -100,6 +102,11 @@ class ReviewServer(kopf_webhooks.WebhookServer):
 
     async def __call__(self, fn: Any) -> AsyncIterator[Any]:
         context = ssl.create_default_context(purpose=ssl.Purpose.CLIENT_AUTH)
+        if self.client_ca is not None:
+            # Only a caller with a certificate from this CA (the API server, given one in its
+            # --admission-control-config-file) completes the handshake.
+            context.verify_mode = ssl.CERT_REQUIRED
+            context.load_verify_locations(cafile=str(self.client_ca))
         self._load(context)
 
         async def serve(request: aiohttp.web.Request) -> aiohttp.web.StreamResponse:
