@@ -32,7 +32,8 @@ class WebhookOff:
 
 
 def webhook_server(ours: Settings) -> Any:
-    """kopf's own webhook server, with our certificate, on every replica.
+    """The admission server (kube/webhook_server.py: bounded bodies and concurrency), with our
+    certificate, on every replica.
 
     A renewed certificate (cert-manager rotates the Secret) is loaded into the running server
     without a restart (kube/webhook_server.py). The webhook configuration is not managed by the
