@@ -52,21 +52,11 @@ cluster-status: install ## say whether the local control plane runs
 	$(RUN) kube-iam cluster status
 
 .PHONY: run
-run: install ## run the operator (against the local control plane unless KUBECONFIG is set)
-ifeq ($(strip $(KUBECONFIG)),)
-	$(RUN) kube-iam cluster up
-	@echo
-	@echo "From another terminal:"
-	@echo "  export KUBECONFIG=$(LOCAL_KUBECONFIG) PATH=$(CURDIR)/.local/bin:\$$PATH"
-	@echo "  kubectl apply -f examples/ && kubectl get iam"
-	@echo
-	@# The local control plane calls the admission webhook on loopback: serve it there.
-	set -a && . .local/webhook.env && KUBECONFIG=$(LOCAL_KUBECONFIG) $(RUN) kube-iam run
-else
-	$(KUBECTL) apply --server-side --force-conflicts -f crds/
-	@# Another cluster cannot call a webhook on this machine; deploy/'s pods serve it there.
-	KUBEIAM_WEBHOOK_PORT=$${KUBEIAM_WEBHOOK_PORT:-0} $(RUN) kube-iam run
-endif
+run: install ## run the operator and its webhook (on the local control plane unless KUBECONFIG names another cluster)
+	@# The local control plane is recognised by its kubeconfig, whatever KUBECONFIG says: there,
+	@# the admission webhook runs beside the operator as a process of its own, as in deploy/;
+	@# another cluster gets its CRDs and the operator alone. Ctrl-C stops everything it started.
+	$(RUN) python -m kubeiam.devcluster.local_run
 
 .PHONY: run-as-deployed
 run-as-deployed: install ## install deploy/ into the local control plane and run the operator as its ServiceAccount
@@ -138,9 +128,9 @@ kind-e2e: kind-prerequisites install ## build the image, run deploy/ on kind and
 		--for=condition=Established --timeout=60s
 	$(E2E_KUBECTL) apply --kustomize $(E2E_DIR)
 	@# The webhook's serving certificate and its CA in the webhook configurations (no cert-manager).
-	$(RUN) kube-iam webhook-cert | $(E2E_KUBECTL) apply -f -
-	$(E2E_KUBECTL) rollout restart deployment/kube-iam --namespace kube-iam-system
-	$(E2E_KUBECTL) rollout status deployment/kube-iam --namespace kube-iam-system --timeout=300s
+	$(RUN) kube-iam webhook-cert --kubeconfig $(E2E_KUBECONFIG) | $(E2E_KUBECTL) apply -f -
+	$(E2E_KUBECTL) rollout status deployment/kube-iam deployment/kube-iam-webhook \
+		--namespace kube-iam-system --timeout=300s
 	@# The operator runs in the cluster: the tests start none, and skip those that need their own.
 	status=0; KUBECONFIG=$(E2E_KUBECONFIG) KUBEIAM_E2E_EXTERNAL_OPERATOR=1 \
 		KUBEIAM_TEST_STATE_DIR=$(E2E_DIR) $(RUN) pytest tests/integration \

@@ -78,15 +78,39 @@ def _cluster(args: argparse.Namespace) -> int:
 
 
 def _webhook_cert(args: argparse.Namespace) -> int:
-    import tempfile
+    import datetime
 
-    from kubeiam.devcluster.webhook import cluster_certificate
+    from kubernetes import client, config
+    from kubernetes.client.exceptions import ApiException
 
-    with tempfile.TemporaryDirectory() as directory:
-        manifests = cluster_certificate(
-            Path(directory), namespace=args.namespace, service=args.service
-        )
-    sys.stdout.write(manifests)
+    from kubeiam.devcluster import webhook_cert
+
+    config.load_kube_config(config_file=args.kubeconfig)  # type: ignore[no-untyped-call]
+    core = client.CoreV1Api()
+
+    def current(name: str) -> dict[str, object] | None:
+        try:
+            secret = core.read_namespaced_secret(name, args.namespace)
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise SystemExit(
+                f"kube-iam: cannot read Secret {args.namespace}/{name}: {error.status} "
+                f"{error.reason} (the CA it holds is what makes a renewal seamless)"
+            ) from None
+        return {"data": secret.data or {}}
+
+    now = datetime.datetime.now(datetime.UTC)
+    issued = webhook_cert.issue(
+        namespace=args.namespace,
+        service=args.service,
+        ca_secret=current(webhook_cert.CA_SECRET),
+        serving_secret=current(webhook_cert.SERVING_SECRET),
+        renew=args.renew,
+        now=now,
+    )
+    sys.stdout.write(issued.manifests)
+    sys.stderr.write(webhook_cert.summary(issued, now))
     return 0
 
 
@@ -200,11 +224,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     cert = commands.add_parser(
         "webhook-cert",
-        help="print the webhook's serving certificate Secret and webhook configurations with "
-        "their CA, for `kubectl apply -f -` on a cluster without cert-manager",
+        help="print the webhook's serving certificate and CA Secrets and the webhook "
+        "configurations with the CA bundle, for `kubectl apply -f -` on a cluster without "
+        "cert-manager; reads the CA the cluster holds, so running it again is idempotent",
     )
     cert.add_argument("--namespace", default="kube-iam-system")
     cert.add_argument("--service", default="kube-iam-webhook")
+    cert.add_argument(
+        "--renew",
+        action="store_true",
+        help="issue a new serving certificate even if the current one is still good (with the "
+        "same CA, or a new one beside it when the CA nears its end)",
+    )
+    cert.add_argument("--kubeconfig", help="the cluster to read the current CA from")
     cert.set_defaults(handler=_webhook_cert)
 
     crds = commands.add_parser("crds", help="generate crds/ from the API models")

@@ -8,12 +8,12 @@ import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp.web
 import kopf
 
 # Importing a controller module registers its handlers with kopf's default registry.
 from kubeiam.controllers import accounts, admission, credentials, trusts  # noqa: F401
 from kubeiam.kube import bookkeeping, metrics, peering
+from kubeiam.kube import webhook_server as webhook_server_module
 from kubeiam.settings import Settings, get_settings
 
 ANNOTATION_PREFIX = "kubeiam.io"
@@ -31,28 +31,12 @@ class WebhookOff:
         yield {}  # pragma: no cover  (never reached)
 
 
-# The API server takes request bodies up to 3 MiB, and an AdmissionReview of an update carries
-# the object twice (new and old). aiohttp's default of 1 MiB would answer a large object with
-# 413, which the API server reports as an internal error instead of the schema's own refusal
-# naming the field (mutating admission runs before the schema is checked).
-MAX_REVIEW_BYTES = 8 * 1024 * 1024
-
-
-class WebhookServer(kopf.WebhookServer):
-    """kopf's webhook server, reading AdmissionReviews as large as the API server sends."""
-
-    @staticmethod
-    async def _serve(fn: Any, request: aiohttp.web.Request) -> aiohttp.web.Response:
-        larger = request.clone(client_max_size=MAX_REVIEW_BYTES)
-        response: aiohttp.web.Response = await kopf.WebhookServer._serve(fn, larger)
-        return response
-
-
 def webhook_server(ours: Settings) -> Any:
-    """kopf's own webhook server, with our certificate, on every replica.
+    """The admission server (kube/webhook_server.py: bounded bodies and concurrency), with our
+    certificate, on every replica.
 
-    kopf re-reads the files when they change, so a renewed certificate (cert-manager rotates
-    the Secret) is served without a restart. The webhook configuration is not managed by the
+    A renewed certificate (cert-manager rotates the Secret) is loaded into the running server
+    without a restart (kube/webhook_server.py). The webhook configuration is not managed by the
     operator: deploy/ (or the local control plane) registers it, so the operator needs no right
     to change webhook configurations.
     """
@@ -66,11 +50,15 @@ def webhook_server(ours: Settings) -> Any:
             "the kube-iam-webhook-tls Secret there (docs/install.md), or set "
             "KUBEIAM_WEBHOOK_PORT=0 where the webhook is not registered"
         )
-    return WebhookServer(
+    return webhook_server_module.ReviewServer(
         addr=ours.webhook.address,
         port=ours.webhook.port,
-        certfile=str(cert),
-        pkeyfile=str(key),
+        certfile=cert,
+        pkeyfile=key,
+        max_review_bytes=ours.webhook.max_review_bytes,
+        concurrency=ours.webhook.concurrency,
+        warning_lead=ours.webhook.cert_warning_lead,
+        client_ca=ours.webhook.client_ca,
     )
 
 
@@ -90,6 +78,10 @@ def admission_only_registry() -> kopf.OperatorRegistry:
     @kopf.on.startup(registry=registry)
     def configure_webhook_only(settings: kopf.OperatorSettings, **_: Any) -> None:
         configure_admission(settings, get_settings())
+        # kube-iam's kinds are found once at start (API discovery, open to everyone), not by
+        # watching CRDs, so the webhook's ServiceAccount needs no right to them; an upgrade that
+        # serves a new version rolls the webhook's pods anyway.
+        settings.scanning.disabled = True
         logging.getLogger("kubeiam").setLevel(logging.INFO)
 
     @kopf.on.startup(registry=registry)

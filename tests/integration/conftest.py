@@ -57,6 +57,9 @@ def _as_deployed(
     operator_kubeconfig = install.operator_kubeconfig(
         kubectl, TEST_STATE_DIR / "operator.kubeconfig"
     )
+    webhook_kubeconfig = install.operator_kubeconfig(
+        kubectl, TEST_STATE_DIR / "webhook.kubeconfig", install.WEBHOOK_SERVICE_ACCOUNT
+    )
     if webhook is None:
         # A cluster whose API server cannot reach this machine: no webhook is registered.
         unregister_webhook(kubectl)
@@ -65,6 +68,7 @@ def _as_deployed(
         kubectl=kubectl,
         log_dir=log_dir,
         operator_kubeconfig=operator_kubeconfig,
+        webhook_kubeconfig=webhook_kubeconfig,
         operator_env={
             **install.settings_env(kubectl),
             **TEST_SETTINGS,
@@ -81,7 +85,13 @@ def _serving_admission(handle: ClusterHandle) -> Iterator[ClusterHandle]:
     if handle.webhook is None:
         yield handle
         return
-    handle.admission = OperatorProcess(handle, name="admission", args=("--admission-only",))
+    # As deploy/'s webhook Deployment runs it: under the webhook's own ServiceAccount.
+    handle.admission = OperatorProcess(
+        handle,
+        name="admission",
+        args=("--admission-only",),
+        kubeconfig=handle.webhook_kubeconfig,
+    )
     handle.admission.start()
     try:
         yield handle
@@ -116,6 +126,7 @@ def cluster() -> Iterator[ClusterHandle]:
         if started_here and not os.environ.get("KUBEIAM_KEEP_TEST_CLUSTER"):
             local.down(quiet=True)
             (TEST_STATE_DIR / "operator.kubeconfig").unlink(missing_ok=True)
+            (TEST_STATE_DIR / "webhook.kubeconfig").unlink(missing_ok=True)
 
 
 @pytest.fixture(autouse=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -48,6 +49,16 @@ def wait_for(
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last seen: {last!r}")
 
 
+def listening(port: int) -> bool:
+    """Whether something accepts connections on the loopback port (a webhook server starts a
+    moment after its process reports healthy)."""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
 @dataclass
 class ClusterHandle:
     """The cluster a test session runs against: a kubeconfig and a kubectl bound to it.
@@ -62,6 +73,8 @@ class ClusterHandle:
     kubectl: Kubectl
     log_dir: Path
     operator_kubeconfig: Path | None = None
+    # The webhook's own ServiceAccount, which the session's webhook-only process acts as.
+    webhook_kubeconfig: Path | None = None
     operator_env: dict[str, str] = field(default_factory=dict)
     # The local webhook the API server calls, and the session's webhook-only process.
     webhook: LocalWebhook | None = None
@@ -217,6 +230,8 @@ class OperatorProcess:
     process: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
     metrics_port: int = 0
+    # Another identity than the operator's (the webhook's ServiceAccount), if given.
+    kubeconfig: Path | None = None
 
     def start(self, *, timeout: float = DEFAULT_TIMEOUT) -> OperatorProcess:
         if self.cluster.operator_kubeconfig is None:
@@ -232,7 +247,7 @@ class OperatorProcess:
             **self.cluster.operator_env,
             **self.env,
             "KUBEIAM_METRICS_PORT": str(self.metrics_port),
-            "KUBECONFIG": str(self.cluster.operator_kubeconfig),
+            "KUBECONFIG": str(self.kubeconfig or self.cluster.operator_kubeconfig),
         }
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -49,18 +51,24 @@ def test_applying_deploy_again_changes_nothing(cluster: ClusterHandle) -> None:
     assert diff.returncode == 0, diff.stdout + diff.stderr
 
 
-def test_the_deployment_is_locked_down_and_probed(cluster: ClusterHandle) -> None:
+def test_the_deployments_are_locked_down_and_probed(cluster: ClusterHandle) -> None:
     objects = _objects(cluster)
-    deployment = objects["Deployment/kube-iam"]
-    spec = deployment["spec"]
-    pod = spec["template"]["spec"]
-    operator, webhook_container = pod["containers"]
-    assert spec["replicas"] == 2
-    assert pod["serviceAccountName"] == install.SERVICE_ACCOUNT
-    assert pod["securityContext"]["runAsNonRoot"] is True
-    assert pod["securityContext"]["runAsUser"] != 0
-    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
-    for container in pod["containers"]:
+    deployments = {
+        install.SERVICE_ACCOUNT: objects["Deployment/kube-iam"],
+        install.WEBHOOK_SERVICE_ACCOUNT: objects["Deployment/kube-iam-webhook"],
+    }
+    for service_account, deployment in deployments.items():
+        spec = deployment["spec"]
+        pod = spec["template"]["spec"]
+        assert spec["replicas"] == 2
+        assert spec["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+        # Each runs as its own ServiceAccount: the webhook parses what callers send and holds
+        # no right to Secrets.
+        assert pod["serviceAccountName"] == service_account
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["runAsUser"] != 0
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        (container,) = pod["containers"]
         security = container["securityContext"]
         assert security["readOnlyRootFilesystem"] is True
         assert security["allowPrivilegeEscalation"] is False
@@ -69,41 +77,110 @@ def test_the_deployment_is_locked_down_and_probed(cluster: ClusterHandle) -> Non
             assert set(container["resources"][kind]) == {"cpu", "memory"}
         assert container["envFrom"] == [{"configMapRef": {"name": install.SETTINGS_CONFIGMAP}}]
         assert re.fullmatch(r"kube-iam:\d+\.\d+\.\d+", container["image"])
+        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+            assert container[probe]["httpGet"] == {"path": "/healthz", "port": "health"}, probe
+        # A drain evicts one replica of each at a time.
+        budgets = [
+            doc["spec"]
+            for doc in objects.values()
+            if doc["kind"] == "PodDisruptionBudget" and doc["spec"]["selector"] == spec["selector"]
+        ]
+        assert [budget["minAvailable"] for budget in budgets] == [1]
 
-    # The operator reconciles and serves no webhook; the webhook container admits and watches
-    # nothing, so a burst of reconciling never delays an admission answer.
+    # The operator reconciles and serves no webhook; the webhook admits and watches nothing,
+    # so a burst of reconciling never delays an admission answer.
+    (operator,) = deployments[install.SERVICE_ACCOUNT]["spec"]["template"]["spec"]["containers"]
     ports = {port["name"]: port["containerPort"] for port in operator["ports"]}
     assert ports == {"health": 8080, "metrics": 9090}
-    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
-        assert operator[probe]["httpGet"] == {"path": "/healthz", "port": "health"}, probe
     command = " ".join(operator["command"] + operator["args"])
     assert "kube-iam run --liveness=http://0.0.0.0:8080/healthz" in command
     assert "--standalone" not in command
     assert {"name": "KUBEIAM_WEBHOOK_PORT", "value": "0"} in operator["env"]
 
+    webhook_deployment = deployments[install.WEBHOOK_SERVICE_ACCOUNT]
+    (webhook_container,) = webhook_deployment["spec"]["template"]["spec"]["containers"]
     ports = {port["name"]: port["containerPort"] for port in webhook_container["ports"]}
-    assert ports == {"webhook": 9443, "webhook-health": 8081, "webhook-metrics": 9091}
-    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
-        assert webhook_container[probe]["httpGet"] == {
-            "path": "/healthz",
-            "port": "webhook-health",
-        }, probe
+    assert ports == {"webhook": 9443, "health": 8080, "metrics": 9090}
     assert webhook_container["command"] == [
         "kube-iam",
         "run",
         "--admission-only",
-        "--liveness=http://0.0.0.0:8081/healthz",
+        "--liveness=http://0.0.0.0:8080/healthz",
     ]
-    assert {"name": "KUBEIAM_METRICS_PORT", "value": "9091"} in webhook_container["env"]
     mounts = {m["name"]: m["mountPath"] for m in webhook_container["volumeMounts"]}
     settings = objects[f"ConfigMap/{install.SETTINGS_CONFIGMAP}"]["data"]
     assert mounts["webhook-tls"] == settings["KUBEIAM_WEBHOOK_CERT_DIR"]
+    # The Service sends the API server's calls to the webhook's pods only.
     service = objects["Service/kube-iam-webhook"]["spec"]
     assert [p["targetPort"] for p in service["ports"]] == ["webhook"]
+    assert service["selector"] == webhook_deployment["spec"]["selector"]["matchLabels"]
 
-    budget = objects["PodDisruptionBudget/kube-iam"]["spec"]
-    assert budget["minAvailable"] == 1
-    assert budget["selector"] == spec["selector"]
+
+def test_the_network_policies_admit_only_the_api_server_and_scrapers(
+    cluster: ClusterHandle, tmp_path: Path
+) -> None:
+    """deploy/network-policy, used from an overlay as the README says: the webhook port only
+    from the API server's addresses, /metrics only from labelled namespaces, nothing else."""
+    overlay = tmp_path / "overlay"
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                # kustomize takes paths relative to the overlay only.
+                "resources": [os.path.relpath(REPO_ROOT / "deploy", overlay)],
+                "components": [os.path.relpath(REPO_ROOT / "deploy" / "network-policy", overlay)],
+                "patches": [
+                    {
+                        "target": {"kind": "NetworkPolicy", "name": "kube-iam-webhook"},
+                        "patch": yaml.safe_dump(
+                            [
+                                {
+                                    "op": "replace",
+                                    "path": "/spec/ingress/0/from",
+                                    "value": [{"ipBlock": {"cidr": "10.0.0.10/32"}}],
+                                }
+                            ]
+                        ),
+                    }
+                ],
+            }
+        )
+    )
+    rendered = {
+        f"{doc['kind']}/{doc['metadata']['name']}": doc
+        for doc in install.render(cluster.kubectl, overlay)
+    }
+    webhook_pods = rendered["Deployment/kube-iam-webhook"]["spec"]["selector"]["matchLabels"]
+    operator_pods = rendered["Deployment/kube-iam"]["spec"]["selector"]["matchLabels"]
+    webhook_policy = rendered["NetworkPolicy/kube-iam-webhook"]["spec"]
+    operator_policy = rendered["NetworkPolicy/kube-iam-operator"]["spec"]
+    assert webhook_policy["podSelector"]["matchLabels"] == webhook_pods
+    assert operator_policy["podSelector"]["matchLabels"] == operator_pods
+    scrapers = [{"namespaceSelector": {"matchLabels": {"kube-iam.io/metrics-scraper": "true"}}}]
+    assert webhook_policy["ingress"] == [
+        {
+            "from": [{"ipBlock": {"cidr": "10.0.0.10/32"}}],
+            "ports": [{"port": "webhook", "protocol": "TCP"}],
+        },
+        {"from": scrapers, "ports": [{"port": "metrics", "protocol": "TCP"}]},
+    ]
+    assert operator_policy["ingress"] == [
+        {"from": scrapers, "ports": [{"port": "metrics", "protocol": "TCP"}]}
+    ]
+    for policy in (webhook_policy, operator_policy):
+        assert policy["policyTypes"] == ["Ingress"]
+    # The API server accepts them as they are.
+    cluster.kubectl(
+        "apply",
+        "--dry-run=server",
+        "-f",
+        "-",
+        input=yaml.safe_dump_all(
+            [doc for doc in rendered.values() if doc["kind"] == "NetworkPolicy"]
+        ),
+    )
 
 
 def test_every_setting_in_the_configmap_is_one_the_operator_reads(
@@ -142,9 +219,9 @@ def test_the_workload_pods_are_admitted_under_restricted_pod_security(
                 "json",
             ).stdout
         )["items"]
-        return listed if len(listed) >= 2 else None
+        return listed if len(listed) >= 4 else None
 
-    assert len(wait_for(pods, what="the Deployment's two pods to be created")) >= 2
+    assert len(wait_for(pods, what="both Deployments' two pods to be created")) >= 4
 
 
 def test_the_dockerfile_is_multi_stage_pinned_and_non_root() -> None:

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from kubeiam.devcluster.binaries import REPO_ROOT, ensure_binaries
-from kubeiam.devcluster.cluster import LocalCluster, _is_our_process
+from kubeiam.devcluster.cluster import LocalCluster, _is_our_process, free_port
 from kubeiam.devcluster.errors import ControlPlaneError
 
-from .support import ClusterHandle
+from .credentials_support import account_manifest, credential_manifest, many
+from .support import ClusterHandle, OperatorProcess, listening, wait_for
 
 
 def kube_iam(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -114,3 +118,97 @@ def test_the_binaries_come_from_the_versioned_cache(cluster: ClusterHandle) -> N
     assert "_etcd-v3." in str(directory)
     for name in ("etcd", "kube-apiserver", "kube-controller-manager", "kubectl"):
         assert os.access(directory / name, os.X_OK), name
+
+
+# One `kubectl apply` right after `make run` started: the issue's burst was 150 accounts and
+# 1,050 credentials; see the test's docstring for the size used here.
+BURST_ACCOUNTS = int(os.environ.get("KUBEIAM_RUN_BURST_ACCOUNTS", "150"))
+BURST_CREDENTIALS_EACH = 7
+
+
+def test_make_run_serves_admission_apart_and_admits_a_whole_apply(
+    cluster: ClusterHandle, session_operator: OperatorProcess, namespace: str
+) -> None:
+    """What `make run` starts (`python -m kubeiam.devcluster.local_run`), in a shell whose
+    KUBECONFIG names the local control plane, as the README's walk-through exports it: the
+    webhook runs beside the operator, the runner says when both are ready, one apply of 150
+    accounts and 1,050 credentials right then is admitted whole, and Ctrl-C stops both."""
+    if cluster.webhook is None or cluster.admission is None:
+        pytest.skip("not the local control plane")
+    state_dir = cluster.kubeconfig.parent
+    # The runner's processes answer alone.
+    session_operator.stop()
+    cluster.admission.stop()
+    log = cluster.log_dir / "operators" / "make-run.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    env = {
+        **os.environ,
+        "KUBECONFIG": str(cluster.kubeconfig),
+        "KUBEIAM_ORGANIZATION": "acme",
+        "KUBEIAM_LOG_FORMAT": "text",
+        "KUBEIAM_METRICS_PORT": str(free_port()),
+    }
+    with log.open("ab") as errors:
+        runner = subprocess.Popen(
+            [sys.executable, "-m", "kubeiam.devcluster.local_run", "--state-dir", str(state_dir)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=errors,
+            text=True,
+        )
+    try:
+        assert runner.stdout is not None
+        ready = _line_with(runner, "ready for objects", timeout=180)
+        assert f"127.0.0.1:{cluster.webhook.port}" in ready
+        children = _children_of(runner.pid)
+        assert len(children) == 2, children
+
+        manifests = [account_manifest(f"a{i}") for i in range(BURST_ACCOUNTS)] + [
+            credential_manifest(f"a{i}-c{j}", f"a{i}")
+            for i in range(BURST_ACCOUNTS)
+            for j in range(BURST_CREDENTIALS_EACH)
+        ]
+        started = time.monotonic()
+        applied = cluster.kubectl(
+            "apply", "-n", namespace, "-f", "-", input=many(manifests), check=False, timeout=600
+        )
+        took = time.monotonic() - started
+        assert applied.returncode == 0, applied.stderr[-3000:]
+        assert "failed calling webhook" not in applied.stderr
+        created = applied.stdout.count(" created")
+        assert created == len(manifests), applied.stdout[-2000:]
+        print(f"one apply of {len(manifests)} objects admitted whole in {took:.1f} s")
+
+        runner.send_signal(signal.SIGINT)
+        assert runner.wait(timeout=60) in (0, 130)
+        wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in children), timeout=30)
+        assert not listening(cluster.webhook.port)
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+            runner.wait()
+        cluster.admission.start()
+
+
+def _line_with(process: subprocess.Popen[str], text: str, *, timeout: float) -> str:
+    """The first line of the process's stdout holding `text` (the runner's readiness line)."""
+    assert process.stdout is not None
+    found: list[str] = []
+
+    def read() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            if text in line:
+                found.append(line)
+                return
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(timeout)
+    assert found, f"no line with {text!r} within {timeout:.0f} s (exit code {process.poll()})"
+    return found[0]
+
+
+def _children_of(pid: int) -> list[int]:
+    result = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False)
+    return [int(line) for line in result.stdout.split()]

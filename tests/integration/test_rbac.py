@@ -18,7 +18,8 @@ from kubeiam.devcluster import install
 from kubeiam.devcluster.binaries import REPO_ROOT
 from kubeiam.devcluster.kubectl import Kubectl
 
-from .support import ClusterHandle, OperatorProcess, wait_for
+from .credentials_support import account_manifest, credential_manifest
+from .support import ClusterHandle, OperatorProcess, listening, wait_for
 
 RBAC_FILE = REPO_ROOT / "deploy" / "rbac.yaml"
 # The permissions table for people, which must list every rule of RBAC_FILE.
@@ -48,10 +49,10 @@ def _rules(cluster: ClusterHandle) -> list[dict[str, Any]]:
     return [rule for role in roles for rule in role["rules"]]
 
 
-def _can(cluster: ClusterHandle, verb: str, resource: str, *extra: str) -> bool:
-    result = cluster.kubectl(
-        "auth", "can-i", verb, resource, f"--as={install.SUBJECT}", *extra, check=False
-    )
+def _can(
+    cluster: ClusterHandle, verb: str, resource: str, *extra: str, who: str = install.SUBJECT
+) -> bool:
+    result = cluster.kubectl("auth", "can-i", verb, resource, f"--as={who}", *extra, check=False)
     return result.stdout.strip() == "yes"
 
 
@@ -72,12 +73,17 @@ def test_no_rule_has_a_wildcard_and_secrets_are_never_listed_or_watched(
         for doc in install.render(cluster.kubectl)
         if doc["kind"] in ("ClusterRoleBinding", "RoleBinding")
     ]
+    # Each of deploy/'s two identities is bound to its own role, and to nothing else.
+    expected = {
+        "kube-iam-operator": install.SERVICE_ACCOUNT,
+        "kube-iam-webhook": install.WEBHOOK_SERVICE_ACCOUNT,
+    }
+    assert sorted(binding["roleRef"]["name"] for binding in bindings) == sorted(expected)
     for binding in bindings:
-        assert binding["roleRef"]["name"] == "kube-iam-operator", "only deploy/'s own role"
         assert binding["subjects"] == [
             {
                 "kind": "ServiceAccount",
-                "name": install.SERVICE_ACCOUNT,
+                "name": expected[binding["roleRef"]["name"]],
                 "namespace": install.NAMESPACE,
             }
         ]
@@ -176,3 +182,57 @@ def test_no_operator_process_was_refused_a_permission(cluster: ClusterHandle) ->
         if found:
             refused[path.name] = found[:3]
     assert refused == {}, json.dumps(refused, indent=2)
+
+
+def test_the_webhooks_service_account_holds_only_what_admission_needs(
+    cluster: ClusterHandle, namespace: str, session_operator: OperatorProcess
+) -> None:
+    """The webhook parses what callers send: its ServiceAccount reads accounts and asks
+    SubjectAccessReviews, and nothing more; the session's webhook process runs as it, and
+    judges requests (a refusal needs both rights) without one permission error."""
+    if cluster.admission is None or cluster.webhook_kubeconfig is None:
+        pytest.skip("no local webhook process")
+    webhook = install.WEBHOOK_SUBJECT
+    assert _can(cluster, "get", "serviceaccounts.iam.kubeiam.io", "-n", "x", who=webhook)
+    assert _can(cluster, "create", "subjectaccessreviews.authorization.k8s.io", who=webhook)
+    for verb, resource, *extra in (
+        ("get", "secrets", "-n", "x"),
+        ("create", "secrets", "-n", "x"),
+        ("delete", "secrets", "-n", "x"),
+        ("list", "serviceaccounts.iam.kubeiam.io", "-n", "x"),
+        ("patch", "serviceaccounts.iam.kubeiam.io", "-n", "x"),
+        ("get", "serviceaccountcredentials.iam.kubeiam.io", "-n", "x"),
+        ("patch", "serviceaccountcredentials.iam.kubeiam.io/status", "-n", "x"),
+        ("create", "events", "-n", "x"),
+        ("list", "customresourcedefinitions.apiextensions.k8s.io"),
+        ("patch", "clusterkopfpeerings.kopf.dev/kube-iam"),
+    ):
+        assert not _can(cluster, verb, resource, *extra, who=webhook), (verb, resource)
+    # Started afresh, so the log read below holds this process's start and nothing older.
+    # The session's operator serves the same port when it runs (SO_REUSEPORT): it steps aside.
+    session_operator.stop()
+    cluster.admission.stop()
+    assert cluster.admission.log_path is not None
+    offset = cluster.admission.log_path.stat().st_size
+    cluster.admission.start()
+    assert cluster.webhook is not None
+    wait_for(lambda: listening(cluster.webhook.port), what="the webhook to listen")  # type: ignore[union-attr]
+    # The real path: an account, then a credential for it by someone who is not its owner and
+    # may not manage it: the webhook reads the account and asks the API server, and refuses.
+    cluster.kubectl("create", "-n", namespace, "-f", "-", input=account_manifest("audited"))
+    cluster.kubectl(
+        "create", "rolebinding", "mallory-edits", "-n", namespace, "--clusterrole=edit",
+        "--user=mallory",
+    )  # fmt: skip
+    result = cluster.kubectl(
+        "create", "-n", namespace, "-f", "-", "--as=mallory", "--as-group=system:authenticated",
+        input=credential_manifest("audited-cred", "audited"), check=False,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert 'admission webhook "credentials.iam.kubeiam.io" denied the request' in result.stderr
+    with cluster.admission.log_path.open("rb") as file:
+        file.seek(offset)
+        log = file.read().decode(errors="replace")
+    assert "Webhook 'validate-serviceaccountcredentials'" in log, log[-3000:]
+    assert not PERMISSION_ERRORS.search(log), log[-3000:]
+    assert "Forbidden" not in log, log[-3000:]

@@ -57,7 +57,12 @@ def _write_cert(path: Path, cert: x509.Certificate) -> None:
     path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
 
-def _builder(subject: x509.Name, issuer: x509.Name, key: _PrivateKey) -> x509.CertificateBuilder:
+def _builder(
+    subject: x509.Name,
+    issuer: x509.Name,
+    key: _PrivateKey,
+    validity: datetime.timedelta = _VALIDITY,
+) -> x509.CertificateBuilder:
     now = datetime.datetime.now(datetime.UTC)
     return (
         x509.CertificateBuilder()
@@ -66,7 +71,7 @@ def _builder(subject: x509.Name, issuer: x509.Name, key: _PrivateKey) -> x509.Ce
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + _VALIDITY)
+        .not_valid_after(now + validity)
     )
 
 
@@ -78,6 +83,7 @@ def issue_certificate(
     organization: str | None = None,
     server_names: tuple[str, ...] = (),
     server_ips: tuple[str, ...] = (),
+    validity: datetime.timedelta = _VALIDITY,
 ) -> KeyPair:
     """Sign a new leaf certificate with the CA: a client certificate, or a serving one if named."""
     ca_cert = x509.load_pem_x509_certificate(ca.cert.read_bytes())
@@ -87,7 +93,7 @@ def issue_certificate(
     serving = bool(server_names or server_ips)
     usage = ExtendedKeyUsageOID.SERVER_AUTH if serving else ExtendedKeyUsageOID.CLIENT_AUTH
     builder = (
-        _builder(_name(common_name, organization), ca_cert.subject, key)
+        _builder(_name(common_name, organization), ca_cert.subject, key, validity)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
     )
@@ -102,10 +108,10 @@ def issue_certificate(
     return out
 
 
-def create_ca(out: KeyPair, common_name: str) -> KeyPair:
+def create_ca(out: KeyPair, common_name: str, validity: datetime.timedelta = _VALIDITY) -> KeyPair:
     key = ec.generate_private_key(ec.SECP256R1())
     cert = (
-        _builder(_name(common_name), _name(common_name), key)
+        _builder(_name(common_name), _name(common_name), key, validity)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(

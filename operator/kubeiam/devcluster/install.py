@@ -29,6 +29,9 @@ DEPLOY_DIR = REPO_ROOT / "deploy"
 NAMESPACE = "kube-iam-system"
 SERVICE_ACCOUNT = "kube-iam"
 SUBJECT = f"system:serviceaccount:{NAMESPACE}:{SERVICE_ACCOUNT}"
+# The webhook's own identity (deploy/webhook-deployment.yaml): `--admission-only` runs as it.
+WEBHOOK_SERVICE_ACCOUNT = "kube-iam-webhook"
+WEBHOOK_SUBJECT = f"system:serviceaccount:{NAMESPACE}:{WEBHOOK_SERVICE_ACCOUNT}"
 SETTINGS_CONFIGMAP = "kube-iam-settings"
 # Long enough for any test session; TokenRequest tokens cannot be revoked, only expire.
 TOKEN_DURATION = "12h"
@@ -78,8 +81,11 @@ def settings_env(kubectl: Kubectl) -> dict[str, str]:
     return data
 
 
-def operator_kubeconfig(kubectl: Kubectl, path: Path) -> Path:
-    """Write a kubeconfig that acts as the operator's ServiceAccount on kubectl's cluster.
+def operator_kubeconfig(
+    kubectl: Kubectl, path: Path, service_account: str = SERVICE_ACCOUNT
+) -> Path:
+    """Write a kubeconfig that acts as the operator's ServiceAccount (or the webhook's) on
+    kubectl's cluster.
 
     The token never reaches a log or an error message: kubectl prints it on stdout only, and
     a failure quotes stderr.
@@ -89,9 +95,10 @@ def operator_kubeconfig(kubectl: Kubectl, path: Path) -> Path:
     if not clusters:
         raise ControlPlaneError(f"{kubectl.kubeconfig} names no cluster.")
     token = kubectl(
-        "create", "token", SERVICE_ACCOUNT, "-n", NAMESPACE, f"--duration={TOKEN_DURATION}"
+        "create", "token", service_account, "-n", NAMESPACE, f"--duration={TOKEN_DURATION}"
     ).stdout.strip()
-    return write_token_kubeconfig(path, clusters[0]["cluster"], SUBJECT, token)
+    subject = f"system:serviceaccount:{NAMESPACE}:{service_account}"
+    return write_token_kubeconfig(path, clusters[0]["cluster"], subject, token)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from kubeiam.devcluster.binaries import REPO_ROOT
-from kubeiam.devcluster.certs import KeyPair, create_ca, issue_certificate
+from kubeiam.devcluster.certs import KeyPair, issue_certificate
 from kubeiam.devcluster.kubectl import Kubectl
 
 WEBHOOK_MANIFEST = REPO_ROOT / "deploy" / "webhook.yaml"
@@ -92,10 +92,10 @@ def load(state_dir: Path) -> LocalWebhook | None:
 def configurations(webhook: LocalWebhook) -> list[dict[str, Any]]:
     """deploy/webhook.yaml's configurations, each webhook sent to loopback instead."""
     ca_bundle = base64.b64encode(webhook.ca_cert.read_bytes()).decode("ascii")
-    return _configurations_with(ca_bundle, lambda path: f"https://{ADDRESS}:{webhook.port}{path}")
+    return configurations_with(ca_bundle, lambda path: f"https://{ADDRESS}:{webhook.port}{path}")
 
 
-def _configurations_with(ca_bundle: str, url: Callable[[str], str] | None) -> list[dict[str, Any]]:
+def configurations_with(ca_bundle: str, url: Callable[[str], str] | None) -> list[dict[str, Any]]:
     documents = [doc for doc in yaml.safe_load_all(WEBHOOK_MANIFEST.read_text()) if doc]
     result = []
     for doc in documents:
@@ -108,33 +108,6 @@ def _configurations_with(ca_bundle: str, url: Callable[[str], str] | None) -> li
             hook["clientConfig"]["caBundle"] = ca_bundle
         result.append(doc)
     return result
-
-
-def cluster_certificate(directory: Path, *, namespace: str, service: str) -> str:
-    """`kube-iam webhook-cert`: for a cluster without cert-manager, a CA and a serving
-    certificate for the webhook's Service, as manifests for `kubectl apply -f -`: the Secret
-    kube-iam-webhook-tls the pods mount, and deploy/'s webhook configurations with the CA as
-    their caBundle. The CA's key is not kept: to renew, run it again and restart the pods."""
-    ca = create_ca(KeyPair(directory / "ca.crt", directory / "ca.key"), "kube-iam webhook CA")
-    host = f"{service}.{namespace}.svc"
-    serving = issue_certificate(
-        ca,
-        KeyPair(directory / "tls.crt", directory / "tls.key"),
-        host,
-        server_names=(host, f"{host}.cluster.local"),
-    )
-    secret = {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "type": "kubernetes.io/tls",
-        "metadata": {"name": "kube-iam-webhook-tls", "namespace": namespace},
-        "data": {
-            "tls.crt": base64.b64encode(serving.cert.read_bytes()).decode("ascii"),
-            "tls.key": base64.b64encode(serving.key.read_bytes()).decode("ascii"),
-        },
-    }
-    ca_bundle = base64.b64encode(ca.cert.read_bytes()).decode("ascii")
-    return yaml.safe_dump_all([secret, *_configurations_with(ca_bundle, None)])
 
 
 def register(kubectl: Kubectl, webhook: LocalWebhook) -> None:

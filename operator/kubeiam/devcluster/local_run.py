@@ -1,0 +1,185 @@
+"""`make run`: the operator and its admission webhook as two processes, as deploy/ runs them.
+
+One process reconciling and answering admission on the same event loop answered some of a
+burst's admission calls past the API server's 5 s timeout, and the webhook fails closed. So, as
+in deploy/, `kube-iam run --admission-only` serves the webhook and `kube-iam run` reconciles,
+side by side; Ctrl-C (or either one's end) stops both.
+
+The local control plane is recognised by its kubeconfig, whatever KUBECONFIG says: unset, the
+local one's path, or any kubeconfig naming the local API server's URL. Another cluster cannot call
+a webhook on this machine: against it only the operator runs (deploy/'s pods serve admission).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+from kubeiam.devcluster.binaries import ensure_binaries
+from kubeiam.devcluster.cluster import (
+    DEFAULT_STATE_DIR,
+    LocalCluster,
+    apply_crds,
+    free_port,
+    terminate,
+)
+from kubeiam.devcluster.errors import ControlPlaneError
+from kubeiam.devcluster.kubectl import Kubectl
+from kubeiam.devcluster.webhook import ADDRESS
+
+_START_TIMEOUT = 180.0
+_STOP_TIMEOUT = 30.0
+
+
+def is_local(kubeconfig: str | None, cluster: LocalCluster) -> bool:
+    """Whether `kubeconfig` (KUBECONFIG's value) points at the local control plane: unset, its
+    path, or a kubeconfig whose current context names the local API server."""
+    if not kubeconfig:
+        return True
+    paths = [Path(part) for part in kubeconfig.split(os.pathsep) if part]
+    if len(paths) == 1 and paths[0].resolve() == cluster.kubeconfig.resolve():
+        return True
+    local = _server(str(cluster.kubeconfig))
+    return local is not None and _server(kubeconfig) == local
+
+
+def _server(kubeconfig: str) -> str | None:
+    """The API server of the kubeconfig's current context, as kubectl would pick it (files
+    merged in KUBECONFIG's order); None if it names none that can be read."""
+    from kubernetes import client, config
+
+    configuration = client.Configuration()
+    try:
+        config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)  # type: ignore[no-untyped-call]
+    except Exception:  # any kubeconfig kube-iam cannot read is not the local one
+        return None
+    return str(configuration.host).rstrip("/")
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - loopback
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _listening(port: int) -> bool:
+    import socket
+
+    try:
+        socket.create_connection((ADDRESS, port), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def _children() -> Iterator[list[subprocess.Popen[bytes]]]:
+    started: list[subprocess.Popen[bytes]] = []
+    try:
+        yield started
+    finally:
+        for child in reversed(started):
+            terminate(child, timeout=_STOP_TIMEOUT)
+
+
+def _start(args: list[str], env: Mapping[str, str]) -> subprocess.Popen[bytes]:
+    # Their output goes to this terminal, as `kube-iam run`'s would.
+    return subprocess.Popen([sys.executable, "-m", "kubeiam.cli", "run", *args], env=dict(env))
+
+
+def run(state_dir: Path, *, kubeconfig: str | None) -> int:
+    cluster = LocalCluster(state_dir)
+    if not is_local(kubeconfig, cluster):
+        return _run_remote(Path(kubeconfig or ""), state_dir)
+    admin = cluster.up()
+    webhook = cluster.webhook
+    if webhook is None:
+        raise ControlPlaneError(f"The local control plane in {state_dir} has no webhook set up.")
+    base = {**os.environ, "KUBECONFIG": str(admin)}
+    admission_health = f"http://127.0.0.1:{free_port()}/healthz"
+    operator_health = f"http://127.0.0.1:{free_port()}/healthz"
+    with _children() as children:
+        children.append(
+            _start(
+                ["--admission-only", f"--liveness={admission_health}"],
+                # Its metrics on a port of its own; the operator keeps KUBEIAM_METRICS_PORT.
+                {**base, **webhook.env(), "KUBEIAM_METRICS_PORT": str(free_port())},
+            )
+        )
+        children.append(
+            _start(
+                [f"--liveness={operator_health}"],
+                {**base, "KUBEIAM_WEBHOOK_PORT": "0"},
+            )
+        )
+        deadline = time.monotonic() + _START_TIMEOUT
+        while not (
+            _healthy(admission_health) and _listening(webhook.port) and _healthy(operator_health)
+        ):
+            for child in children:
+                if child.poll() is not None:
+                    print(f"kube-iam: a process exited with {child.returncode}", file=sys.stderr)
+                    return child.returncode or 1
+            if time.monotonic() > deadline:
+                print("kube-iam: the operator did not become ready in time", file=sys.stderr)
+                return 1
+            time.sleep(0.2)
+        print(
+            "kube-iam is ready for objects: the operator reconciles and the admission webhook "
+            f"answers on {ADDRESS}:{webhook.port}. Ctrl-C stops both.\n"
+            "From another terminal:\n"
+            f"  export KUBECONFIG={admin} PATH={cluster.kubectl_path.parent}:$PATH\n"
+            "  kubectl apply -f examples/ && kubectl get iam",
+            flush=True,
+        )
+        # Until Ctrl-C, or until one of them ends (the other is then stopped too).
+        with contextlib.suppress(KeyboardInterrupt):
+            while all(child.poll() is None for child in children):
+                time.sleep(0.5)
+        ended = [child.returncode for child in children if child.returncode is not None]
+    return max(ended, default=0)
+
+
+def _run_remote(kubeconfig: Path, state_dir: Path) -> int:
+    """Another cluster: its CRDs brought up to date, then only the operator, with no webhook
+    (the cluster could not call one here; deploy/'s pods serve it there)."""
+    binary = shutil.which("kubectl") or ensure_binaries(state_dir / "logs") / "kubectl"
+    apply_crds(Kubectl(Path(binary), kubeconfig))
+    env = {**os.environ, "KUBEIAM_WEBHOOK_PORT": os.environ.get("KUBEIAM_WEBHOOK_PORT", "0")}
+    os.execve(sys.executable, [sys.executable, "-m", "kubeiam.cli", "run"], env)  # noqa: S606
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m kubeiam.devcluster.local_run")
+    parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
+    args = parser.parse_args(argv)
+    # Ctrl-C reaches the children too (one process group), and each stops itself; SIGTERM (a
+    # supervisor, a test) is handled the same way, and the children are stopped here.
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        return run(args.state_dir, kubeconfig=os.environ.get("KUBECONFIG"))
+    except ControlPlaneError as error:
+        print(f"kube-iam: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
