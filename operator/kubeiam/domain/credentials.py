@@ -389,32 +389,39 @@ def issued_status(
     return {**status, **warned}, True
 
 
+# Why an issued credential's Secret is not as issued, by reason; {name} is the Secret's name.
+_SECRET_PROBLEMS = {
+    Reason.SECRET_DELETED: (
+        "Secret {name} was deleted. It is not re-created: the client secret is shown only once. "
+        "Revoke this credential and create a new one."
+    ),
+    Reason.SECRET_REPLACED: (
+        "Secret {name} is not the Secret kube-iam wrote: it was deleted and another was created "
+        "under its name. kube-iam does not trust or touch it; the client secret it holds is not "
+        "this credential's. Revoke this credential and create a new one."
+    ),
+}
+
+
+def _secret_problem(
+    current: Mapping[str, Any], reason: Reason, generation: int, now: datetime.datetime
+) -> dict[str, Any]:
+    """Still Active (the secret still works where it was copied), but its Secret is not as
+    issued: Ready False, saying why."""
+    message = _SECRET_PROBLEMS[reason].format(name=repr(current.get("secretName")))
+    return _with_ready(current, generation, now, Condition(READY, "False", reason, message))
+
+
 def secret_deleted_status(
     current: Mapping[str, Any], *, generation: int, now: datetime.datetime
 ) -> dict[str, Any]:
-    """Still Active (the secret still works where it was copied), but its Secret is gone."""
-    message = (
-        f"Secret {current.get('secretName')!r} was deleted. It is not re-created: the client "
-        "secret is shown only once. Revoke this credential and create a new one."
-    )
-    return _with_ready(
-        current, generation, now, Condition(READY, "False", Reason.SECRET_DELETED, message)
-    )
+    return _secret_problem(current, Reason.SECRET_DELETED, generation, now)
 
 
 def secret_replaced_status(
     current: Mapping[str, Any], *, generation: int, now: datetime.datetime
 ) -> dict[str, Any]:
-    """Still Active, but the Secret under its name is not the one kube-iam wrote."""
-    message = (
-        f"Secret {current.get('secretName')!r} is not the Secret kube-iam wrote: it was deleted "
-        "and another was created under its name. kube-iam does not trust or touch it; the "
-        "client secret it holds is not this credential's. Revoke this credential and create a "
-        "new one."
-    )
-    return _with_ready(
-        current, generation, now, Condition(READY, "False", Reason.SECRET_REPLACED, message)
-    )
+    return _secret_problem(current, Reason.SECRET_REPLACED, generation, now)
 
 
 def issued_ready_status(
@@ -423,6 +430,16 @@ def issued_ready_status(
     """The Ready condition of an issued credential whose Secret is in place."""
     issued = _issued(str(current.get("secretName")), str(current.get("expiresAt")))
     return _with_ready(current, generation, now, issued)
+
+
+def secret_status(
+    current: Mapping[str, Any], found: str, *, generation: int, now: datetime.datetime
+) -> dict[str, Any]:
+    """The status an issued credential's Secret, as found (present, absent, replaced), implies."""
+    if found == "present":
+        return issued_ready_status(current, generation=generation, now=now)
+    reason = Reason.SECRET_DELETED if found == "absent" else Reason.SECRET_REPLACED
+    return _secret_problem(current, reason, generation, now)
 
 
 def ended_status(

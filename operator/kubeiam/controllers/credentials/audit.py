@@ -50,12 +50,7 @@ async def keep_active(body: Mapping[str, Any], *, read_secret: bool) -> None:
         found = await secret_state(issued_of(body), runtime.proof_keys())
     else:
         found = _FOUND[was]
-    if found == "present":
-        desired = rules.issued_ready_status(current, generation=generation, now=now())
-    elif found == "absent":
-        desired = rules.secret_deleted_status(current, generation=generation, now=now())
-    else:
-        desired = rules.secret_replaced_status(current, generation=generation, now=now())
+    desired = rules.secret_status(current, found, generation=generation, now=now())
     written = await status.write(CREDENTIALS, body, desired)
     now_reported = REPORTS[found]
     if now_reported is not None and now_reported != was:
