@@ -52,7 +52,7 @@ def test_two_replicas_starting_together_hold_the_same_key(fake: FakeSecrets) -> 
     assert first.active == second.active
     assert first.keys == second.keys
     assert len(first.keys[first.active]) == key_secret.KEY_BYTES
-    assert fake.creates == 2
+    assert list(fake.stored) == ["keys"]
     written = fake.stored["keys"]
     assert written["immutable"] is True
     assert written["type"] == key_secret.KEY_SECRET_TYPE
@@ -68,3 +68,30 @@ def test_a_key_secret_without_a_usable_key_is_refused_by_name(fake: FakeSecrets)
     fake.stored["keys"] = {"data": {"active-key-id": base64.b64encode(b"k9").decode()}}
     with pytest.raises(key_secret.KeySecretError, match="'keys'"):
         asyncio.run(key_secret.load_or_create("ns", "keys", purpose="test"))
+
+
+def test_both_found_absent_one_create_wins_and_the_other_reads_it(
+    fake: FakeSecrets, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The race the first read cannot close: both read nothing, both create, the 409 reads."""
+    absent = [True, True]
+
+    async def get(namespace: str, name: str) -> dict[str, str] | None:
+        if absent:
+            absent.pop()
+            return None
+        return await fake.get_secret_data(namespace, name)
+
+    monkeypatch.setattr(api, "get_secret_data", get)
+    one = asyncio.run(key_secret.load_or_create("ns", "keys", purpose="test"))
+    two = asyncio.run(key_secret.load_or_create("ns", "keys", purpose="test"))
+    assert fake.creates == 2
+    assert one.keys == two.keys
+
+
+def test_a_start_over_an_existing_key_writes_nothing(fake: FakeSecrets) -> None:
+    first = asyncio.run(key_secret.load_or_create("ns", "keys", purpose="test"))
+    creates = fake.creates
+    again = asyncio.run(key_secret.load_or_create("ns", "keys", purpose="test"))
+    assert fake.creates == creates
+    assert again.keys == first.keys

@@ -1,10 +1,10 @@
 """Keys only the operator holds, in one Secret of its namespace, created exactly once.
 
-Every replica generates a candidate and tries to create the Secret; the API server lets one
-create win and the others meet a 409 and read the winner's keys, so all replicas hold the same
-keys without any coordination. The Secret is immutable: rotating means adding a key under a new
-id in a new Secret (the proof and token formats carry the key id for that). Keys are never
-logged, and an error names the Secret, never its content.
+A replica that finds no Secret generates a candidate and tries to create it; the API server
+lets one create win and the others meet a 409 and read the winner's keys, so all replicas hold
+the same keys without any coordination. The Secret is immutable: rotating means adding a key
+under a new id in a new Secret (the proof and token formats carry the key id for that). Keys
+are never logged, and an error names the Secret, never its content.
 """
 
 from __future__ import annotations
@@ -78,7 +78,13 @@ async def load_or_create(
     purpose: str,
     random_bytes: Callable[[int], bytes] = os.urandom,
 ) -> KeyRing:
-    """The keys in Secret `name` of `namespace`, created with a fresh key if there is none."""
+    """The keys in Secret `name` of `namespace`, created with a fresh key if there is none.
+
+    Read first: a start over an existing key costs one read, no write (a restart writes
+    nothing, and a paused replica creates nothing)."""
+    data = await api.get_secret_data(namespace, name)
+    if data is not None:
+        return _parse(name, data)
     candidate = _candidate(random_bytes)
     try:
         await api.create_secret(namespace, _manifest(namespace, name, candidate, purpose))
