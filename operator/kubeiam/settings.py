@@ -340,6 +340,14 @@ class Settings(_Group):
         pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
         description="Organisation name used in client ids: `<account>@<namespace>.<org>.iam`.",
     )
+    operator_namespace: str = Field(
+        default="kube-iam-system",
+        min_length=1,
+        max_length=63,
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+        description="The operator's own namespace: it keeps the key that proves which Secrets "
+        "it wrote there, in the Secret kube-iam-secret-proof-key (created once).",
+    )
     credentials: CredentialSettings = Field(default_factory=CredentialSettings)
     trusts: TrustSettings = Field(default_factory=TrustSettings)
     issuers: IssuerSettings = Field(default_factory=IssuerSettings)

@@ -37,6 +37,7 @@ from kubeiam.domain.credentials import (
     ended_status,
     expiring_soon,
     has_condition,
+    issued_for_another_account,
     issued_ready_status,
     issued_status,
     limit_message,
@@ -44,6 +45,7 @@ from kubeiam.domain.credentials import (
     resolved_expiry,
     secret_deleted_status,
     secret_refused_message,
+    secret_replaced_status,
     warning_time,
 )
 
@@ -132,6 +134,8 @@ def issuance(**overrides: Any) -> Issuance:
         "expires_at": CREATED + DEFAULT,
         "effective_roles": ["deploy", "read"],
         "deletion_policy": "Retain",
+        "secret_uid": "secret-uid",
+        "account_uid": "account-uid",
     }
     fields.update(overrides)
     return Issuance(**fields)
@@ -894,3 +898,69 @@ def test_a_refused_secret_is_explained_by_name_status_and_retry() -> None:
 def test_the_display_name_is_the_spec_s_or_else_the_object_s_name() -> None:
     assert display_name({"displayName": "Nightly CI"}, "ci") == "Nightly CI"
     assert display_name({}, "ci") == "ci"
+
+
+# -- an account replaced under its name (issue 15, item 3) ---------------------------------
+
+
+def test_an_issued_credential_of_a_replaced_account_ends_as_account_replaced() -> None:
+    step = decide(facts(status={**issued(), "accountUid": "earlier-account"}), POLICY)
+    assert isinstance(step, End)
+    assert (step.state, step.reason) == (State.REVOKED, Reason.ACCOUNT_REPLACED)
+    assert repr(ACCOUNT_NAME) in step.message
+
+
+def test_a_credential_of_the_same_account_or_issued_before_uids_were_recorded_stays() -> None:
+    assert isinstance(
+        decide(facts(status={**issued(), "accountUid": "account-uid"}), POLICY), KeepActive
+    )
+    assert isinstance(decide(facts(status=issued()), POLICY), KeepActive)
+    # Without the account at hand (a start-up resume), nothing is concluded.
+    unread = facts(status={**issued(), "accountUid": "earlier-account"}, account_=None)
+    assert isinstance(decide(unread, POLICY), KeepActive)
+
+
+def test_revocation_still_wins_over_a_replaced_account() -> None:
+    step = decide(facts(revoked=True, status={**issued(), "accountUid": "other"}), POLICY)
+    assert isinstance(step, End)
+    assert step.reason == Reason.REVOKED
+
+
+@given(st.sampled_from([None, "", "a", "b"]), st.sampled_from([None, "", "a", "b"]))
+def test_only_two_known_and_different_uids_mean_replaced(
+    recorded: str | None, current: str | None
+) -> None:
+    replaced = issued_for_another_account(recorded, current)
+    assert replaced == (bool(recorded) and bool(current) and recorded != current)
+
+
+def test_a_view_counts_as_issued_for_another_account_only_while_active() -> None:
+    view = CredentialView(
+        namespace="team-a",
+        name="old",
+        uid="u",
+        account=ACCOUNT_NAME,
+        created_at="",
+        state="Active",
+        revoked=False,
+        issued=True,
+        expires_at=None,
+        account_uid="earlier",
+    )
+    assert view.issued_for_another("now")
+    assert not view.issued_for_another("earlier")
+    assert not dataclasses.replace(view, state="Revoked").issued_for_another("now")
+    assert not dataclasses.replace(view, issued=False).issued_for_another("now")
+
+
+def test_issuance_records_the_secret_and_account_uids() -> None:
+    status = active_status({}, generation=1, created_at="x", issuance=issuance(), now=NOW)
+    assert (status["secretUid"], status["accountUid"]) == ("secret-uid", "account-uid")
+
+
+def test_a_replaced_secret_is_reported_and_the_credential_stays_active() -> None:
+    status = secret_replaced_status(issued(), generation=1, now=NOW)
+    assert ready(status)["reason"] == Reason.SECRET_REPLACED
+    assert ready(status)["status"] == "False"
+    assert "'ci-deploy'" in ready(status)["message"]
+    assert "state" not in status

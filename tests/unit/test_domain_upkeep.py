@@ -123,10 +123,3 @@ def test_a_warned_or_ended_credential_has_no_warning_due_and_a_waiting_one_is_le
     ended = view("e", issued=True, state="Expired", expires_at=expires_at)
     assert upkeep.expiry_schedule(ended, lead=7 * DAY, now=NOW) == upkeep.ExpirySchedule(None, None)
     assert upkeep.expiry_schedule(view("p"), lead=7 * DAY, now=NOW) is None
-
-
-def test_the_conflict_message_names_the_secret_and_the_way_out() -> None:
-    message = upkeep.secret_conflict_message("deploy-key", "Deployment 'web'")
-    assert "'deploy-key'" in message
-    assert "Deployment 'web'" in message
-    assert "spec.secretName" in message

@@ -161,6 +161,7 @@ CREDENTIAL_UID_ANNOTATION = f"{GROUP}/credential-uid"
 ACCOUNT_ANNOTATION = f"{GROUP}/service-account"
 CREDENTIAL_ID_ANNOTATION = f"{GROUP}/credential-id"
 HASH_ANNOTATION = f"{GROUP}/secret-hash"
+PROOF_ANNOTATION = f"{GROUP}/secret-proof"
 SECRET_LABEL_KEYS = (MANAGED_BY_LABEL, CREDENTIAL_LABEL, ACCOUNT_LABEL)
 SECRET_ANNOTATION_KEYS = (
     CREDENTIAL_ANNOTATION,
@@ -168,6 +169,7 @@ SECRET_ANNOTATION_KEYS = (
     ACCOUNT_ANNOTATION,
     CREDENTIAL_ID_ANNOTATION,
     HASH_ANNOTATION,
+    PROOF_ANNOTATION,
 )
 
 
@@ -478,6 +480,24 @@ class ServiceAccountCredentialStatus(ObjectStatus):
         description=(
             "A hash of the client secret, such as sha256:<64 hex digits>, to recognise the"
             " secret without keeping it. The secret itself is never stored here."
+        ),
+    )
+    secret_uid: str | None = Field(
+        default=None,
+        max_length=128,
+        description=(
+            "The metadata.uid of the Secret kube-iam wrote, recorded at issuance: a Secret"
+            " deleted and created again under the name has another, and is reported (Ready"
+            " reason SecretReplaced), never trusted."
+        ),
+    )
+    account_uid: str | None = Field(
+        default=None,
+        max_length=128,
+        description=(
+            "The metadata.uid of the ServiceAccount the credential was issued for: if an"
+            " account of that name is deleted and created again, the credential ends (reason"
+            " AccountReplaced) rather than follow the new account."
         ),
     )
     secret_deletion_policy: SecretDeletionPolicy | None = Field(

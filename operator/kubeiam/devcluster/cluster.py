@@ -30,6 +30,8 @@ CRDS_DIR = REPO_ROOT / "crds"
 # deploy/'s ClusterRoles for people: namespace editors and admins may then use kube-iam's kinds,
 # so `kubectl --as` tries the admission rules as a team's members would meet them.
 USER_ROLES = REPO_ROOT / "deploy" / "user-roles.yaml"
+# The operator's namespace, where it keeps its proof key (KUBEIAM_OPERATOR_NAMESPACE).
+OPERATOR_NAMESPACE = REPO_ROOT / "deploy" / "namespace.yaml"
 # restart_apiserver's record of when the API server was down or starting, one line each.
 OUTAGES_LOG = "apiserver-outages.log"
 _START_TIMEOUT = 120.0
@@ -354,9 +356,9 @@ class LocalCluster:
 
     def install_crds(self) -> None:
         """Apply crds/ and wait until the API server serves every kind; apply deploy/'s roles
-        for people, aggregated into view, edit and admin."""
+        for people, aggregated into view, edit and admin, and the operator's namespace."""
         apply_crds(self.kubectl)
-        self.kubectl("apply", f"--filename={USER_ROLES}")
+        self.kubectl("apply", f"--filename={USER_ROLES}", f"--filename={OPERATOR_NAMESPACE}")
 
     # -- restarting ------------------------------------------------------------------------------
 

@@ -28,6 +28,8 @@ class Reason(StrEnum):
     SECRET_CONFLICT = "SecretConflict"
     SECRET_REFUSED = "SecretRefused"
     SECRET_DELETED = "SecretDeleted"
+    SECRET_REPLACED = "SecretReplaced"
+    ACCOUNT_REPLACED = "AccountReplaced"
     EXPIRING_SOON = "ExpiringSoon"
     EXPIRED = "Expired"
     REVOKED = "Revoked"

@@ -54,6 +54,7 @@ class CredentialView:
     effective_roles: tuple[str, ...] = ()
     reason: str | None = None
     warned: bool = False
+    account_uid: str | None = None
 
     @property
     def ended(self) -> bool:
@@ -63,6 +64,27 @@ class CredentialView:
     def waiting(self) -> bool:
         """Wants a slot: not issued yet and not ended."""
         return not self.issued and not self.ended
+
+    def issued_for_another(self, account_uid: str | None) -> bool:
+        """Issued, not ended, for an account of this name that is not `account_uid` (one
+        deleted and created again under the name)."""
+        return issued_for_another_account(
+            self.account_uid if self.issued and not self.ended else None, account_uid
+        )
+
+
+def issued_for_another_account(recorded: str | None, account_uid: str | None) -> bool:
+    """The rule for a replaced account: the account's UID recorded at issuance is not the UID
+    of the account of that name now. Credentials issued before UIDs were recorded have none
+    and follow the account by name, as they always did."""
+    return bool(recorded and account_uid and recorded != account_uid)
+
+
+def account_replaced_message(account: str) -> str:
+    return (
+        f"ServiceAccount {account!r} was deleted and created again: this credential was issued "
+        "for the earlier one, so it ends here and never takes the new account's roles or slots."
+    )
 
 
 # The organisation policy a credential is decided under: the settings' credentials group.
@@ -193,6 +215,11 @@ def decide(facts: CredentialFacts, policy: Policy) -> Step:
         return Settled()
     if facts.revoked:
         return End(State.REVOKED, Reason.REVOKED, "Revoked by spec.revoked; it stays revoked.")
+    if facts.account is not None and issued_for_another_account(
+        facts.status.get("accountUid"), facts.account.uid
+    ):
+        message = account_replaced_message(facts.account_name)
+        return End(State.REVOKED, Reason.ACCOUNT_REPLACED, message)
     expires_at = _expiry(facts, policy)
     if isinstance(expires_at, ExpiryRefused):
         return Fail(expires_at.reason, expires_at.message)
@@ -232,6 +259,14 @@ def secret_refused_message(secret_name: str, refusal: str, retry_seconds: float)
         f"The API server refused to create Secret {secret_name!r} ({refusal}). A ResourceQuota "
         "on Secrets or an admission policy in this namespace may forbid it. The credential keeps "
         f"its slot, nothing was issued, and kube-iam tries again every {retry_seconds:g}s."
+    )
+
+
+def secret_conflict_message(secret_name: str, why: str) -> str:
+    """Why a credential failed on a Secret of its name that kube-iam did not write."""
+    return (
+        f"Secret {secret_name!r} already exists and {why}; it is left untouched and nothing "
+        "was issued. Choose another spec.secretName (a new credential) or remove that Secret."
     )
 
 
@@ -298,6 +333,8 @@ class Issuance:
     expires_at: datetime.datetime
     effective_roles: list[str]
     deletion_policy: str
+    secret_uid: str
+    account_uid: str
 
 
 def _issued(secret_name: str, expires_at: str) -> Condition:
@@ -327,6 +364,8 @@ def active_status(
         expiresAt=format_time(issuance.expires_at),
         effectiveRoles=issuance.effective_roles,
         secretDeletionPolicy=issuance.deletion_policy,
+        secretUid=issuance.secret_uid,
+        accountUid=issuance.account_uid,
     )
 
 
@@ -350,17 +389,39 @@ def issued_status(
     return {**status, **warned}, True
 
 
+# Why an issued credential's Secret is not as issued, by reason; {name} is the Secret's name.
+_SECRET_PROBLEMS = {
+    Reason.SECRET_DELETED: (
+        "Secret {name} was deleted. It is not re-created: the client secret is shown only once. "
+        "Revoke this credential and create a new one."
+    ),
+    Reason.SECRET_REPLACED: (
+        "Secret {name} is not the Secret kube-iam wrote: it was deleted and another was created "
+        "under its name. kube-iam does not trust or touch it; the client secret it holds is not "
+        "this credential's. Revoke this credential and create a new one."
+    ),
+}
+
+
+def _secret_problem(
+    current: Mapping[str, Any], reason: Reason, generation: int, now: datetime.datetime
+) -> dict[str, Any]:
+    """Still Active (the secret still works where it was copied), but its Secret is not as
+    issued: Ready False, saying why."""
+    message = _SECRET_PROBLEMS[reason].format(name=repr(current.get("secretName")))
+    return _with_ready(current, generation, now, Condition(READY, "False", reason, message))
+
+
 def secret_deleted_status(
     current: Mapping[str, Any], *, generation: int, now: datetime.datetime
 ) -> dict[str, Any]:
-    """Still Active (the secret still works where it was copied), but its Secret is gone."""
-    message = (
-        f"Secret {current.get('secretName')!r} was deleted. It is not re-created: the client "
-        "secret is shown only once. Revoke this credential and create a new one."
-    )
-    return _with_ready(
-        current, generation, now, Condition(READY, "False", Reason.SECRET_DELETED, message)
-    )
+    return _secret_problem(current, Reason.SECRET_DELETED, generation, now)
+
+
+def secret_replaced_status(
+    current: Mapping[str, Any], *, generation: int, now: datetime.datetime
+) -> dict[str, Any]:
+    return _secret_problem(current, Reason.SECRET_REPLACED, generation, now)
 
 
 def issued_ready_status(
@@ -369,6 +430,16 @@ def issued_ready_status(
     """The Ready condition of an issued credential whose Secret is in place."""
     issued = _issued(str(current.get("secretName")), str(current.get("expiresAt")))
     return _with_ready(current, generation, now, issued)
+
+
+def secret_status(
+    current: Mapping[str, Any], found: str, *, generation: int, now: datetime.datetime
+) -> dict[str, Any]:
+    """The status an issued credential's Secret, as found (present, absent, replaced), implies."""
+    if found == "present":
+        return issued_ready_status(current, generation=generation, now=now)
+    reason = Reason.SECRET_DELETED if found == "absent" else Reason.SECRET_REPLACED
+    return _secret_problem(current, reason, generation, now)
 
 
 def ended_status(

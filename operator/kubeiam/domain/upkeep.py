@@ -41,6 +41,15 @@ def contenders(
     ]
 
 
+def room_beside_replaced(
+    views: Collection[CredentialView], *, gone: Collection[str], account_uid: str, limit: int
+) -> int:
+    """The account's limit less the credentials still Active for an earlier account of its
+    name (deleted and created again): they are being ended, and count until they are."""
+    outgoing = sum(1 for v in views if v.uid not in gone and v.issued_for_another(account_uid))
+    return max(0, limit - outgoing)
+
+
 def needs_sweep(
     views: Sequence[CredentialView], ledgers: Sequence[frozenset[str]], limit: int
 ) -> bool:
@@ -103,11 +112,3 @@ def expiry_schedule(
     if view.warned:
         return ExpirySchedule(expires_at, None)
     return ExpirySchedule(expires_at, max(warning_time(expires_at, lead), now))
-
-
-def secret_conflict_message(secret_name: str, owner: str) -> str:
-    """Why a credential failed on a Secret that is not its own, and what the user can do."""
-    return (
-        f"Secret {secret_name!r} already exists and belongs to {owner}; it is left untouched. "
-        "Choose another spec.secretName (a new credential) or remove that Secret."
-    )

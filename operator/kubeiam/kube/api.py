@@ -238,21 +238,22 @@ async def patch_metadata(
     return await _patch_if_unchanged(plural, namespace, name, body, status=False)
 
 
-async def create_secret(namespace: str, secret: dict[str, Any]) -> None:
-    """Create a Secret; `AlreadyExists` if the name is taken. The body is never logged."""
+async def create_secret(namespace: str, secret: dict[str, Any]) -> dict[str, Any]:
+    """Create a Secret and return its metadata; `AlreadyExists` if the name is taken. The
+    body is never logged."""
 
     def call() -> Any:
-        # The created object (with the data) is dropped unread: only the status is kept.
-        _data, status, headers = _raw(
+        # Asked for as PartialObjectMetadata: the created object's data never comes back.
+        partial, status, headers = _raw(
             "POST",
             f"/api/v1/namespaces/{namespace}/secrets",
             body=secret,
             accept=PARTIAL_METADATA,
         )
-        return None, status, headers
+        return (partial or {}).get("metadata") or {}, status, headers
 
     try:
-        await _call("create", "secrets", call)
+        created: dict[str, Any] = await _call("create", "secrets", call)
     except ApiException as error:
         if error.status == 409:
             raise AlreadyExists() from None
@@ -260,6 +261,7 @@ async def create_secret(namespace: str, secret: dict[str, Any]) -> None:
         raise Refused(
             f"creating a Secret failed: HTTP {error.status} {error.reason}", error.status
         ) from None
+    return created
 
 
 async def get_secret_metadata(namespace: str, name: str) -> dict[str, Any] | None:
@@ -282,6 +284,41 @@ async def get_secret_metadata(namespace: str, name: str) -> dict[str, Any] | Non
         raise
     metadata: dict[str, Any] = partial.get("metadata") or {}
     return metadata
+
+
+async def _get_whole_secret(
+    namespace: str, name: str, keep: Callable[[dict[str, Any]], dict[str, Any]]
+) -> dict[str, Any] | None:
+    """A whole Secret, of which only what `keep` returns leaves the call; None if none."""
+
+    def call() -> Any:
+        whole, status, headers = _raw("GET", f"/api/v1/namespaces/{namespace}/secrets/{name}")
+        return keep(whole), status, headers
+
+    try:
+        kept: dict[str, Any] = await _call("get", "secrets", call)
+    except ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+    return kept
+
+
+async def get_secret_shape(namespace: str, name: str) -> dict[str, Any] | None:
+    """A Secret's metadata, `immutable` and `type`, or None if there is none.
+
+    The whole object is read (PartialObjectMetadata lacks `immutable` and `type`), and its
+    data is dropped inside the call, before it reaches anything that could log or keep it.
+    """
+    return await _get_whole_secret(
+        namespace, name, lambda whole: {k: whole.get(k) for k in ("metadata", "immutable", "type")}
+    )
+
+
+async def get_secret_data(namespace: str, name: str) -> dict[str, str] | None:
+    """The data of a Secret that is kube-iam's own (its keys), base64 as stored; None if there
+    is none. Only for the operator's own key Secrets: never for a credential's Secret."""
+    return await _get_whole_secret(namespace, name, lambda whole: dict(whole.get("data") or {}))
 
 
 async def delete_secret(namespace: str, name: str, uid: str) -> None:

@@ -1,9 +1,10 @@
 """The exactly-once Secret writer: one create with a deterministic name, never an update.
 
 Issuance is crash-safe because the Secret's name is fixed by the credential and a create never
-overwrites: after a crash the next attempt's create meets the first one's Secret (409), reads
-only its metadata, and adopts its hash if the credential owns it. A Secret the credential does
-not own is never touched.
+overwrites: after a crash the next attempt's create meets the first one's Secret (409), and
+adopts it only if the operator can prove it wrote it (domain/secret_proof.py: a MAC with a key
+only the operator holds, `immutable`, its type and label). Any other Secret of that name is
+never adopted and never touched.
 """
 
 from __future__ import annotations
@@ -23,10 +24,13 @@ from kubeiam.api.credential import (
     CREDENTIAL_UID_ANNOTATION,
     HASH_ANNOTATION,
     MANAGED_BY_LABEL,
+    PROOF_ANNOTATION,
 )
+from kubeiam.domain import secret_proof
 from kubeiam.domain.conditions import format_time
 from kubeiam.domain.secret_format import generate, secret_hash
 from kubeiam.kube import api, faults
+from kubeiam.kube.key_secret import KeyRing
 from kubeiam.kube.resources import GROUP, VERSION
 
 SECRET_TYPE = "iam.kubeiam.io/client-credentials"
@@ -52,40 +56,30 @@ class SecretRequest:
     annotations: Mapping[str, str]
 
 
-@dataclass(frozen=True)
-class Written:
-    """This call wrote the Secret, or adopted the one an earlier attempt wrote."""
-
-    secret_hash: str
+# What a write comes to, as domain/secret_proof.py names it: written or adopted (Ours), a
+# Secret on its way out (Leftover), or someone else's (Foreign).
+Outcome = secret_proof.Ours | secret_proof.Leftover | secret_proof.Foreign
 
 
-@dataclass(frozen=True)
-class Taken:
-    """A Secret of that name exists and is not this credential's."""
-
-    owner: str
-
-
-def _owned_by(metadata: Mapping[str, Any], uid: str) -> bool:
-    return any(ref.get("uid") == uid for ref in metadata.get("ownerReferences") or [])
-
-
-def _left_by_predecessor(metadata: Mapping[str, Any], credential: str) -> bool:
-    """Owned by a credential of this name but another UID: one deleted and created again."""
-    return bool(metadata.get("deletionTimestamp")) or any(
-        ref.get("kind") == "ServiceAccountCredential" and ref.get("name") == credential
-        for ref in metadata.get("ownerReferences") or []
+def _expected(request: SecretRequest) -> secret_proof.Expected:
+    return secret_proof.Expected(
+        credential=request.credential,
+        credential_uid=request.credential_uid,
+        secret_name=request.name,
+        secret_type=SECRET_TYPE,
+        managed_by=MANAGED_BY,
+        hash_annotation=HASH_ANNOTATION,
+        proof_annotation=PROOF_ANNOTATION,
     )
 
 
-def _describe_owner(metadata: Mapping[str, Any]) -> str:
-    owners = [
-        f"{ref.get('kind')} {ref.get('name')!r}" for ref in metadata.get("ownerReferences") or []
-    ]
-    return ", ".join(owners) if owners else "no owner (created by someone else)"
-
-
-def _manifest(request: SecretRequest, client_secret: str, digest: str) -> dict[str, Any]:
+def _manifest(
+    request: SecretRequest, client_secret: str, digest: str, keys: KeyRing
+) -> dict[str, Any]:
+    key = secret_proof.SigningKey(keys.active, keys.keys[keys.active])
+    proof = secret_proof.sign(
+        key, credential_uid=request.credential_uid, secret_name=request.name, secret_hash=digest
+    )
     return {
         "apiVersion": "v1",
         "kind": "Secret",
@@ -107,6 +101,7 @@ def _manifest(request: SecretRequest, client_secret: str, digest: str) -> dict[s
                 ACCOUNT_ANNOTATION: request.account,
                 CREDENTIAL_ID_ANNOTATION: request.credential_id,
                 HASH_ANNOTATION: digest,
+                PROOF_ANNOTATION: proof,
             },
             "ownerReferences": [
                 {
@@ -128,47 +123,87 @@ def _manifest(request: SecretRequest, client_secret: str, digest: str) -> dict[s
 
 
 async def write_once(
-    request: SecretRequest, *, random_bytes: Callable[[int], bytes] = os.urandom
-) -> Written | Taken:
+    request: SecretRequest,
+    keys: KeyRing,
+    *,
+    random_bytes: Callable[[int], bytes] = os.urandom,
+) -> Outcome:
     """Generate the client secret and write it into its Secret, unless that was done before."""
     client_secret = generate(request.credential_id, random_bytes)
     digest = secret_hash(client_secret)
     faults.crash_point("after-secret-generated")
     try:
-        await api.create_secret(request.namespace, _manifest(request, client_secret, digest))
-        return Written(digest)
+        created = await api.create_secret(
+            request.namespace, _manifest(request, client_secret, digest, keys)
+        )
+        return secret_proof.Ours(digest, str(created.get("uid", "")))
     except api.AlreadyExists:
         pass
     finally:
         # The only reference: from here on, the secret exists in the Secret or nowhere.
         del client_secret
-    metadata = await api.get_secret_metadata(request.namespace, request.name)
-    if metadata is None:
+    # A full read, for `immutable` and `type`; its data is dropped inside the API call.
+    existing = await api.get_secret_shape(request.namespace, request.name)
+    if existing is None:
         # Deleted between our create and our read: the next attempt creates it.
         raise api.Conflict(f"Secret {request.name!r} vanished while being adopted")
-    if _owned_by(metadata, request.credential_uid):
+    return secret_proof.judge_existing(existing, _expected(request), keys.keys)
+
+
+@dataclass(frozen=True)
+class Issued:
+    """What the credential's status recorded of its Secret at issuance."""
+
+    namespace: str
+    name: str
+    credential_uid: str
+    secret_uid: str | None
+    secret_hash: str
+
+
+async def secret_state(issued: Issued, keys: KeyRing) -> secret_proof.IssuedState:
+    """`present` (the one kube-iam wrote), `absent`, or `replaced` (another under its name).
+
+    One metadata-only GET: the data never reaches the operator."""
+    metadata = await api.get_secret_metadata(issued.namespace, issued.name)
+    return _judge(metadata, issued, keys)
+
+
+def _judge(
+    metadata: Mapping[str, Any] | None, issued: Issued, keys: KeyRing
+) -> secret_proof.IssuedState:
+    return secret_proof.judge_issued(
+        metadata,
+        credential_uid=issued.credential_uid,
+        secret_name=issued.name,
+        secret_uid=issued.secret_uid,
+        secret_hash=issued.secret_hash,
+        keys=keys.keys,
+        hash_annotation=HASH_ANNOTATION,
+        proof_annotation=PROOF_ANNOTATION,
+    )
+
+
+async def delete_owned(issued: Issued, keys: KeyRing) -> bool:
+    """Delete the Secret kube-iam wrote for the credential, never another of that name (a UID
+    precondition makes the API server refuse a swap after the read). True if one was deleted."""
+    metadata = await api.get_secret_metadata(issued.namespace, issued.name)
+    if metadata is None:
+        return False
+    if issued.secret_hash:
+        ours = _judge(metadata, issued, keys) == "present"
+    else:
+        # Never recorded (a revocation overtook the status write): only the proof can tell.
         annotations = metadata.get("annotations") or {}
         digest = str(annotations.get(HASH_ANNOTATION, ""))
-        if digest.startswith("sha256:"):
-            return Written(digest)
-    elif _left_by_predecessor(metadata, request.credential):
-        # A deleted credential of the same name owned it; the garbage collector removes it.
-        raise api.Conflict(f"Secret {request.name!r} still belongs to a deleted credential")
-    return Taken(_describe_owner(metadata))
-
-
-async def secret_state(namespace: str, name: str, credential_uid: str) -> str:
-    """`present` (ours), `absent`, or `foreign` (someone else's Secret has the name)."""
-    metadata = await api.get_secret_metadata(namespace, name)
-    if metadata is None:
-        return "absent"
-    return "present" if _owned_by(metadata, credential_uid) else "foreign"
-
-
-async def delete_owned(namespace: str, name: str, credential_uid: str) -> bool:
-    """Delete the credential's own Secret, never another's. True if one was deleted."""
-    metadata = await api.get_secret_metadata(namespace, name)
-    if metadata is None or not _owned_by(metadata, credential_uid):
+        ours = secret_proof.verify(
+            keys.keys,
+            annotations.get(PROOF_ANNOTATION),
+            credential_uid=issued.credential_uid,
+            secret_name=issued.name,
+            secret_hash=digest,
+        )
+    if not ours:
         return False
-    await api.delete_secret(namespace, name, str(metadata.get("uid")))
+    await api.delete_secret(issued.namespace, issued.name, str(metadata.get("uid")))
     return True

@@ -12,14 +12,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from kubeiam.controllers.credentials import ledger
-from kubeiam.controllers.credentials.state import now, runtime
+from kubeiam.controllers.credentials.state import issued_of, now, runtime
 from kubeiam.domain import credentials as rules
 from kubeiam.domain import upkeep
 from kubeiam.domain.conditions import Reason
 from kubeiam.domain.credentials import State
 from kubeiam.kube import events, metrics, status
 from kubeiam.kube.resources import CREDENTIALS, GROUP, VERSION
-from kubeiam.kube.secrets import delete_owned
+from kubeiam.kube.secrets import Issued, delete_owned
 from kubeiam.settings import get_settings
 
 EXPIRY_LATENESS_SECONDS = metrics.histogram(
@@ -75,14 +75,15 @@ async def finish(
         settlement = await ledger.settle(key, ended={uid})
     default = get_settings().credentials.secret_deletion_policy
     if upkeep.deletion_policy(spec, current, default) == "Delete" and (just_ended or read_secret):
-        secret_name = upkeep.secret_name(metadata, spec, current)
-        await remove_secret(metadata["namespace"], metadata["name"], uid, secret_name)
+        await remove_secret(metadata["name"], issued_of(body))
     return settlement
 
 
-async def remove_secret(namespace: str, credential: str, uid: str, secret_name: str) -> None:
-    """Delete an ended credential's own Secret, if it is still there, and say so."""
-    removed = await delete_owned(namespace, secret_name, uid)
+async def remove_secret(credential: str, issued: Issued) -> None:
+    """Delete an ended credential's own Secret, if it is still there and provably the one
+    kube-iam wrote, and say so."""
+    namespace, uid, secret_name = issued.namespace, issued.credential_uid, issued.name
+    removed = await delete_owned(issued, runtime.proof_keys())
     # Seen to: the audit need not look at this credential's Secret again.
     runtime.cleaned.add(uid)
     if removed:

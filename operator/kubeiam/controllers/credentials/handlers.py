@@ -51,6 +51,13 @@ def ledgers_by_account(body: kopf.Body, **_: Any) -> dict[AccountKey, frozenset[
 
 
 @kopf.index(GROUP, VERSION, SERVICE_ACCOUNTS)
+def uids_by_account(body: kopf.Body, **_: Any) -> dict[AccountKey, str]:
+    """The UID of every account: a credential issued for another of the name has ended."""
+    key = (body.metadata.namespace or "", body.metadata.name or "")
+    return {key: body.metadata.uid or ""}
+
+
+@kopf.index(GROUP, VERSION, SERVICE_ACCOUNTS)
 def roles_by_account(body: kopf.Body, **_: Any) -> dict[AccountKey, tuple[str, ...]]:
     """The roles of every account, which its credentials' effectiveRoles must follow."""
     key = (body.metadata.namespace or "", body.metadata.name or "")
@@ -62,9 +69,11 @@ def roles_by_account(body: kopf.Body, **_: Any) -> dict[AccountKey, tuple[str, .
 
 @kopf.on.startup()
 async def start(**kwargs: Any) -> None:
-    """Connect the API client, keep the (still filling) indices, say what scheduled work does."""
+    """Connect the API client, keep the (still filling) indices, say what scheduled work does,
+    and load the proof key before any credential is handled."""
     api.connect()
     runtime.start(kwargs, on_due=triggers.on_due, on_audit=triggers.on_audit)
+    await triggers.load_proof_key()
 
 
 @kopf.on.cleanup()

@@ -17,20 +17,23 @@ import kopf
 from kubeiam.api import ServiceAccountCredential
 from kubeiam.api.credential import DEFAULT_SECRET_KEYS
 from kubeiam.controllers.credentials import expiry
-from kubeiam.controllers.credentials.state import now, view_of
+from kubeiam.controllers.credentials.state import now, runtime, view_of
 from kubeiam.domain import credentials as rules
-from kubeiam.domain import upkeep
+from kubeiam.domain import secret_proof
 from kubeiam.domain.conditions import Reason, format_time, parse_time
 from kubeiam.domain.credentials import State
+from kubeiam.domain.lifetimes import format_duration
 from kubeiam.domain.secret_format import credential_id
 from kubeiam.kube import api, events, faults, metrics, status
 from kubeiam.kube.resources import CREDENTIALS
-from kubeiam.kube.secrets import SecretRequest, Taken, write_once
+from kubeiam.kube.secrets import SecretRequest, write_once
 from kubeiam.settings import Settings
 
 # How soon an admitted credential whose Secret the API server refused (a quota, a policy) tries
 # again; its Ready condition says why meanwhile.
 SECRET_RETRY = 10.0
+# How soon issuance looks again at a Secret of its name that is on its way out.
+BLOCKED_RETRY = 5.0
 
 ISSUANCE_SECONDS = metrics.histogram(
     "kubeiam_credential_issuance_seconds",
@@ -90,15 +93,27 @@ async def issue(
         annotations=(template.annotations or {}) if template else {},
     )
     try:
-        outcome = await write_once(request)
+        outcome = await write_once(request, runtime.proof_keys())
     except api.Refused as refusal:
         if refusal.status >= 500 or refusal.status == http.HTTPStatus.TOO_MANY_REQUESTS:
             raise  # the API server's own trouble: retried with kopf's backoff, not reported
         message = rules.secret_refused_message(secret_name, _status_line(refusal), SECRET_RETRY)
         await write_pending(body, Reason.SECRET_REFUSED, message)
         raise SecretRefusedError(refusal.status) from None
-    if isinstance(outcome, Taken):
-        return Conflict(upkeep.secret_conflict_message(secret_name, outcome.owner))
+    if isinstance(outcome, secret_proof.Leftover):
+        # A Secret on its way out (a deleted credential's, held by a finalizer): wait for it, a
+        # bounded time, then give up as on any Secret that is not ours.
+        if not secret_proof.leftover_given_up(parse_time(metadata["creationTimestamp"]), now()):
+            raise kopf.TemporaryError(
+                f"Secret {secret_name!r} is in the way ({outcome.why}); waiting for it to go.",
+                delay=BLOCKED_RETRY,
+            )
+        grace = format_duration(secret_proof.LEFTOVER_GRACE)
+        outcome = secret_proof.Foreign(
+            f"{outcome.why}, still {grace} after this credential was created"
+        )
+    if isinstance(outcome, secret_proof.Foreign):
+        return Conflict(rules.secret_conflict_message(secret_name, outcome.why))
     faults.crash_point("after-secret-created")
     issuance = rules.Issuance(
         credential_id=request.credential_id,
@@ -112,6 +127,8 @@ async def issue(
         deletion_policy=str(
             spec.secret_deletion_policy or settings.credentials.secret_deletion_policy
         ),
+        secret_uid=outcome.secret_uid,
+        account_uid=account_body["metadata"]["uid"],
     )
     desired, warned = rules.issued_status(
         body.get("status") or {},

@@ -75,13 +75,19 @@ async def _update(key: AccountKey, ended: set[str], given: Mapping[str, Any] | N
         )
         disabled = bool((account.get("spec") or {}).get("disabled"))
         waiting = upkeep.contenders(views.values(), gone=gone, account_disabled=disabled)
-        plan = plan_admission(ledger, waiting=waiting, ended=gone, limit=limit)
+        # Credentials still Active for an earlier account of this name are ended by
+        # triggers.account_changed; until then they hold back admission, so the name never has
+        # more than `limit` Active. They never enter this account's ledger.
+        room = upkeep.room_beside_replaced(
+            views.values(), gone=gone, account_uid=account["metadata"]["uid"], limit=limit
+        )
+        plan = plan_admission(ledger, waiting=waiting, ended=gone, limit=room)
         # The index may lag: a candidate it shows waiting may have ended meanwhile. Ask the
         # API server about each one about to be admitted, and plan again without the ended.
         while plan.admitted and (stale := await _confirm_ended(list(plan.admitted), namespace)):
             gone |= stale
             waiting = [c for c in waiting if c.uid not in gone]
-            plan = plan_admission(ledger, waiting=waiting, ended=gone, limit=limit)
+            plan = plan_admission(ledger, waiting=waiting, ended=gone, limit=room)
         count = len(plan.ledger)
         if not plan.changed and status.get("activeCredentialCount") == count:
             return Settlement((), plan.ledger, account)

@@ -77,7 +77,9 @@ async def reconcile(
     namespace, name, uid = metadata["namespace"], metadata["name"], metadata["uid"]
     account_key = (namespace, credential.spec.service_account_name)
     account_body = None
-    facts = _facts(body, credential, None, holds_slot=False)
+    # An account given is looked at even for an issued credential: it may replace the one the
+    # credential was issued for.
+    facts = _facts(body, credential, account, holds_slot=_holds_slot(account, uid))
     step = rules.decide(facts, policy)
     if isinstance(step, rules.Admit | rules.Issue | rules.Wait):
         # Only now is the account needed: a settled credential costs no read at start-up.

@@ -18,7 +18,9 @@ from kubeiam.domain.conditions import Reason, parse_time
 from kubeiam.domain.credentials import State
 from kubeiam.kube import metrics, peering
 from kubeiam.kube.audit import Audit
+from kubeiam.kube.key_secret import KeyRing
 from kubeiam.kube.scheduler import Scheduler
+from kubeiam.kube.secrets import Issued
 from kubeiam.settings import get_settings
 
 KIND = "ServiceAccountCredential"
@@ -48,7 +50,13 @@ class IssuedSecret:
     secret_name: str
     ended: bool
     deletes_secret: bool
-    reported_deleted: bool
+    # What the Ready condition reports of the Secret: SecretDeleted, SecretReplaced or neither.
+    reported: str | None
+    secret_uid: str | None
+    secret_hash: str
+
+    def issued(self) -> Issued:
+        return Issued(self.namespace, self.secret_name, self.uid, self.secret_uid, self.secret_hash)
 
 
 def now() -> datetime.datetime:
@@ -72,6 +80,25 @@ def view_of(body: Mapping[str, Any]) -> rules.CredentialView:
         effective_roles=tuple(status.get("effectiveRoles") or ()),
         reason=rules.ready_reason(status),
         warned=rules.has_condition(status, rules.EXPIRING_SOON),
+        account_uid=status.get("accountUid"),
+    )
+
+
+def reported(status: Mapping[str, Any]) -> str | None:
+    """What the Ready condition reports of the Secret: SecretDeleted, SecretReplaced or None."""
+    reason = rules.ready_reason(status)
+    return reason if reason in (Reason.SECRET_DELETED, Reason.SECRET_REPLACED) else None
+
+
+def issued_of(body: Mapping[str, Any]) -> Issued:
+    """The Secret an issued credential's status records: what proves it is still ours."""
+    metadata, spec, status = body["metadata"], body.get("spec") or {}, body.get("status") or {}
+    return Issued(
+        metadata["namespace"],
+        upkeep.secret_name(metadata, spec, status),
+        metadata["uid"],
+        status.get("secretUid"),
+        str(status.get("secretHash") or ""),
     )
 
 
@@ -90,7 +117,9 @@ def issued_secret_of(body: Mapping[str, Any]) -> IssuedSecret | None:
             spec, status, get_settings().credentials.secret_deletion_policy
         )
         == "Delete",
-        reported_deleted=rules.ready_reason(status) == Reason.SECRET_DELETED,
+        reported=reported(status),
+        secret_uid=status.get("secretUid"),
+        secret_hash=str(status.get("secretHash")),
     )
 
 
@@ -103,6 +132,9 @@ class Runtime:
         self.issued: kopf.Index[tuple[str, str], IssuedSecret] | None = None
         self.ledgers: kopf.Index[AccountKey, frozenset[str]] | None = None
         self.roles: kopf.Index[AccountKey, tuple[str, ...]] | None = None
+        self.account_uids: kopf.Index[AccountKey, str] | None = None
+        # The key that proves which Secrets kube-iam wrote, loaded (or created) at start.
+        self.keys: KeyRing | None = None
         self._on_due: Callable[[ScheduleKey], Awaitable[None]] | None = None
         self._on_audit: Callable[[IssuedSecret], Awaitable[None]] | None = None
         self.scheduler: Scheduler[ScheduleKey] = Scheduler(self._due)
@@ -135,6 +167,7 @@ class Runtime:
         self.issued = indices["issued_secrets"]
         self.ledgers = indices["ledgers_by_account"]
         self.roles = indices["roles_by_account"]
+        self.account_uids = indices["uids_by_account"]
         self._on_due, self._on_audit = on_due, on_audit
 
     async def _due(self, key: ScheduleKey) -> None:
@@ -248,8 +281,32 @@ class Runtime:
             if key not in self.credentials or key not in self.roles:
                 continue
             roles = next(iter(self.roles[key]), ())
-            stale += upkeep.stale_roles(list(self.credentials[key]), roles)
+            account_uid = self.account_uid(key)
+            # One issued for a replaced account ends (triggers.py); it never takes new roles.
+            views = [v for v in self.credentials[key] if not v.issued_for_another(account_uid)]
+            stale += upkeep.stale_roles(views, roles)
         return stale
+
+    def account_uid(self, key: AccountKey) -> str | None:
+        if self.account_uids is None or key not in self.account_uids:
+            return None
+        return next(iter(self.account_uids[key]), None)
+
+    def issued_for_replaced_accounts(self) -> list[rules.CredentialView]:
+        """Credentials still Active that were issued for an account since replaced."""
+        if self.credentials is None:
+            return []
+        return [
+            view
+            for key in self.credentials
+            for view in self.credentials[key]
+            if view.issued_for_another(self.account_uid(key))
+        ]
+
+    def proof_keys(self) -> KeyRing:
+        if self.keys is None:
+            raise kopf.TemporaryError("The proof key is not loaded yet.", delay=1)
+        return self.keys
 
     def may_hold_slot(self, key: AccountKey, uid: str) -> bool:
         """False only when the account's ledger, as last seen, does not name the credential."""

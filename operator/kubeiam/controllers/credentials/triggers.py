@@ -29,6 +29,7 @@ from kubeiam.controllers.credentials.state import (
 from kubeiam.domain import credentials as rules
 from kubeiam.domain import upkeep
 from kubeiam.kube import api, metrics, peering, status
+from kubeiam.kube.key_secret import KeySecretError, load_or_create
 from kubeiam.kube.logs import about
 from kubeiam.kube.resources import CREDENTIALS
 from kubeiam.settings import get_settings
@@ -38,6 +39,9 @@ logger = logging.getLogger(__name__)
 # While kopf's peering pauses this replica, the active one does the work: scheduled work is
 # looked at again this often, and done here only if this replica is active again by then.
 PAUSED_RECHECK = 5.0
+
+# The Secret in the operator's namespace that holds the key proving which Secrets it wrote.
+PROOF_KEY_SECRET = "kube-iam-secret-proof-key"
 
 SWEEPS = metrics.counter(
     "kubeiam_credential_sweeps",
@@ -55,6 +59,10 @@ async def credential_deleted(body: Mapping[str, Any]) -> None:
 async def account_changed(account: Mapping[str, Any]) -> None:
     """An account that appears, is enabled or changes roles may move its credentials on."""
     key = (account["metadata"]["namespace"], account["metadata"]["name"])
+    # Credentials issued for an earlier account of this name end before anything is admitted.
+    for view in runtime.views(key):
+        if view.issued_for_another(account["metadata"]["uid"]):
+            await _reconcile_with_account(view, account)
     current = account.get("status") or {}
     entries = current.get("activeCredentials") or []
     count_true = current.get("activeCredentialCount") == len(entries)
@@ -75,6 +83,19 @@ async def reconcile_by_name(view: rules.CredentialView) -> None:
     body = await api.get_credential(view.namespace, view.name)
     if body is not None and body["metadata"]["uid"] == view.uid:
         await reconcile_until_settled(body)
+
+
+async def _reconcile_with_account(
+    view: rules.CredentialView, account: Mapping[str, Any] | None = None
+) -> None:
+    """Reconcile an issued credential against its account (read now unless given): one issued
+    for an account since replaced under its name ends."""
+    body = await api.get_credential(view.namespace, view.name)
+    if body is None or body["metadata"]["uid"] != view.uid:
+        return
+    if account is None:
+        account = await api.get_account(view.namespace, view.account)
+    await reconcile_until_settled(body, account=account)
 
 
 async def _refresh_roles(view: rules.CredentialView, roles: list[str]) -> None:
@@ -131,6 +152,16 @@ async def _sweep() -> None:
                 *account,
                 extra=about("ServiceAccount", *account),
             )
+    for view in runtime.issued_for_replaced_accounts():
+        try:
+            await _reconcile_with_account(view)
+        except Exception:
+            logger.exception(
+                "Ending %s/%s, issued for a replaced account, failed.",
+                view.namespace,
+                view.name,
+                extra=about(KIND, view.namespace, view.name, view.uid),
+            )
     for view, roles in runtime.stale_roles():
         try:
             await _refresh_roles(view, roles)
@@ -153,3 +184,16 @@ async def on_audit(target: IssuedSecret) -> None:
 
 def _seconds(seconds: float) -> datetime.timedelta:
     return datetime.timedelta(seconds=seconds)
+
+
+async def load_proof_key() -> None:
+    """Load (or, first of all replicas, create) the key that proves which Secrets kube-iam
+    wrote. A handler without it waits rather than issue a Secret it could not prove."""
+    try:
+        runtime.keys = await load_or_create(
+            get_settings().operator_namespace,
+            PROOF_KEY_SECRET,
+            purpose="Proves which credential Secrets kube-iam wrote (HMAC-SHA256).",
+        )
+    except KeySecretError as error:
+        raise kopf.PermanentError(str(error)) from None

@@ -1,0 +1,102 @@
+"""Keys only the operator holds, in one Secret of its namespace, created exactly once.
+
+A replica that finds no Secret generates a candidate and tries to create it; the API server
+lets one create win and the others meet a 409 and read the winner's keys, so all replicas hold
+the same keys without any coordination. The Secret is immutable: rotating means adding a key
+under a new id in a new Secret (the proof and token formats carry the key id for that). Keys
+are never logged, and an error names the Secret, never its content.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from kubeiam.api.credential import MANAGED_BY_LABEL
+from kubeiam.kube import api
+
+KEY_SECRET_TYPE = "iam.kubeiam.io/operator-keys"
+ACTIVE = "active-key-id"
+KEY_BYTES = 32
+
+
+class KeySecretError(Exception):
+    """The key Secret cannot be created or read, or holds no usable key."""
+
+
+@dataclass(frozen=True)
+class KeyRing:
+    """The keys of one key Secret by id, and the id new proofs or signatures use."""
+
+    active: str
+    keys: dict[str, bytes]
+
+    def __repr__(self) -> str:  # never show key material, even in a traceback
+        return f"KeyRing(active={self.active!r}, ids={sorted(self.keys)!r})"
+
+
+def _candidate(random_bytes: Callable[[int], bytes]) -> KeyRing:
+    key_id = secrets.token_hex(4)
+    return KeyRing(active=key_id, keys={key_id: random_bytes(KEY_BYTES)})
+
+
+def _manifest(namespace: str, name: str, ring: KeyRing, purpose: str) -> dict[str, object]:
+    raw = {ACTIVE: ring.active.encode(), **ring.keys}
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": KEY_SECRET_TYPE,
+        "immutable": True,
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": {MANAGED_BY_LABEL: "kube-iam"},
+            "annotations": {"iam.kubeiam.io/purpose": purpose},
+        },
+        "data": {key: base64.b64encode(value).decode() for key, value in raw.items()},
+    }
+
+
+def _parse(name: str, data: dict[str, str]) -> KeyRing:
+    try:
+        decoded = {kid: base64.b64decode(value, validate=True) for kid, value in data.items()}
+        active = decoded.pop(ACTIVE).decode()
+    except (KeyError, ValueError) as error:
+        raise KeySecretError(f"Secret {name!r} holds no {ACTIVE!r} entry or bad base64") from error
+    if active not in decoded or len(decoded[active]) < KEY_BYTES:
+        raise KeySecretError(f"Secret {name!r}: its active key is missing or too short")
+    return KeyRing(active=active, keys=decoded)
+
+
+async def load_or_create(
+    namespace: str,
+    name: str,
+    *,
+    purpose: str,
+    random_bytes: Callable[[int], bytes] = os.urandom,
+) -> KeyRing:
+    """The keys in Secret `name` of `namespace`, created with a fresh key if there is none.
+
+    Read first: a start over an existing key costs one read, no write (a restart writes
+    nothing, and a paused replica creates nothing)."""
+    data = await api.get_secret_data(namespace, name)
+    if data is not None:
+        return _parse(name, data)
+    candidate = _candidate(random_bytes)
+    try:
+        await api.create_secret(namespace, _manifest(namespace, name, candidate, purpose))
+        return candidate
+    except api.AlreadyExists:
+        pass
+    except api.Refused as refusal:
+        raise KeySecretError(
+            f"cannot create the key Secret {name!r} in namespace {namespace!r} (HTTP "
+            f"{refusal.status}); does the namespace exist (KUBEIAM_OPERATOR_NAMESPACE)?"
+        ) from None
+    data = await api.get_secret_data(namespace, name)
+    if data is None:
+        raise KeySecretError(f"Secret {name!r} in {namespace!r} vanished while being read")
+    return _parse(name, data)
