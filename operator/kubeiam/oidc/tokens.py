@@ -27,7 +27,8 @@ from typing import Any, Final
 import jwt
 
 from kubeiam.domain.conditions import Reason, format_time
-from kubeiam.oidc.cel import CompiledCondition, ConditionEvaluationError
+from kubeiam.oidc.cel.condition import CompiledCondition
+from kubeiam.oidc.cel.errors import ConditionEvaluationError
 from kubeiam.oidc.jwks import ALGORITHMS, KeySet
 
 __all__ = ["MAX_TOKEN_LENGTH", "Check", "TokenVerdict", "TrustTerms", "evaluate_token"]

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from kubeiam.api import FederationTrustSpec
 from kubeiam.domain.conditions import Reason
 from kubeiam.domain.trusts import issuer_allowed
-from kubeiam.oidc.cel import CompiledCondition, ConditionError, compile_condition
+from kubeiam.oidc.cel.condition import CompiledCondition, compile_condition
+from kubeiam.oidc.cel.errors import ConditionError
 from kubeiam.oidc.fetch import FetchPolicy, IssuerError, fetch_issuer
 from kubeiam.oidc.guards import review_condition
 from kubeiam.oidc.jwks import JwksError, KeySet, parse_jwks
