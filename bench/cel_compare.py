@@ -6,8 +6,9 @@ Run it with both installed beside the project's Python, for example:
     uv run --no-project --with cel-python==0.5.0 --with common-expression-language==0.10.0 \
         python bench/cel_compare.py
 
-Each probe prints what each library did, so the choice written in kubeiam/oidc/cel.py can be
-checked again when either library has a new release.
+Each probe prints what each library did, so the choice recorded in
+docs/decisions/0003-cel-python-for-trust-conditions.md can be checked again when either library
+has a new release.
 """
 
 from __future__ import annotations

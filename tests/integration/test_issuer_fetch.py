@@ -19,7 +19,8 @@ import pytest
 from aiohttp.abc import ResolveResult
 
 from kubeiam.domain.conditions import Reason
-from kubeiam.oidc.fetch import FetchPolicy, IssuerDocuments, IssuerError, fetch_issuer
+from kubeiam.oidc.fetch import IssuerDocuments, IssuerError, fetch_issuer
+from kubeiam.oidc.http import FetchPolicy
 from kubeiam.oidc.keystore import IssuerKey, KeyStore, Schedule
 from kubeiam.settings import IssuerSettings
 

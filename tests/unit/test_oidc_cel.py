@@ -13,19 +13,10 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from kubeiam.domain.conditions import Reason
-from kubeiam.oidc import cel
-from kubeiam.oidc.cel import (
-    Claim,
-    Compare,
-    ConditionError,
-    ConditionEvaluationError,
-    Logical,
-    Method,
-    Not,
-    Value,
-    ValueList,
-    compile_condition,
-)
+from kubeiam.oidc.cel import limits as cel
+from kubeiam.oidc.cel.condition import compile_condition
+from kubeiam.oidc.cel.errors import ConditionError, ConditionEvaluationError
+from kubeiam.oidc.cel.shape import Claim, Compare, Logical, Method, Not, Value, ValueList
 
 GITHUB: dict[str, Any] = {
     "iss": "https://token.actions.githubusercontent.com",

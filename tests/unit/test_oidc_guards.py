@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from kubeiam.domain.conditions import Reason
-from kubeiam.oidc.cel import compile_condition
+from kubeiam.oidc.cel.condition import compile_condition
 from kubeiam.oidc.guards import Finding, is_pinned, review_condition
 from kubeiam.settings import MULTI_TENANT_ISSUERS, TENANT_CLAIMS
 

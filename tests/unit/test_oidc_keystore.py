@@ -7,7 +7,8 @@ import datetime
 from typing import Any
 
 from kubeiam.domain.conditions import Reason
-from kubeiam.oidc.fetch import FetchPolicy, IssuerDocuments, IssuerError
+from kubeiam.oidc.fetch import IssuerDocuments, IssuerError
+from kubeiam.oidc.http import FetchPolicy
 from kubeiam.oidc.keystore import IssuerKey, KeyStore, Schedule
 
 from .test_oidc_jwks import rsa_jwk

@@ -22,7 +22,7 @@ from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
 from kubeiam.domain.conditions import Reason
 from kubeiam.oidc import tokens as tokens_module
-from kubeiam.oidc.cel import compile_condition
+from kubeiam.oidc.cel.condition import compile_condition
 from kubeiam.oidc.jwks import KeySet, parse_jwks
 from kubeiam.oidc.tokens import MAX_TOKEN_LENGTH, Check, TokenVerdict, TrustTerms, evaluate_token
 

@@ -23,9 +23,10 @@ from kubeiam.domain.conditions import find_ready
 from kubeiam.kube import api, events, metrics, retry, status
 from kubeiam.kube.ownership import ensure_owned_by_account
 from kubeiam.kube.resources import GROUP, SERVICE_ACCOUNTS, TRUSTS, VERSION
-from kubeiam.oidc.cel import ConditionError, compile_condition
-from kubeiam.oidc.fetch import FetchPolicy
+from kubeiam.oidc.cel.condition import compile_condition
+from kubeiam.oidc.cel.errors import ConditionError
 from kubeiam.oidc.guards import review_condition
+from kubeiam.oidc.http import FetchPolicy
 from kubeiam.oidc.keystore import IssuerKey, KeyStore, Schedule
 from kubeiam.settings import Settings, get_settings
 

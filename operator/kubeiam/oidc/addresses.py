@@ -1,11 +1,25 @@
-"""Which addresses kube-iam may fetch an issuer from: the guard against request forgery."""
+"""Which addresses kube-iam may fetch issuers from, checked again at connect time (SSRF guard)."""
 
 from __future__ import annotations
 
 import ipaddress
+import socket
 from typing import Final
 
-__all__ = ["IPAddress", "IPNetwork", "refusal"]
+import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
+
+__all__ = [
+    "ALLOWED_NETWORKS_SETTING",
+    "AddressRefused",
+    "GuardedResolver",
+    "IPAddress",
+    "IPNetwork",
+    "ip_literal",
+    "refusal",
+]
+
+ALLOWED_NETWORKS_SETTING: Final = "KUBEIAM_ISSUER_ALLOWED_NETWORKS"
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -57,3 +71,50 @@ def _ipv4_inside(address: IPAddress) -> tuple[ipaddress.IPv4Address, str] | None
     if address in _NAT64:
         return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF), "inside NAT64"
     return None
+
+
+def ip_literal(host: str) -> IPAddress | None:
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None
+
+
+class AddressRefused(OSError):
+    """Every address a name resolved to is one an issuer may not use."""
+
+
+class GuardedResolver(AbstractResolver):
+    """aiohttp's resolver, minus the addresses issuers may not use.
+
+    aiohttp connects to exactly the addresses its resolver returns, so filtering here checks
+    the address of the very connection, not of an earlier lookup a DNS answer could change.
+    """
+
+    def __init__(self, allowed: tuple[IPNetwork, ...]) -> None:
+        self._inner = aiohttp.ThreadedResolver()
+        self._allowed = allowed
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        results = await self._inner.resolve(host, port, family)
+        kept: list[ResolveResult] = []
+        refused: list[str] = []
+        for result in results:
+            address = ip_literal(result["host"])
+            kind = "not an IP address" if address is None else refusal(address, self._allowed)
+            if kind is None:
+                kept.append(result)
+            else:
+                refused.append(f"{result['host']}, {kind}")
+        if results and not kept:
+            raise AddressRefused(
+                f"{host} resolves only to addresses an issuer may not use "
+                f"({'; '.join(dict.fromkeys(refused))}); {ALLOWED_NETWORKS_SETTING} lists the "
+                "networks allowed beside public addresses"
+            )
+        return kept
+
+    async def close(self) -> None:
+        await self._inner.close()

@@ -3,7 +3,7 @@
 A multi-tenant issuer (GitHub Actions, gitlab.com, HCP Terraform, Google, Buildkite) signs
 tokens for every customer with the same key: a trust whose condition does not fix the
 repository, project or organisation trusts all of them. What "pins" means, on the condition's
-shape (oidc.cel):
+shape (oidc/cel/shape.py):
 
 - An atom pins claim `c` when it requires `c` to equal a fixed value:
   `claims.c == "v"`, `"v" == claims.c`, `claims["c"] == "v"`, `claims.c in ["v", "w"]` (a list
@@ -33,12 +33,11 @@ from typing import Final
 from urllib.parse import urlsplit, urlunsplit
 
 from kubeiam.domain.conditions import Reason
-from kubeiam.oidc.cel import (
-    FIELD,
+from kubeiam.oidc.cel.condition import CompiledCondition
+from kubeiam.oidc.cel.shape import (
     Choice,
     Claim,
     Compare,
-    CompiledCondition,
     Logical,
     Method,
     Node,
@@ -46,6 +45,7 @@ from kubeiam.oidc.cel import (
     Value,
     ValueList,
 )
+from kubeiam.oidc.cel.tree import FIELD
 
 __all__ = ["ID_TWINS", "Finding", "is_pinned", "review_condition"]
 

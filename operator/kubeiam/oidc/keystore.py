@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 
 from kubeiam.domain.conditions import Reason
 from kubeiam.domain.trusts import IssuerCheck, Problem
-from kubeiam.oidc.fetch import FetchPolicy, IssuerDocuments, IssuerError, fetch_issuer
+from kubeiam.oidc.fetch import IssuerDocuments, IssuerError, fetch_issuer
+from kubeiam.oidc.http import FetchPolicy
 from kubeiam.oidc.jwks import JwksError, KeySet, parse_jwks
 from kubeiam.oidc.refresh import next_check
 

@@ -27,7 +27,8 @@ from typing import Any, Final
 import jwt
 
 from kubeiam.domain.conditions import Reason, format_time
-from kubeiam.oidc.cel import CompiledCondition, ConditionEvaluationError
+from kubeiam.oidc.cel.condition import CompiledCondition
+from kubeiam.oidc.cel.errors import ConditionEvaluationError
 from kubeiam.oidc.jwks import ALGORITHMS, KeySet
 
 __all__ = ["MAX_TOKEN_LENGTH", "Check", "TokenVerdict", "TrustTerms", "evaluate_token"]
@@ -338,21 +339,17 @@ def _lifetime(claims: Mapping[str, Any], now: datetime.datetime, leeway: datetim
             f"the token expired at {_when(exp)}, {_ago(moment - exp)} ago; it is now"
             f" {_when(moment)} and the leeway is {_ago(slack)}",
         )
-    if "nbf" in claims:
-        nbf = _seconds(claims, "nbf")
-        if moment + slack < nbf:
+    # A token not valid yet, by either claim, is refused with the claim's own words.
+    not_yet = {
+        "nbf": "the token is not valid before {at} (nbf), {ahead} from now",
+        "iat": "the token was issued at {at} (iat), {ahead} in the future",
+    }
+    for claim, wording in not_yet.items():
+        if claim in claims and moment + slack < (at := _seconds(claims, claim)):
             raise _Refused(
                 Reason.TOKEN_NOT_YET_VALID,
-                f"the token is not valid before {_when(nbf)} (nbf), {_ago(nbf - moment)} from"
-                f" now; the leeway is {_ago(slack)}",
-            )
-    if "iat" in claims:
-        iat = _seconds(claims, "iat")
-        if moment + slack < iat:
-            raise _Refused(
-                Reason.TOKEN_NOT_YET_VALID,
-                f"the token was issued at {_when(iat)} (iat), {_ago(iat - moment)} in the"
-                f" future; the leeway is {_ago(slack)}",
+                wording.format(at=_when(at), ahead=_ago(at - moment))
+                + f"; the leeway is {_ago(slack)}",
             )
     return f"valid until {_when(exp)}; it is now {_when(moment)}"
 

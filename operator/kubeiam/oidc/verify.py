@@ -10,9 +10,11 @@ from dataclasses import dataclass
 from kubeiam.api import FederationTrustSpec
 from kubeiam.domain.conditions import Reason
 from kubeiam.domain.trusts import issuer_allowed
-from kubeiam.oidc.cel import CompiledCondition, ConditionError, compile_condition
-from kubeiam.oidc.fetch import FetchPolicy, IssuerError, fetch_issuer
+from kubeiam.oidc.cel.condition import CompiledCondition, compile_condition
+from kubeiam.oidc.cel.errors import ConditionError
+from kubeiam.oidc.fetch import IssuerError, fetch_issuer
 from kubeiam.oidc.guards import review_condition
+from kubeiam.oidc.http import FetchPolicy
 from kubeiam.oidc.jwks import JwksError, KeySet, parse_jwks
 from kubeiam.oidc.tokens import Check, TokenVerdict, TrustTerms, evaluate_token
 from kubeiam.settings import Settings
