@@ -7,7 +7,8 @@
 - `ledger`: the account's active slots (compare-and-swap); returns whom it admitted;
 - `expiry`: the one place that schedules expiry and the warning;
 - `audit`: checking issued Secrets are still there and still ours;
-- `state`: the in-memory view the indices feed.
+- `state`: the in-memory runtime the indices feed (schedule, audit, locks);
+- `views`: what the indices keep of each credential.
 
 Each imports only the ones below it in that list (an import-linter contract checks it).
 Importing the package registers the handlers with kopf.

@@ -13,14 +13,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from kubeiam.controllers.credentials import ending, expiry
-from kubeiam.controllers.credentials.state import (
-    IssuedSecret,
-    issued_of,
-    now,
-    reported,
-    runtime,
-    view_of,
-)
+from kubeiam.controllers.credentials.state import now, runtime
+from kubeiam.controllers.credentials.views import IssuedSecret, issued_of, reported, view_of
 from kubeiam.domain import credentials as rules
 from kubeiam.domain import secret_proof
 from kubeiam.domain.conditions import Reason

@@ -12,7 +12,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from kubeiam.controllers.credentials import ledger
-from kubeiam.controllers.credentials.state import issued_of, now, runtime
+from kubeiam.controllers.credentials.state import now, runtime
+from kubeiam.controllers.credentials.views import issued_of
 from kubeiam.domain import credentials as rules
 from kubeiam.domain import upkeep
 from kubeiam.domain.conditions import Reason

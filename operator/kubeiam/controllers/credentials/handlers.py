@@ -8,14 +8,8 @@ from typing import Any, cast
 import kopf
 
 from kubeiam.controllers.credentials import expiry, reconcile, triggers
-from kubeiam.controllers.credentials.state import (
-    KIND,
-    AccountKey,
-    IssuedSecret,
-    issued_secret_of,
-    runtime,
-    view_of,
-)
+from kubeiam.controllers.credentials.state import KIND, AccountKey, runtime
+from kubeiam.controllers.credentials.views import IssuedSecret, issued_secret_of, view_of
 from kubeiam.domain import credentials as rules
 from kubeiam.kube import api, metrics
 from kubeiam.kube.resources import CREDENTIALS, GROUP, SERVICE_ACCOUNTS, VERSION

@@ -17,7 +17,8 @@ import kopf
 from kubeiam.api import ServiceAccountCredential
 from kubeiam.api.credential import DEFAULT_SECRET_KEYS
 from kubeiam.controllers.credentials import expiry
-from kubeiam.controllers.credentials.state import now, runtime, view_of
+from kubeiam.controllers.credentials.state import now, runtime
+from kubeiam.controllers.credentials.views import view_of
 from kubeiam.domain import credentials as rules
 from kubeiam.domain import secret_proof
 from kubeiam.domain.conditions import Reason, format_time, parse_time

@@ -7,21 +7,19 @@ import asyncio
 import contextlib
 import datetime
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import kopf
 
+from kubeiam.controllers.credentials.views import IssuedSecret
 from kubeiam.domain import credentials as rules
 from kubeiam.domain import upkeep
-from kubeiam.domain.conditions import Reason, parse_time
+from kubeiam.domain.conditions import parse_time
 from kubeiam.domain.credentials import State
 from kubeiam.kube import metrics, peering
 from kubeiam.kube.audit import Audit
 from kubeiam.kube.key_secret import KeyRing
 from kubeiam.kube.scheduler import Scheduler
-from kubeiam.kube.secrets import Issued
-from kubeiam.settings import get_settings
 
 KIND = "ServiceAccountCredential"
 AccountKey = tuple[str, str]  # (namespace, account name)
@@ -40,87 +38,8 @@ AUDIT_RATE = 20.0
 AUDIT_MIN_PASS = 10.0
 
 
-@dataclass(frozen=True)
-class IssuedSecret:
-    """What the Secret audit needs of one issued credential (an index value; never the data)."""
-
-    namespace: str
-    credential: str
-    uid: str
-    secret_name: str
-    ended: bool
-    deletes_secret: bool
-    # What the Ready condition reports of the Secret: SecretDeleted, SecretReplaced or neither.
-    reported: str | None
-    secret_uid: str | None
-    secret_hash: str
-
-    def issued(self) -> Issued:
-        return Issued(self.namespace, self.secret_name, self.uid, self.secret_uid, self.secret_hash)
-
-
 def now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
-
-
-def view_of(body: Mapping[str, Any]) -> rules.CredentialView:
-    """The index value of one credential."""
-    metadata, spec, status = body["metadata"], body.get("spec") or {}, body.get("status") or {}
-    return rules.CredentialView(
-        namespace=metadata["namespace"],
-        name=metadata["name"],
-        uid=metadata["uid"],
-        account=spec.get("serviceAccountName", ""),
-        created_at=metadata.get("creationTimestamp", ""),
-        state=status.get("state"),
-        revoked=bool(spec.get("revoked")),
-        issued=bool(status.get("secretHash")),
-        expires_at=status.get("expiresAt"),
-        scoped_roles=None if spec.get("scopedRoles") is None else tuple(spec["scopedRoles"]),
-        effective_roles=tuple(status.get("effectiveRoles") or ()),
-        reason=rules.ready_reason(status),
-        warned=rules.has_condition(status, rules.EXPIRING_SOON),
-        account_uid=status.get("accountUid"),
-    )
-
-
-def reported(status: Mapping[str, Any]) -> str | None:
-    """What the Ready condition reports of the Secret: SecretDeleted, SecretReplaced or None."""
-    reason = rules.ready_reason(status)
-    return reason if reason in (Reason.SECRET_DELETED, Reason.SECRET_REPLACED) else None
-
-
-def issued_of(body: Mapping[str, Any]) -> Issued:
-    """The Secret an issued credential's status records: what proves it is still ours."""
-    metadata, spec, status = body["metadata"], body.get("spec") or {}, body.get("status") or {}
-    return Issued(
-        metadata["namespace"],
-        upkeep.secret_name(metadata, spec, status),
-        metadata["uid"],
-        status.get("secretUid"),
-        str(status.get("secretHash") or ""),
-    )
-
-
-def issued_secret_of(body: Mapping[str, Any]) -> IssuedSecret | None:
-    """The audit's index value of one credential: None until it is issued."""
-    metadata, spec, status = body["metadata"], body.get("spec") or {}, body.get("status") or {}
-    if not status.get("secretHash"):
-        return None
-    return IssuedSecret(
-        namespace=metadata["namespace"],
-        credential=metadata["name"],
-        uid=metadata["uid"],
-        secret_name=upkeep.secret_name(metadata, spec, status),
-        ended=view_of(body).ended,
-        deletes_secret=upkeep.deletion_policy(
-            spec, status, get_settings().credentials.secret_deletion_policy
-        )
-        == "Delete",
-        reported=reported(status),
-        secret_uid=status.get("secretUid"),
-        secret_hash=str(status.get("secretHash")),
-    )
 
 
 class Runtime:

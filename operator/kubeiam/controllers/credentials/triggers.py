@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import datetime
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from typing import Any
 
 import kopf
@@ -21,11 +21,11 @@ from kubeiam.controllers.credentials.state import (
     KIND,
     SWEEP,
     SWEEP_INTERVAL,
-    IssuedSecret,
     ScheduleKey,
     now,
     runtime,
 )
+from kubeiam.controllers.credentials.views import IssuedSecret
 from kubeiam.domain import credentials as rules
 from kubeiam.domain import upkeep
 from kubeiam.kube import api, metrics, peering, status
@@ -153,25 +153,11 @@ async def _sweep() -> None:
                 extra=about("ServiceAccount", *account),
             )
     for view in runtime.issued_for_replaced_accounts():
-        try:
-            await _reconcile_with_account(view)
-        except Exception:
-            logger.exception(
-                "Ending %s/%s, issued for a replaced account, failed.",
-                view.namespace,
-                view.name,
-                extra=about(KIND, view.namespace, view.name, view.uid),
-            )
+        await _logged(
+            _reconcile_with_account(view), "Ending {} issued for a replaced account", view
+        )
     for view, roles in runtime.stale_roles():
-        try:
-            await _refresh_roles(view, roles)
-        except Exception:
-            logger.exception(
-                "Updating the roles of %s/%s failed.",
-                view.namespace,
-                view.name,
-                extra=about(KIND, view.namespace, view.name, view.uid),
-            )
+        await _logged(_refresh_roles(view, roles), "Updating the roles of {}", view)
     SWEEPS.inc()
 
 
@@ -184,6 +170,17 @@ async def on_audit(target: IssuedSecret) -> None:
 
 def _seconds(seconds: float) -> datetime.timedelta:
     return datetime.timedelta(seconds=seconds)
+
+
+async def _logged(work: Awaitable[None], doing: str, view: rules.CredentialView) -> None:
+    """One item of the sweep: a failure is logged and left to the next sweep."""
+    try:
+        await work
+    except Exception:
+        logger.exception(
+            doing.format(f"{view.namespace}/{view.name}") + " failed; the next sweep tries again.",
+            extra=about(KIND, view.namespace, view.name, view.uid),
+        )
 
 
 async def load_proof_key() -> None:
