@@ -13,7 +13,7 @@ import yaml
 
 from kubeiam.devcluster import install, webhook
 from kubeiam.devcluster.binaries import REPO_ROOT
-from kubeiam.settings import Settings
+from kubeiam.settings import Settings, variables
 
 from .support import ClusterHandle, wait_for
 
@@ -187,7 +187,7 @@ def test_every_setting_in_the_configmap_is_one_the_operator_reads(
     cluster: ClusterHandle, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     data = _objects(cluster)[f"ConfigMap/{install.SETTINGS_CONFIGMAP}"]["data"]
-    known = {f"KUBEIAM_{name.upper()}" for name in Settings.model_fields}
+    known = {variable.name for variable in variables()}
     assert set(data) <= known, set(data) - known
     for name, value in data.items():
         monkeypatch.setenv(name, value)
