@@ -26,9 +26,11 @@ import jwt
 import pytest
 import requests
 
+from kubeiam.devcluster import install
 from kubeiam.devcluster.certs import KeyPair, create_ca, issue_certificate
 from kubeiam.devcluster.cluster import free_port, terminate
 from kubeiam.domain.secret_format import checksum, credential_id, generate
+from kubeiam.tokens.keys import SIGNING_KEY_SECRET
 
 from .credentials_support import (
     account_manifest,
@@ -84,6 +86,7 @@ class World:
     other: Client  # a credential of another account
     revoked: Client
     disabled: Client  # a credential of a disabled account
+    deleted: Client  # a credential deleted after its secret was read
 
 
 def _healthy(server: TokenServer) -> bool:
@@ -168,6 +171,7 @@ def world(cluster: ClusterHandle, token_server: TokenServer) -> Iterator[World]:
                     credential_manifest("ended", "pipeline"),
                     credential_manifest("other-key", "other"),
                     credential_manifest("off-key", "switched-off"),
+                    credential_manifest("deleted", "pipeline", secretDeletionPolicy="Retain"),
                 ]
             ),
             namespace,
@@ -178,8 +182,10 @@ def world(cluster: ClusterHandle, token_server: TokenServer) -> Iterator[World]:
             other=_client(cluster, namespace, "other-key"),
             revoked=_client(cluster, namespace, "ended"),
             disabled=_client(cluster, namespace, "off-key"),
+            deleted=_client(cluster, namespace, "deleted"),
         )
         revoke(cluster, namespace, "ended")
+        cluster.kubectl("delete", "iamcred", "deleted", "-n", namespace, "--wait=true")
         cluster.kubectl(
             "patch",
             "iamsa",
@@ -262,6 +268,22 @@ def test_discovery_names_the_endpoints_and_the_jwks_may_be_cached(
     assert key["crv"] == "P-256"
     assert key["alg"] == "ES256"
     assert "d" not in key
+
+
+def test_the_operator_created_the_signing_key_secret_once_immutable(
+    cluster: ClusterHandle, token_server: TokenServer
+) -> None:
+    columns = (
+        "custom-columns=I:.immutable,T:.type,K:.metadata.annotations.iam\\.kubeiam\\.io/purpose"
+    )
+    shown = cluster.kubectl(
+        "get", "secret", SIGNING_KEY_SECRET, "-n", install.NAMESPACE, "--no-headers", "-o", columns
+    ).stdout.split(maxsplit=2)
+    assert shown[0] == "true"
+    assert shown[1] == "iam.kubeiam.io/operator-keys"
+    assert shown[2].startswith("Signs the token server's access tokens")
+    kid = token_server.get("/oauth2/jwks").json()["keys"][0]["kid"]
+    assert f"active key {kid}" in token_server.log()
 
 
 # -- tokens granted --------------------------------------------------------------------------------
@@ -356,6 +378,15 @@ def test_a_disabled_accounts_credential_is_refused(token_server: TokenServer, wo
     _refused(answer, 400, "unauthorized_client")
 
 
+def test_a_deleted_credential_is_refused(token_server: TokenServer, world: World) -> None:
+    def refused() -> list[requests.Response]:
+        answer = token_server.post(_form(world.deleted))
+        return [answer] if answer.status_code != 200 else []
+
+    (answer,) = wait_for(refused, what="the deletion to reach the token server")
+    _refused(answer, 400, "invalid_client")
+
+
 def test_a_scope_beyond_the_effective_roles_is_invalid_scope(
     token_server: TokenServer, world: World
 ) -> None:
@@ -402,7 +433,8 @@ def test_the_token_server_log_holds_no_secret_and_no_token(
     assert len(TOKENS) >= 2, "the tests above must have obtained tokens"
     log = token_server.log()
     assert "Issued a token to credential" in log
-    secrets_found = [c for c in (world.good, world.other, world.revoked) if c.secret in log]
+    clients = (world.good, world.other, world.revoked, world.disabled, world.deleted)
+    secrets_found = [client for client in clients if client.secret in log]
     assert secrets_found == [], f"{len(secrets_found)} client secrets in the token server's log"
     tokens_found = sum(1 for token in TOKENS if token in log)
     assert tokens_found == 0, f"{tokens_found} tokens in the token server's log"
