@@ -29,10 +29,12 @@ import requests
 from kubeiam.devcluster import install
 from kubeiam.devcluster.certs import KeyPair, create_ca, issue_certificate
 from kubeiam.devcluster.cluster import free_port, terminate
+from kubeiam.domain.conditions import parse_time
 from kubeiam.domain.secret_format import checksum, credential_id, generate
 from kubeiam.tokens.keys import SIGNING_KEY_SECRET
 
 from .credentials_support import (
+    ISSUED_TOKENS,
     account_manifest,
     credential_manifest,
     many,
@@ -44,8 +46,6 @@ from .support import ClusterHandle, OperatorProcess, wait_for
 
 OTHER_AUDIENCE = "https://api.kubeiam.test"
 ROLES = ("compute.deployer", "storage.reader")
-# Every token a test obtained, for the log check at the end (never printed).
-TOKENS: list[str] = []
 
 
 @dataclass
@@ -87,6 +87,8 @@ class World:
     revoked: Client
     disabled: Client  # a credential of a disabled account
     deleted: Client  # a credential deleted after its secret was read
+    short: Client  # a credential that expires before a token's lifetime ends
+    short_expiry: str
 
 
 def _healthy(server: TokenServer) -> bool:
@@ -172,6 +174,7 @@ def world(cluster: ClusterHandle, token_server: TokenServer) -> Iterator[World]:
                     credential_manifest("other-key", "other"),
                     credential_manifest("off-key", "switched-off"),
                     credential_manifest("deleted", "pipeline", secretDeletionPolicy="Retain"),
+                    credential_manifest("short", "other", expiresIn="30m"),
                 ]
             ),
             namespace,
@@ -183,6 +186,8 @@ def world(cluster: ClusterHandle, token_server: TokenServer) -> Iterator[World]:
             revoked=_client(cluster, namespace, "ended"),
             disabled=_client(cluster, namespace, "off-key"),
             deleted=_client(cluster, namespace, "deleted"),
+            short=_client(cluster, namespace, "short"),
+            short_expiry=wait_state(cluster, namespace, "short", "Active")["status"]["expiresAt"],
         )
         revoke(cluster, namespace, "ended")
         cluster.kubectl("delete", "iamcred", "deleted", "-n", namespace, "--wait=true")
@@ -221,7 +226,7 @@ def _token(answer: requests.Response) -> str:
     assert answer.headers["Cache-Control"] == "no-store"
     body = answer.json()
     assert body["token_type"] == "Bearer"
-    TOKENS.append(body["access_token"])
+    ISSUED_TOKENS.add(body["access_token"])
     token: str = body["access_token"]
     return token
 
@@ -311,6 +316,14 @@ def test_a_credential_gets_a_token_with_http_basic_for_a_scope_and_an_audience(
     claims = _verify(token_server, _token(answer), OTHER_AUDIENCE)
     assert claims["scope"] == ROLES[1]
     assert answer.json()["scope"] == ROLES[1]
+
+
+def test_a_token_never_outlives_its_credential(token_server: TokenServer, world: World) -> None:
+    claims = _verify(
+        token_server, _token(token_server.post(_form(world.short))), token_server.issuer
+    )
+    assert claims["exp"] == int(parse_time(world.short_expiry).timestamp())
+    assert claims["exp"] - claims["iat"] < 3600
 
 
 # -- refusals --------------------------------------------------------------------------------------
@@ -430,11 +443,11 @@ def test_another_grant_type_is_unsupported_grant_type(
 def test_the_token_server_log_holds_no_secret_and_no_token(
     token_server: TokenServer, world: World
 ) -> None:
-    assert len(TOKENS) >= 2, "the tests above must have obtained tokens"
+    assert len(ISSUED_TOKENS) >= 3, "the tests above must have obtained tokens"
     log = token_server.log()
     assert "Issued a token to credential" in log
     clients = (world.good, world.other, world.revoked, world.disabled, world.deleted)
     secrets_found = [client for client in clients if client.secret in log]
     assert secrets_found == [], f"{len(secrets_found)} client secrets in the token server's log"
-    tokens_found = sum(1 for token in TOKENS if token in log)
+    tokens_found = sum(1 for token in ISSUED_TOKENS if token in log)
     assert tokens_found == 0, f"{tokens_found} tokens in the token server's log"
