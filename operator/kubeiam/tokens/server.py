@@ -141,14 +141,14 @@ class TokenService:
             return _error(grants.Error.INVALID_REQUEST, "Give audience or resource, not both.")
         assert self.keys is not None
         now = self.clock()
-        request_ = grants.TokenRequest(
+        asked = grants.TokenRequest(
             client_id=client[0],
             client_secret=client[1],
             scope=form.get("scope"),
             audience=form.get("audience") or form.get("resource"),
         )
         decision = grants.decide(
-            request_,
+            asked,
             credential_by_id=self.cache.credential_by_id,
             account_of=self.cache.account_of,
             allowed_audiences=self.settings.allowed_audiences(),
