@@ -42,6 +42,7 @@ from .credentials_support import (
     revoke,
     wait_state,
 )
+from .metrics_support import Page
 from .support import ClusterHandle, OperatorProcess, wait_for
 
 OTHER_AUDIENCE = "https://api.kubeiam.test"
@@ -56,6 +57,7 @@ class TokenServer:
     ca: Path
     log_path: Path
     process: subprocess.Popen[bytes]
+    metrics_port: int
 
     @property
     def token_url(self) -> str:
@@ -120,7 +122,7 @@ def token_server(
         server_names=("localhost",),
         server_ips=("127.0.0.1",),
     )
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
     issuer = f"https://127.0.0.1:{port}"
     # Where the suite's leak scan reads every operator's log.
     log_path = cluster.log_dir / "operators" / "token-server.log"
@@ -135,6 +137,7 @@ def token_server(
         "KUBEIAM_TOKEN_CERT_DIR": str(directory),
         "KUBEIAM_TOKEN_AUDIENCES": json.dumps([issuer, OTHER_AUDIENCE]),
         "KUBEIAM_TOKEN_MAX_REQUEST_BYTES": "4096",
+        "KUBEIAM_METRICS_PORT": str(metrics_port),
     }
     with log_path.open("ab") as log:
         process = subprocess.Popen(
@@ -144,7 +147,7 @@ def token_server(
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )
-    server = TokenServer(issuer, ca.cert, log_path, process)
+    server = TokenServer(issuer, ca.cert, log_path, process, metrics_port)
     try:
         wait_for(lambda: _healthy(server), what="the token server to be ready")
         yield server
@@ -437,7 +440,26 @@ def test_another_grant_type_is_unsupported_grant_type(
     _refused(answer, 400, "unsupported_grant_type")
 
 
-# -- what the server wrote -------------------------------------------------------------------------
+# -- what the server wrote and counted -------------------------------------------------------------
+
+
+def test_tokens_issued_and_refused_are_counted_by_error_code_and_the_cache_by_kind(
+    cluster: ClusterHandle, token_server: TokenServer, world: World
+) -> None:
+    url = f"http://127.0.0.1:{token_server.metrics_port}/metrics"
+    page = Page(requests.get(url, timeout=10).text)
+    # Where the suite's leak scan reads every metrics page a test kept.
+    kept = cluster.log_dir / "metrics" / "token-server.prom"
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    kept.write_text(page.text)
+    assert page.value("kubeiam_tokens_issued_total", grant="client_credentials") >= 3
+    refused = page.by("kubeiam_token_requests_refused_total", "error")
+    for error in ("invalid_client", "unauthorized_client", "invalid_scope", "invalid_target"):
+        assert refused.get(error, 0) >= 1, error
+    assert refused.get("413", 0) >= 1
+    assert page.value("kubeiam_token_request_seconds_count") >= 10
+    sizes = page.by("kubeiam_token_cache_objects", "kind")
+    assert sizes["serviceaccountcredentials"] >= 5
 
 
 def test_the_token_server_log_holds_no_secret_and_no_token(

@@ -23,8 +23,10 @@ from typing import Any
 import aiohttp.web
 
 from kubeiam.kube import api
+from kubeiam.kube import metrics as served_metrics
 from kubeiam.settings import Settings
 from kubeiam.tokens import grants, keys, tokens
+from kubeiam.tokens import metrics as token_metrics
 from kubeiam.tokens.cache import Cache
 from kubeiam.tokens.keys import ALGORITHM, SigningKeys
 
@@ -112,6 +114,15 @@ class TokenService:
     # -- the token endpoint ------------------------------------------------------------------
 
     async def token(self, request: aiohttp.web.Request) -> aiohttp.web.StreamResponse:
+        with token_metrics.SECONDS.time():
+            answer = await self._token(request)
+        if answer.status == 200:
+            token_metrics.ISSUED.labels(CLIENT_CREDENTIALS).inc()
+        elif answer.status in (408, 413, 503):
+            token_metrics.REFUSED.labels(str(answer.status)).inc()
+        return answer
+
+    async def _token(self, request: aiohttp.web.Request) -> aiohttp.web.Response:
         declared = request.content_length
         limit = self.settings.max_request_bytes
         if declared is not None and declared > limit:
@@ -243,6 +254,7 @@ def _error(
     headers: dict[str, str] | None = None,
 ) -> aiohttp.web.Response:
     """An RFC 6749 §5.2 error answer; `description` is ours, never the request's words."""
+    token_metrics.REFUSED.labels(code.value).inc()
     body = {"error": code.value, "error_description": description}
     return aiohttp.web.json_response(body, status=status, headers={**NO_STORE, **(headers or {})})
 
@@ -287,6 +299,8 @@ async def serve(settings: Settings) -> None:
     """Run the token server until cancelled: the watches, the keys, then HTTPS."""
     api.connect()
     cache = Cache()
+    token_metrics.watch_cache(cache)
+    await served_metrics.serve(settings.observability.metrics_port)
     service = TokenService(settings, cache)
     context = tls_context(settings)
     runner = aiohttp.web.AppRunner(service.app(), handle_signals=True, access_log=None)
