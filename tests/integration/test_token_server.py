@@ -25,6 +25,7 @@ from typing import Any
 import jwt
 import pytest
 import requests
+from authlib.integrations.requests_client import OAuth2Session
 
 from kubeiam.devcluster import install
 from kubeiam.devcluster.certs import KeyPair, create_ca, issue_certificate
@@ -327,6 +328,26 @@ def test_a_token_never_outlives_its_credential(token_server: TokenServer, world:
     )
     assert claims["exp"] == int(parse_time(world.short_expiry).timestamp())
     assert claims["exp"] - claims["iat"] < 3600
+
+
+@pytest.mark.parametrize("method", ["client_secret_post", "client_secret_basic"])
+def test_an_oauth_client_library_gets_a_token_from_the_mounted_values(
+    token_server: TokenServer, world: World, method: str
+) -> None:
+    """Authlib's client_credentials flow, as a user's program would run it."""
+    session = OAuth2Session(
+        world.good.client_id,
+        world.good.secret,
+        token_endpoint_auth_method=method,
+        scope=ROLES[0],
+    )
+    fetched = session.fetch_token(
+        token_server.token_url, grant_type="client_credentials", verify=str(token_server.ca)
+    )
+    ISSUED_TOKENS.add(fetched["access_token"])
+    claims = _verify(token_server, fetched["access_token"], token_server.issuer)
+    assert claims["scope"] == ROLES[0]
+    assert fetched["token_type"] == "Bearer"
 
 
 # -- refusals --------------------------------------------------------------------------------------
