@@ -10,6 +10,7 @@ same log).
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import secrets
@@ -422,6 +423,36 @@ def test_a_deleted_credential_is_refused(token_server: TokenServer, world: World
 
     (answer,) = wait_for(refused, what="the deletion to reach the token server")
     _refused(answer, 400, "invalid_client")
+
+
+def test_a_credential_past_its_expiry_is_refused_while_its_status_still_says_active(
+    cluster: ClusterHandle,
+    token_server: TokenServer,
+    session_operator: OperatorProcess,
+    namespace: str,
+) -> None:
+    """The token server reads the clock, not the operator's verdict: with the operator stopped,
+    nothing marks the credential Expired, and still no token is issued past its expiry."""
+    cluster.apply(
+        many([account_manifest("pipeline"), credential_manifest("brief", expiresIn="30s")]),
+        namespace,
+    )
+    brief = _client(cluster, namespace, "brief")
+    status = wait_state(cluster, namespace, "brief", "Active")["status"]
+    expires = parse_time(status["expiresAt"])
+    session_operator.stop()
+    try:
+        wait_for(
+            lambda: datetime.datetime.now(datetime.UTC) > expires,
+            timeout=45,
+            what="the credential's expiry to pass",
+        )
+        answer = token_server.post(_form(brief))
+        body = _refused(answer, 400, "invalid_client")
+        assert body["error_description"] == "The credential has expired."
+        assert wait_state(cluster, namespace, "brief", "Active", timeout=1)
+    finally:
+        session_operator.start()
 
 
 def test_a_scope_beyond_the_effective_roles_is_invalid_scope(
