@@ -123,9 +123,23 @@ class TokenService:
         return answer
 
     async def _token(self, request: aiohttp.web.Request) -> aiohttp.web.Response:
-        declared = request.content_length
+        form = await self._read_form(request)
+        if isinstance(form, aiohttp.web.Response):
+            return form
+        if "grant_type" not in form:
+            return _error(grants.Error.INVALID_REQUEST, "The grant_type parameter is missing.")
+        if form["grant_type"] != CLIENT_CREDENTIALS:
+            return _error(grants.Error.UNSUPPORTED_GRANT_TYPE, "Only client_credentials here.")
+        if not self.ready:
+            return aiohttp.web.Response(status=503, text="not ready", headers={"Retry-After": "1"})
+        return self._client_credentials(form, request.headers.get("Authorization"))
+
+    async def _read_form(
+        self, request: aiohttp.web.Request
+    ) -> dict[str, str] | aiohttp.web.Response:
+        """The request's form parameters, or the answer refusing its body."""
         limit = self.settings.max_request_bytes
-        if declared is not None and declared > limit:
+        if request.content_length is not None and request.content_length > limit:
             return _too_large(limit)
         if request.content_type != FORM:
             return _error(grants.Error.INVALID_REQUEST, f"The body must be {FORM}.")
@@ -139,18 +153,16 @@ class TokenService:
         form = _form(body)
         if form is None:
             return _error(grants.Error.INVALID_REQUEST, "The body is not a valid form.")
-        basic = request.headers.get("Authorization")
-        if form.get("grant_type") != CLIENT_CREDENTIALS:
-            code = grants.Error.UNSUPPORTED_GRANT_TYPE if "grant_type" in form else None
-            return _error(code or grants.Error.INVALID_REQUEST, "Only client_credentials here.")
-        if not self.ready:
-            return aiohttp.web.Response(status=503, text="not ready", headers={"Retry-After": "1"})
+        return form
+
+    def _client_credentials(self, form: dict[str, str], basic: str | None) -> aiohttp.web.Response:
+        """Authenticate the client, decide (grants.py), and sign the token it gets."""
         client = _client(form, basic)
         if isinstance(client, grants.Refusal):
             return _refuse(client, basic=basic is not None)
         if "audience" in form and "resource" in form:
             return _error(grants.Error.INVALID_REQUEST, "Give audience or resource, not both.")
-        assert self.keys is not None
+        assert self.keys is not None  # ready
         now = self.clock()
         asked = grants.TokenRequest(
             client_id=client[0],
