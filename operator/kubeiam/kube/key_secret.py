@@ -1,4 +1,7 @@
-"""Keys only the operator holds, in one Secret of its namespace, created exactly once.
+"""kube-iam's own keys, in one Secret of the operator's namespace, created exactly once.
+
+Two such Secrets exist: the proof key (a MAC key only the operator holds) and the token
+server's signing key (a P-256 private key the operator creates and the token server reads).
 
 A replica that finds no Secret generates a candidate and tries to create it; the API server
 lets one create win and the others meet a 409 and read the winner's keys, so all replicas hold
