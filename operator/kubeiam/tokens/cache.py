@@ -7,6 +7,11 @@ the maps, so they need no lock. A watch that ends is resumed from the last resou
 one the API server says is too old (410) or that fails is replaced by a fresh list. Only small
 views are kept, never bodies, and credentials are indexed by `status.credentialId`, the id a
 client secret embeds, for an O(1) lookup. The cache is ready once every kind's first list is in.
+
+Why the synchronous client in threads: `kubernetes_asyncio` is not a dependency, and the official
+client already is (kube/api.py); it brings its kubeconfig and in-cluster loading (exec plugins,
+token refresh) and its watch's resourceVersion bookkeeping, which plain aiohttp against the API
+server would have to redo. Three threads, one per kind, cost nothing on the token path.
 """
 
 from __future__ import annotations
