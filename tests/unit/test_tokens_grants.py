@@ -205,3 +205,23 @@ def test_no_description_quotes_the_request(text: str) -> None:
 
 def test_a_request_never_shows_its_secret() -> None:
     assert SECRET not in repr(TokenRequest(CLIENT_ID, SECRET))
+
+
+@given(
+    random=st.text(
+        alphabet="0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz",
+        min_size=43,
+        max_size=43,
+    ),
+    client_id=st.sampled_from([CLIENT_ID, "other@team-b.acme.iam", ""]),
+)
+def test_only_the_exact_secret_is_ever_granted(random: str, client_id: str) -> None:
+    """Any well-formed secret naming this credential, its checksum right, is refused unless it
+    is the secret itself (a forger can compute the CRC, never the hash)."""
+    body = f"kiam_{ID}_{random}"
+    candidate = body + checksum(body)
+    result = run(TokenRequest(client_id, candidate))
+    if candidate == SECRET and client_id == CLIENT_ID:
+        assert isinstance(result, Grant)
+    else:
+        refused(result, Error.INVALID_CLIENT)
