@@ -91,3 +91,66 @@ def test_a_pending_credential_issued_later_enters_the_index() -> None:
     assert cache.credential_by_id("cccc") is None
     cache.apply(CREDENTIALS, "MODIFIED", credential("waiting", "cccc"))
     assert cache.credential_by_id("cccc") is not None
+
+
+class _FakeApi:
+    """Lists of credentials as the API server would give them, one per call."""
+
+    def __init__(self, lists: list[list[dict[str, Any]]]) -> None:
+        self.lists = lists
+        self.calls = 0
+
+    def list_cluster_custom_object(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        items = self.lists[min(self.calls, len(self.lists) - 1)]
+        self.calls += 1
+        return {"items": items, "metadata": {"resourceVersion": str(self.calls)}}
+
+
+class _FakeWatch:
+    """A watch that delivers one change, then says its resourceVersion is too old (410)."""
+
+    resource_version = "1"
+    streams = 0
+
+    def stream(self, *args: Any, **kwargs: Any) -> Any:
+        from kubernetes.client.exceptions import ApiException
+
+        _FakeWatch.streams += 1
+        if _FakeWatch.streams == 1:
+            yield {"type": "MODIFIED", "raw_object": credential("key", "aaaa", "Revoked")}
+            raise ApiException(status=410, reason="Expired")
+        yield from ()
+
+
+def test_a_watch_too_old_is_replaced_by_a_fresh_list(monkeypatch: Any) -> None:
+    """The thread lists, applies the watch's change, meets a 410 and lists again: what the
+    second list lacks is gone from the cache."""
+    import asyncio
+
+    from kubeiam.tokens import cache as cache_module
+
+    fake = _FakeApi([[credential("key", "aaaa")], [credential("new", "bbbb")]])
+    monkeypatch.setattr(cache_module.client, "CustomObjectsApi", lambda _: fake)
+    monkeypatch.setattr(cache_module.watch, "Watch", _FakeWatch)
+    monkeypatch.setattr(cache_module.api, "api_client", lambda: None)
+    monkeypatch.setattr(cache_module, "RETRY_SECONDS", 0.01)
+    _FakeWatch.streams = 0
+    cache = Cache()
+
+    async def main() -> None:
+        cache.replace(SERVICE_ACCOUNTS, [])
+        cache.replace(TRUSTS, [])
+        loop = asyncio.get_running_loop()
+        thread = asyncio.to_thread(cache._follow, CREDENTIALS, loop)
+        task = asyncio.ensure_future(thread)
+        for _ in range(1000):  # the changes arrive through the loop: poll it, for 10 s at most
+            if cache.credential_by_id("bbbb") is not None:
+                break
+            await asyncio.sleep(0.01)
+        cache.stop()
+        await task
+
+    asyncio.run(main())
+    assert fake.calls >= 2
+    assert cache.credential_by_id("aaaa") is None
+    assert cache.ready
