@@ -57,6 +57,26 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _token_server(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from kubeiam.settings import get_settings
+    from kubeiam.tokens import server
+
+    settings = get_settings()  # fail here, with the variable's name, on a bad KUBEIAM_* value
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="[%(asctime)s] %(name)-24s [%(levelname)-8s] %(message)s",
+    )
+    # urllib3 would log the API server's URLs at DEBUG; nothing of ours needs it.
+    logging.getLogger("urllib3").setLevel(logging.WARNING)
+    try:
+        asyncio.run(server.serve(settings))
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
 def _cluster(args: argparse.Namespace) -> int:
     from kubeiam.devcluster.cluster import DEFAULT_STATE_DIR, LocalCluster
 
@@ -202,6 +222,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--verbose", "-v", action="store_true", help="more log output")
     run.set_defaults(handler=_run)
+
+    token_server = commands.add_parser(
+        "token-server",
+        help="serve access tokens for credentials (https; KUBEIAM_TOKEN_* settings, "
+        "docs/tokens.md)",
+    )
+    token_server.add_argument("--verbose", "-v", action="store_true", help="more log output")
+    token_server.set_defaults(handler=_token_server)
 
     cluster = commands.add_parser("cluster", help="the local control plane on loopback")
     cluster.add_argument("action", choices=["up", "down", "status"])

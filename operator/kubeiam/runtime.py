@@ -11,7 +11,13 @@ from typing import Any
 import kopf
 
 # Importing a controller module registers its handlers with kopf's default registry.
-from kubeiam.controllers import accounts, admission, credentials, trusts  # noqa: F401
+from kubeiam.controllers import (  # noqa: F401
+    accounts,
+    admission,
+    credentials,
+    signing_keys,
+    trusts,
+)
 from kubeiam.kube import bookkeeping, metrics, peering
 from kubeiam.kube import webhook_server as webhook_server_module
 from kubeiam.settings import Settings, get_settings

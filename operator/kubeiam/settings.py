@@ -276,6 +276,65 @@ class WebhookSettings(_Group):
     )
 
 
+class TokenSettings(_Group):
+    """The token server (`kube-iam token-server`): its issuer, where it listens, what it signs."""
+
+    model_config = SettingsConfigDict(env_prefix="KUBEIAM_TOKEN_")
+
+    issuer: str = Field(
+        default="https://iam.example.invalid",
+        description="The token server's issuer URL: the `iss` of every access token, and where "
+        "discovery (`/.well-known/openid-configuration`) and the token endpoint "
+        "(`/oauth2/token`) are served below.",
+    )
+    port: int = Field(default=8443, ge=1, le=65535, description="Port of the token server (https).")
+    address: str = Field(
+        default="0.0.0.0",  # noqa: S104  (workloads call the pod IP through a Service)
+        description="Address the token server listens on.",
+    )
+    cert_dir: Path = Field(
+        default=Path("/etc/kube-iam/tokens"),
+        description="Directory holding the token server's serving certificate as tls.crt and "
+        "tls.key (a mounted kubernetes.io/tls Secret), read at start.",
+    )
+    lifetime: datetime.timedelta = Field(
+        default=datetime.timedelta(hours=1),
+        description="Lifetime of an access token; never past its credential's expiry.",
+    )
+    audiences: list[str] = Field(
+        default_factory=list,
+        description="Audiences a client may ask a token for with `audience` or `resource` (JSON "
+        "list); the first is the audience when none is asked. Empty: only the issuer itself.",
+    )
+    max_request_bytes: int = Field(
+        default=16 * 1024,
+        ge=1024,
+        le=1024 * 1024,
+        description="Largest token request body read; a larger one is answered 413 unread.",
+    )
+    jwks_max_age: datetime.timedelta = Field(
+        default=datetime.timedelta(minutes=5),
+        description="How long a verifier may cache the JWKS (its Cache-Control max-age).",
+    )
+
+    @field_validator("issuer")
+    @classmethod
+    def _https_issuer(cls, value: str) -> str:
+        if not value.startswith("https://") or "?" in value or "#" in value:
+            raise ValueError("KUBEIAM_TOKEN_ISSUER must be an https:// URL without query")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _positive_lifetime(self) -> TokenSettings:
+        if self.lifetime <= datetime.timedelta(0):
+            raise ValueError("KUBEIAM_TOKEN_LIFETIME must be positive")
+        return self
+
+    def allowed_audiences(self) -> tuple[str, ...]:
+        """The audiences a token may carry: the setting's, else the issuer alone."""
+        return tuple(self.audiences) or (self.issuer,)
+
+
 class WatchingSettings(_Group):
     """How the operator watches the API server and meets its other replicas (kopf's side)."""
 
@@ -346,13 +405,15 @@ class Settings(_Group):
         max_length=63,
         pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
         description="The operator's own namespace: it keeps the key that proves which Secrets "
-        "it wrote there, in the Secret kube-iam-secret-proof-key (created once).",
+        "it wrote there, in the Secret kube-iam-secret-proof-key, and the token server's signing "
+        "key in kube-iam-signing-keys (each created once).",
     )
     credentials: CredentialSettings = Field(default_factory=CredentialSettings)
     trusts: TrustSettings = Field(default_factory=TrustSettings)
     issuers: IssuerSettings = Field(default_factory=IssuerSettings)
     admission: AdmissionSettings = Field(default_factory=AdmissionSettings)
     webhook: WebhookSettings = Field(default_factory=WebhookSettings)
+    tokens: TokenSettings = Field(default_factory=TokenSettings)
     watching: WatchingSettings = Field(default_factory=WatchingSettings)
     observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)
 

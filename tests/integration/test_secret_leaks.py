@@ -1,10 +1,10 @@
 """No issued secret appears anywhere the operator writes or prints.
 
 Runs after every other integration test (see conftest), and looks for each client secret the
-suite read from a Secret in: the operator logs, every Event, the status and annotations of
-every kube-iam object, and the metrics pages (every page a test kept, and a scrape of a running
-operator), and the events and objects the fault suites kept of their namespaces. A hit fails
-without printing the secret.
+suite read from a Secret, and each access token the token server's tests got, in: the operator
+and token server logs, every Event, the status and annotations of every kube-iam object, and
+the metrics pages (every page a test kept, and a scrape of a running operator), and the events
+and objects the fault suites kept of their namespaces. A hit fails without printing the secret.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import json
 
 import pytest
 
-from .credentials_support import ISSUED, MANAGED_BY
+from .credentials_support import ISSUED, ISSUED_TOKENS, MANAGED_BY
 from .support import ClusterHandle, OperatorProcess
 
 
@@ -65,3 +65,8 @@ def test_no_issued_secret_is_found_in_logs_events_status_annotations_or_metrics(
         assert "kubeiam_credentials" in places["metrics of the running operator"]
     leaks = sorted(where for where, text in places.items() for secret in ISSUED if secret in text)
     assert leaks == [], f"{len(leaks)} places hold an issued client secret"
+    # The token server's log is among the operator logs; its tokens are looked for everywhere.
+    token_leaks = sorted(
+        where for where, text in places.items() for token in ISSUED_TOKENS if token in text
+    )
+    assert token_leaks == [], f"{len(token_leaks)} places hold an issued access token"

@@ -81,6 +81,11 @@ def _client() -> client.ApiClient:
     return _api_client
 
 
+def api_client() -> client.ApiClient:
+    """The process's client, for what runs its own calls on it (the token server's watches)."""
+    return _client()
+
+
 def _custom() -> client.CustomObjectsApi:
     return client.CustomObjectsApi(_client())
 

@@ -1,4 +1,7 @@
-"""Keys only the operator holds, in one Secret of its namespace, created exactly once.
+"""kube-iam's own keys, in one Secret of the operator's namespace, created exactly once.
+
+Two such Secrets exist: the proof key (a MAC key only the operator holds) and the token
+server's signing key (a P-256 private key the operator creates and the token server reads).
 
 A replica that finds no Secret generates a candidate and tries to create it; the API server
 lets one create win and the others meet a 409 and read the winner's keys, so all replicas hold
@@ -38,9 +41,9 @@ class KeyRing:
         return f"KeyRing(active={self.active!r}, ids={sorted(self.keys)!r})"
 
 
-def _candidate(random_bytes: Callable[[int], bytes]) -> KeyRing:
+def _candidate(new_key: Callable[[], bytes]) -> KeyRing:
     key_id = secrets.token_hex(4)
-    return KeyRing(active=key_id, keys={key_id: random_bytes(KEY_BYTES)})
+    return KeyRing(active=key_id, keys={key_id: new_key()})
 
 
 def _manifest(namespace: str, name: str, ring: KeyRing, purpose: str) -> dict[str, object]:
@@ -77,15 +80,17 @@ async def load_or_create(
     *,
     purpose: str,
     random_bytes: Callable[[int], bytes] = os.urandom,
+    new_key: Callable[[], bytes] | None = None,
 ) -> KeyRing:
     """The keys in Secret `name` of `namespace`, created with a fresh key if there is none.
 
-    Read first: a start over an existing key costs one read, no write (a restart writes
-    nothing, and a paused replica creates nothing)."""
+    A fresh key is `KEY_BYTES` of `random_bytes` (a MAC key), or what `new_key` makes (a
+    signing key's PEM). Read first: a start over an existing key costs one read, no write (a
+    restart writes nothing, and a paused replica creates nothing)."""
     data = await api.get_secret_data(namespace, name)
     if data is not None:
         return _parse(name, data)
-    candidate = _candidate(random_bytes)
+    candidate = _candidate(new_key or (lambda: random_bytes(KEY_BYTES)))
     try:
         await api.create_secret(namespace, _manifest(namespace, name, candidate, purpose))
         return candidate
@@ -100,3 +105,10 @@ async def load_or_create(
     if data is None:
         raise KeySecretError(f"Secret {name!r} in {namespace!r} vanished while being read")
     return _parse(name, data)
+
+
+async def read(namespace: str, name: str) -> KeyRing | None:
+    """The keys in Secret `name` of `namespace` (one GET), or None while it does not exist:
+    for a process that uses keys the operator creates, and never creates them itself."""
+    data = await api.get_secret_data(namespace, name)
+    return None if data is None else _parse(name, data)

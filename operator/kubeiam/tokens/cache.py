@@ -1,0 +1,241 @@
+"""The token server's memory: ServiceAccounts, credentials and trusts from list+watch.
+
+Nothing on the token path calls the API server: it reads this cache. Each kind is listed, then
+watched from the list's resourceVersion, by the official (synchronous) Kubernetes client in a
+thread of its own, which hands every change to the event loop; the loop alone reads and writes
+the maps, so they need no lock. A watch that ends is resumed from the last resourceVersion seen;
+one the API server says is too old (410) or that fails is replaced by a fresh list. Only small
+views are kept, never bodies, and credentials are indexed by `status.credentialId`, the id a
+client secret embeds, for an O(1) lookup. The cache is ready once every kind's first list is in.
+
+Why the synchronous client in threads: `kubernetes_asyncio` is not a dependency, and the official
+client already is (kube/api.py); it brings its kubeconfig and in-cluster loading (exec plugins,
+token refresh) and its watch's resourceVersion bookkeeping, which plain aiohttp against the API
+server would have to redo. Three threads, one per kind, cost nothing on the token path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, cast
+
+from kubernetes import client, watch
+from kubernetes.client.exceptions import ApiException
+
+from kubeiam.domain.conditions import parse_time
+from kubeiam.kube import api
+from kubeiam.kube.resources import CREDENTIALS, GROUP, SERVICE_ACCOUNTS, TRUSTS, VERSION
+from kubeiam.tokens.grants import Account, Credential
+
+logger = logging.getLogger(__name__)
+
+WATCH_SECONDS = 300  # the API server ends a watch after this; the thread resumes it
+CLIENT_TIMEOUT = WATCH_SECONDS + 30  # a silent connection is given up a little later
+RETRY_SECONDS = 2.0
+
+Key = tuple[str, str]  # (namespace, name)
+
+
+@dataclass(frozen=True)
+class Trust:
+    """What a later token-exchange grant will need of a FederationTrust (not used yet)."""
+
+    namespace: str
+    name: str
+    account: str
+    issuer: str
+    disabled: bool
+
+
+def _key(body: dict[str, Any]) -> Key:
+    metadata = body.get("metadata") or {}
+    return str(metadata.get("namespace") or ""), str(metadata.get("name") or "")
+
+
+def credential_view(body: dict[str, Any]) -> Credential | None:
+    """The credential as the token path sees it; None until it was issued (no id, no hash)."""
+    status, spec = body.get("status") or {}, body.get("spec") or {}
+    credential_id, hashed = status.get("credentialId"), status.get("secretHash")
+    if not credential_id or not hashed:
+        return None
+    namespace, name = _key(body)
+    expires = status.get("expiresAt")
+    return Credential(
+        namespace=namespace,
+        name=name,
+        account=str(spec.get("serviceAccountName") or ""),
+        credential_id=str(credential_id),
+        client_id=str(status.get("clientId") or ""),
+        secret_hash=str(hashed),
+        state=str(status.get("state") or ""),
+        expires_at=parse_time(expires) if expires else None,
+        effective_roles=tuple(status.get("effectiveRoles") or ()),
+    )
+
+
+def account_view(body: dict[str, Any]) -> Account:
+    namespace, name = _key(body)
+    status, spec = body.get("status") or {}, body.get("spec") or {}
+    return Account(
+        namespace=namespace,
+        name=name,
+        client_id=str(status.get("clientId") or ""),
+        disabled=bool(spec.get("disabled")),
+    )
+
+
+def trust_view(body: dict[str, Any]) -> Trust:
+    namespace, name = _key(body)
+    spec = body.get("spec") or {}
+    return Trust(
+        namespace=namespace,
+        name=name,
+        account=str(spec.get("serviceAccountName") or ""),
+        issuer=str(spec.get("issuer") or ""),
+        disabled=bool(spec.get("disabled")),
+    )
+
+
+class Cache:
+    """Accounts, credentials (by key and by credential id) and trusts, kept by watches."""
+
+    def __init__(self) -> None:
+        self.accounts: dict[Key, Account] = {}
+        self.trusts: dict[Key, Trust] = {}
+        self._credentials: dict[Key, Credential] = {}
+        self._by_id: dict[str, Credential] = {}
+        self._listed: set[str] = set()
+        self.filled = asyncio.Event()  # set once `ready`
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    # -- the token path's reads --------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        """Every kind's first list is in: an answer now is as good as the API server's."""
+        return self._listed == {SERVICE_ACCOUNTS, CREDENTIALS, TRUSTS}
+
+    def credential_by_id(self, credential_id: str) -> Credential | None:
+        return self._by_id.get(credential_id)
+
+    def account_of(self, namespace: str, name: str) -> Account | None:
+        return self.accounts.get((namespace, name))
+
+    def sizes(self) -> dict[str, int]:
+        return {
+            SERVICE_ACCOUNTS: len(self.accounts),
+            CREDENTIALS: len(self._credentials),
+            TRUSTS: len(self.trusts),
+        }
+
+    # -- changes, applied on the event loop --------------------------------------------------
+
+    def replace(self, plural: str, bodies: list[dict[str, Any]]) -> None:
+        """A fresh list of one kind: what it lacks was deleted meanwhile."""
+        if plural == CREDENTIALS:
+            self._credentials.clear()
+            self._by_id.clear()
+        elif plural == SERVICE_ACCOUNTS:
+            self.accounts.clear()
+        else:
+            self.trusts.clear()
+        for body in bodies:
+            self.apply(plural, "ADDED", body)
+        self._listed.add(plural)
+        if self.ready:
+            self.filled.set()
+
+    def apply(self, plural: str, event: str, body: dict[str, Any]) -> None:
+        """One watch event (ADDED, MODIFIED, DELETED) of one kind."""
+        key = _key(body)
+        deleted = event == "DELETED"
+        if plural == SERVICE_ACCOUNTS:
+            _put(self.accounts, key, None if deleted else account_view(body))
+        elif plural == TRUSTS:
+            _put(self.trusts, key, None if deleted else trust_view(body))
+        else:
+            old = self._credentials.get(key)
+            if old is not None and self._by_id.get(old.credential_id) is old:
+                del self._by_id[old.credential_id]
+            new = None if deleted else credential_view(body)
+            _put(self._credentials, key, new)
+            if new is not None:
+                self._by_id[new.credential_id] = new
+
+    # -- the watches -------------------------------------------------------------------------
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """One thread a kind, each listing then watching, handing changes to `loop`."""
+        for plural in (SERVICE_ACCOUNTS, CREDENTIALS, TRUSTS):
+            thread = threading.Thread(
+                target=self._follow, args=(plural, loop), name=f"watch-{plural}", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def _follow(self, plural: str, loop: asyncio.AbstractEventLoop) -> None:
+        custom = client.CustomObjectsApi(api.api_client())
+
+        def hand(change: Callable[..., None], *args: Any) -> None:
+            loop.call_soon_threadsafe(change, plural, *args)
+
+        while not self._stopping.is_set():
+            try:
+                listed = cast(
+                    dict[str, Any],
+                    custom.list_cluster_custom_object(
+                        GROUP, VERSION, plural, _request_timeout=CLIENT_TIMEOUT
+                    ),
+                )
+                hand(self.replace, listed.get("items") or [])
+                version = (listed.get("metadata") or {}).get("resourceVersion")
+                self._watch(custom, plural, version, hand)
+            except ApiException as error:
+                if error.status != 410:
+                    logger.warning("Watching %s: HTTP %s; listing again.", plural, error.status)
+            except Exception as error:  # a dropped connection, a timeout: list again
+                name = type(error).__name__
+                logger.warning("Watching %s failed (%s); listing again.", plural, name)
+            if not self._stopping.is_set():
+                time.sleep(RETRY_SECONDS)
+
+    def _watch(
+        self,
+        custom: client.CustomObjectsApi,
+        plural: str,
+        version: str | None,
+        hand: Callable[..., None],
+    ) -> None:
+        """Watch from `version` until the API server says it is too old (410 raises)."""
+        while not self._stopping.is_set():
+            stream = watch.Watch()  # type: ignore[no-untyped-call]
+            for event in stream.stream(  # type: ignore[no-untyped-call]
+                custom.list_cluster_custom_object,
+                GROUP,
+                VERSION,
+                plural,
+                resource_version=version,
+                allow_watch_bookmarks=True,
+                timeout_seconds=WATCH_SECONDS,
+                _request_timeout=CLIENT_TIMEOUT,
+            ):
+                kind, body = event["type"], event["raw_object"]
+                if kind in ("ADDED", "MODIFIED", "DELETED"):
+                    hand(self.apply, kind, body)
+            version = stream.resource_version
+
+
+def _put(store: dict[Key, Any], key: Key, value: Any) -> None:
+    if value is None:
+        store.pop(key, None)
+    else:
+        store[key] = value

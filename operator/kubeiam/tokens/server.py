@@ -1,0 +1,338 @@
+"""The token server's HTTPS endpoints: discovery, the JWKS, the token endpoint and its health.
+
+Served with aiohttp under the issuer URL's path. A token request's body is bounded (413 before
+reading when declared too large, or as soon as it grows past the bound), must be form-encoded
+(else 400), and gets `READ_SECONDS` to arrive. The client authenticates with
+`client_secret_post` or HTTP Basic (`client_secret_basic`), not both; a Basic failure is
+answered 401 with `WWW-Authenticate`. The access log is off and no line names a secret or a
+token: a refusal is logged by its error code and, once the secret was proven, the credential.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import datetime
+import logging
+import ssl
+import urllib.parse
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp.web
+
+from kubeiam.kube import api
+from kubeiam.kube import metrics as served_metrics
+from kubeiam.settings import Settings
+from kubeiam.tokens import grants, keys, tokens
+from kubeiam.tokens import metrics as token_metrics
+from kubeiam.tokens.cache import Cache
+from kubeiam.tokens.keys import ALGORITHM, SigningKeys
+
+logger = logging.getLogger(__name__)
+
+READ_SECONDS = 5.0
+FORM = "application/x-www-form-urlencoded"
+CLIENT_CREDENTIALS = "client_credentials"
+REALM = 'Basic realm="kube-iam", charset="UTF-8"'
+TOKEN_PATH = "/oauth2/token"
+JWKS_PATH = "/oauth2/jwks"
+# What the answers to a token request carry (RFC 6749 §5.1): no cache may keep a token.
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+
+Clock = Callable[[], datetime.datetime]
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+class TokenService:
+    """The endpoints over one cache and one set of signing keys (set once they are read)."""
+
+    def __init__(self, settings: Settings, cache: Cache, *, clock: Clock = _now) -> None:
+        self.settings = settings.tokens
+        self.cache = cache
+        self.keys: SigningKeys | None = None
+        self.clock = clock
+        self.prefix = urllib.parse.urlsplit(self.settings.issuer).path.rstrip("/")
+
+    # -- the application ---------------------------------------------------------------------
+
+    def app(self) -> aiohttp.web.Application:
+        # aiohttp's own cap as a backstop; the token handler refuses earlier and more cheaply.
+        app = aiohttp.web.Application(client_max_size=self.settings.max_request_bytes)
+        p = self.prefix
+        app.add_routes(
+            [
+                aiohttp.web.get(f"{p}/.well-known/openid-configuration", self.metadata),
+                aiohttp.web.get(f"{p}/.well-known/oauth-authorization-server", self.metadata),
+                aiohttp.web.get(f"{p}{JWKS_PATH}", self.jwks),
+                aiohttp.web.post(f"{p}{TOKEN_PATH}", self.token),
+                aiohttp.web.get("/healthz", self.health),
+            ]
+        )
+        return app
+
+    @property
+    def ready(self) -> bool:
+        return self.cache.ready and self.keys is not None
+
+    async def health(self, request: aiohttp.web.Request) -> aiohttp.web.Response:
+        if self.ready:
+            return aiohttp.web.Response(text="ok")
+        waiting = "the cache's first lists" if not self.cache.ready else "the signing key"
+        return aiohttp.web.Response(status=503, text=f"not ready: waiting for {waiting}")
+
+    async def metadata(self, request: aiohttp.web.Request) -> aiohttp.web.Response:
+        """RFC 8414 metadata, also served as OpenID discovery (a JWT verifier reads that)."""
+        issuer = self.settings.issuer
+        document = {
+            "issuer": issuer,
+            "token_endpoint": issuer + TOKEN_PATH,
+            "jwks_uri": issuer + JWKS_PATH,
+            "grant_types_supported": [CLIENT_CREDENTIALS],
+            "token_endpoint_auth_methods_supported": ["client_secret_post", "client_secret_basic"],
+            # No authorization endpoint: no response type is supported.
+            "response_types_supported": [],
+            "subject_types_supported": ["public"],
+            "id_token_signing_alg_values_supported": [ALGORITHM],
+            "token_endpoint_auth_signing_alg_values_supported": [ALGORITHM],
+            "scopes_supported": [],
+        }
+        return aiohttp.web.json_response(document, headers={"Cache-Control": "max-age=300"})
+
+    async def jwks(self, request: aiohttp.web.Request) -> aiohttp.web.Response:
+        if self.keys is None:
+            return aiohttp.web.Response(status=503, text="the signing key is not loaded yet")
+        age = int(self.settings.jwks_max_age.total_seconds())
+        return aiohttp.web.json_response(
+            self.keys.jwks(), headers={"Cache-Control": f"public, max-age={age}"}
+        )
+
+    # -- the token endpoint ------------------------------------------------------------------
+
+    async def token(self, request: aiohttp.web.Request) -> aiohttp.web.StreamResponse:
+        with token_metrics.SECONDS.time():
+            answer = await self._token(request)
+        if answer.status == 200:
+            token_metrics.ISSUED.labels(CLIENT_CREDENTIALS).inc()
+        elif answer.status in (408, 413, 503):
+            token_metrics.REFUSED.labels(str(answer.status)).inc()
+        return answer
+
+    async def _token(self, request: aiohttp.web.Request) -> aiohttp.web.Response:
+        form = await self._read_form(request)
+        if isinstance(form, aiohttp.web.Response):
+            return form
+        if "grant_type" not in form:
+            return _error(grants.Error.INVALID_REQUEST, "The grant_type parameter is missing.")
+        if form["grant_type"] != CLIENT_CREDENTIALS:
+            return _error(grants.Error.UNSUPPORTED_GRANT_TYPE, "Only client_credentials here.")
+        if not self.ready:
+            return aiohttp.web.Response(status=503, text="not ready", headers={"Retry-After": "1"})
+        return self._client_credentials(form, request.headers.get("Authorization"))
+
+    async def _read_form(
+        self, request: aiohttp.web.Request
+    ) -> dict[str, str] | aiohttp.web.Response:
+        """The request's form parameters, or the answer refusing its body."""
+        limit = self.settings.max_request_bytes
+        if request.content_length is not None and request.content_length > limit:
+            return _too_large(limit)
+        if request.content_type != FORM:
+            return _error(grants.Error.INVALID_REQUEST, f"The body must be {FORM}.")
+        try:
+            async with asyncio.timeout(READ_SECONDS):
+                body = await _read(request, limit)
+        except TimeoutError:
+            return aiohttp.web.Response(status=408, text="the body did not arrive in time")
+        if body is None:
+            return _too_large(limit)
+        form = _form(body)
+        if form is None:
+            return _error(grants.Error.INVALID_REQUEST, "The body is not a valid form.")
+        return form
+
+    def _client_credentials(self, form: dict[str, str], basic: str | None) -> aiohttp.web.Response:
+        """Authenticate the client, decide (grants.py), and sign the token it gets."""
+        client = _client(form, basic)
+        if isinstance(client, grants.Refusal):
+            return _refuse(client, basic=basic is not None)
+        if "audience" in form and "resource" in form:
+            return _error(grants.Error.INVALID_REQUEST, "Give audience or resource, not both.")
+        assert self.keys is not None  # ready
+        now = self.clock()
+        asked = grants.TokenRequest(
+            client_id=client[0],
+            client_secret=client[1],
+            scope=form.get("scope"),
+            audience=form.get("audience") or form.get("resource"),
+        )
+        decision = grants.decide(
+            asked,
+            credential_by_id=self.cache.credential_by_id,
+            account_of=self.cache.account_of,
+            allowed_audiences=self.settings.allowed_audiences(),
+            now=now,
+        )
+        if isinstance(decision, grants.Refusal):
+            return _refuse(decision, basic=basic is not None)
+        issued = tokens.issue(
+            decision,
+            self.keys.active,
+            issuer=self.settings.issuer,
+            lifetime=self.settings.lifetime,
+            now=now,
+        )
+        credential = decision.credential
+        logger.info(
+            "Issued a token to credential %s/%s (id %s) for %s, expiring in %ds.",
+            credential.namespace,
+            credential.name,
+            credential.credential_id,
+            decision.audience,
+            issued.expires_in,
+        )
+        answer: dict[str, Any] = {
+            "access_token": issued.token,
+            "token_type": "Bearer",
+            "expires_in": issued.expires_in,
+        }
+        if issued.scope:
+            answer["scope"] = issued.scope
+        return aiohttp.web.json_response(answer, headers=NO_STORE)
+
+
+async def _read(request: aiohttp.web.Request, limit: int) -> bytes | None:
+    """The body, or None once it grows past `limit` (a declared length may lie)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_chunked(16 * 1024):
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _form(body: bytes) -> dict[str, str] | None:
+    """The form's parameters; None if it is not UTF-8, or names one twice (RFC 6749 §3.2)."""
+    try:
+        pairs = urllib.parse.parse_qsl(
+            body.decode("utf-8"), keep_blank_values=True, strict_parsing=bool(body)
+        )
+    except (UnicodeDecodeError, ValueError):
+        return None
+    form = dict(pairs)
+    return form if len(form) == len(pairs) else None
+
+
+def _client(form: dict[str, str], basic: str | None) -> tuple[str, str] | grants.Refusal:
+    """The client id and secret, from Basic or from the body (exactly one of them)."""
+    in_body = "client_secret" in form
+    if basic is not None:
+        if in_body:
+            return grants.Refusal(
+                grants.Error.INVALID_REQUEST, "Use one client authentication method, not two."
+            )
+        scheme, _, encoded = basic.partition(" ")
+        try:
+            decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            decoded = ""
+        if scheme.lower() != "basic" or ":" not in decoded:
+            return grants.Refusal(grants.Error.INVALID_CLIENT, "Client authentication failed.")
+        # RFC 6749 §2.3.1: both parts are form-encoded before they are joined.
+        client_id, _, secret = decoded.partition(":")
+        return urllib.parse.unquote_plus(client_id), urllib.parse.unquote_plus(secret)
+    if not in_body or not form.get("client_id"):
+        return grants.Refusal(grants.Error.INVALID_CLIENT, "Client authentication is required.")
+    return form["client_id"], form["client_secret"]
+
+
+def _refuse(refusal: grants.Refusal, *, basic: bool) -> aiohttp.web.Response:
+    logger.info("Refused a token request: %s.", refusal.error.value)
+    if refusal.error == grants.Error.INVALID_CLIENT and basic:
+        return _error(refusal.error, refusal.description, 401, {"WWW-Authenticate": REALM})
+    return _error(refusal.error, refusal.description)
+
+
+def _error(
+    code: grants.Error,
+    description: str,
+    status: int = 400,
+    headers: dict[str, str] | None = None,
+) -> aiohttp.web.Response:
+    """An RFC 6749 §5.2 error answer; `description` is ours, never the request's words."""
+    token_metrics.REFUSED.labels(code.value).inc()
+    body = {"error": code.value, "error_description": description}
+    return aiohttp.web.json_response(body, status=status, headers={**NO_STORE, **(headers or {})})
+
+
+def _too_large(limit: int) -> aiohttp.web.Response:
+    return aiohttp.web.Response(status=413, text=f"a token request is at most {limit} bytes")
+
+
+def tls_context(settings: Settings) -> ssl.SSLContext:
+    cert_dir = settings.tokens.cert_dir
+    cert, key = cert_dir / "tls.crt", cert_dir / "tls.key"
+    missing = [str(path) for path in (cert, key) if not path.is_file()]
+    if missing:
+        raise SystemExit(
+            f"kube-iam token-server: no serving certificate at {', '.join(missing)} "
+            "(KUBEIAM_TOKEN_CERT_DIR)"
+        )
+    context = ssl.create_default_context(purpose=ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(str(cert), str(key))
+    return context
+
+
+async def _until_keys(
+    service: TokenService, namespace: str, load: Callable[[str], Awaitable[SigningKeys | None]]
+) -> None:
+    """Read the signing keys the operator creates, waiting for them if it has not yet."""
+    waited = False
+    while service.keys is None:
+        try:
+            service.keys = await load(namespace)
+        except Exception as error:  # the API server restarting: try again
+            logger.warning("Cannot read the signing keys yet (%s).", type(error).__name__)
+        if service.keys is None:
+            if not waited:
+                logger.info("Waiting for the operator to create the signing keys.")
+                waited = True
+            await asyncio.sleep(2)
+    logger.info("Loaded the signing keys (active key %s).", service.keys.active.kid)
+
+
+async def serve(settings: Settings) -> None:
+    """Run the token server until cancelled: the watches, the keys, then HTTPS."""
+    api.connect()
+    cache = Cache()
+    token_metrics.watch_cache(cache)
+    await served_metrics.serve(settings.observability.metrics_port)
+    service = TokenService(settings, cache)
+    context = tls_context(settings)
+    runner = aiohttp.web.AppRunner(service.app(), handle_signals=True, access_log=None)
+    await runner.setup()
+    cache.start(asyncio.get_running_loop())
+    try:
+        site = aiohttp.web.TCPSite(
+            runner, settings.tokens.address, settings.tokens.port, ssl_context=context
+        )
+        await site.start()
+        logger.info(
+            "Serving tokens for issuer %s on https://%s:%s.",
+            settings.tokens.issuer,
+            settings.tokens.address,
+            settings.tokens.port,
+        )
+        await _until_keys(service, settings.operator_namespace, keys.load)
+        await cache.filled.wait()
+        logger.info("Ready: the cache holds %s.", cache.sizes())
+        await asyncio.Event().wait()
+    finally:
+        cache.stop()
+        await runner.cleanup()

@@ -1,0 +1,81 @@
+"""Access tokens as JWTs per RFC 9068: the claims a grant implies, signed ES256 with `typ: at+jwt`.
+
+Besides the registered claims (`iss`, `sub` = the account's clientId, `aud`, `exp`, `iat`,
+`jti`, `client_id`, `scope`), each token names where it came from under kube-iam's own claims:
+`kubeiam.io/namespace`, `kubeiam.io/account` and `kubeiam.io/credential_id` (names with a
+domain, so they collide with no registered claim).
+"""
+
+from __future__ import annotations
+
+import datetime
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+
+from kubeiam.tokens.grants import Grant
+from kubeiam.tokens.keys import ALGORITHM, SigningKey
+
+TYPE = "at+jwt"
+NAMESPACE_CLAIM = "kubeiam.io/namespace"
+ACCOUNT_CLAIM = "kubeiam.io/account"
+CREDENTIAL_CLAIM = "kubeiam.io/credential_id"
+
+
+@dataclass(frozen=True)
+class Issued:
+    """A signed token and what the token response says of it."""
+
+    token: str
+    expires_in: int
+    scope: str
+
+    def __repr__(self) -> str:  # never show the token, even in a traceback
+        return f"Issued(expires_in={self.expires_in}, scope={self.scope!r})"
+
+
+def claims(
+    grant: Grant,
+    *,
+    issuer: str,
+    lifetime: datetime.timedelta,
+    now: datetime.datetime,
+    jti: str,
+) -> dict[str, Any]:
+    """The token's claims: `exp` is `lifetime` from now, and never past the credential's expiry."""
+    issued_at = int(now.timestamp())
+    expires = int((now + lifetime).timestamp())
+    if grant.not_after is not None:
+        expires = min(expires, int(grant.not_after.timestamp()))
+    credential = grant.credential
+    return {
+        "iss": issuer,
+        "sub": grant.account.client_id,
+        "aud": grant.audience,
+        "exp": expires,
+        "iat": issued_at,
+        "nbf": issued_at,
+        "jti": jti,
+        "client_id": credential.client_id,
+        "scope": " ".join(grant.scopes),
+        NAMESPACE_CLAIM: credential.namespace,
+        ACCOUNT_CLAIM: credential.account,
+        CREDENTIAL_CLAIM: credential.credential_id,
+    }
+
+
+def issue(
+    grant: Grant,
+    key: SigningKey,
+    *,
+    issuer: str,
+    lifetime: datetime.timedelta,
+    now: datetime.datetime,
+) -> Issued:
+    """Sign the grant's token with `key`."""
+    body = claims(grant, issuer=issuer, lifetime=lifetime, now=now, jti=secrets.token_urlsafe(16))
+    headers = {"typ": TYPE, "kid": key.kid}
+    token = jwt.encode(body, key.private, algorithm=ALGORITHM, headers=headers)
+    return Issued(token, max(0, body["exp"] - body["iat"]), body["scope"])

@@ -1,0 +1,527 @@
+"""The token server against the real control plane, over real HTTPS: `kube-iam token-server`.
+
+One namespace for the module holds the accounts and credentials every test asks about; the
+token server runs as a process of its own under the operator's kubeconfig (its RBAC), with a
+serving certificate from a CA made by devcluster/certs.py. Tokens are verified with PyJWT from
+discovery alone (discovery -> jwks_uri -> PyJWKClient). No secret or token reaches an assertion
+message, and none reaches the token server's log (the last test; the suite's leak scan reads the
+same log).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import secrets
+import ssl
+import subprocess
+import sys
+import urllib.parse
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+import requests
+from authlib.integrations.requests_client import OAuth2Session
+
+from kubeiam.devcluster import install
+from kubeiam.devcluster.certs import KeyPair, create_ca, issue_certificate
+from kubeiam.devcluster.cluster import free_port, terminate
+from kubeiam.domain.conditions import parse_time
+from kubeiam.domain.secret_format import checksum, credential_id, generate
+from kubeiam.tokens.keys import SIGNING_KEY_SECRET
+
+from .credentials_support import (
+    ISSUED_TOKENS,
+    account_manifest,
+    credential_manifest,
+    many,
+    read_secret,
+    revoke,
+    wait_state,
+)
+from .metrics_support import Page
+from .support import ClusterHandle, OperatorProcess, wait_for
+
+OTHER_AUDIENCE = "https://api.kubeiam.test"
+ROLES = ("compute.deployer", "storage.reader")
+
+
+@dataclass
+class TokenServer:
+    """The token server process and how to reach it."""
+
+    issuer: str
+    ca: Path
+    log_path: Path
+    process: subprocess.Popen[bytes]
+    metrics_port: int
+
+    @property
+    def token_url(self) -> str:
+        return self.issuer + "/oauth2/token"
+
+    def get(self, path: str) -> requests.Response:
+        return requests.get(self.issuer + path, verify=str(self.ca), timeout=10)
+
+    def post(self, data: Any, **kwargs: Any) -> requests.Response:
+        return requests.post(self.token_url, data=data, verify=str(self.ca), timeout=10, **kwargs)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@dataclass
+class Client:
+    """A credential's client id and secret, read from its Secret as a pod would."""
+
+    client_id: str
+    secret: str = field(repr=False)
+
+
+@dataclass
+class World:
+    namespace: str
+    good: Client
+    other: Client  # a credential of another account
+    revoked: Client
+    disabled: Client  # a credential of a disabled account
+    deleted: Client  # a credential deleted after its secret was read
+    short: Client  # a credential that expires before a token's lifetime ends
+    short_expiry: str
+
+
+def _healthy(server: TokenServer) -> bool:
+    if server.process.poll() is not None:
+        tail = "\n".join(server.log().splitlines()[-30:])
+        raise AssertionError(f"the token server exited with {server.process.returncode}:\n{tail}")
+    try:
+        return server.get("/healthz").status_code == 200
+    except requests.RequestException:
+        return False
+
+
+@pytest.fixture(scope="module")
+def token_server(
+    cluster: ClusterHandle,
+    session_operator: OperatorProcess,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[TokenServer]:
+    if cluster.operator_kubeconfig is None:
+        pytest.skip("the operator runs in the cluster; the token server is not deployed there yet")
+    if not session_operator.running:
+        session_operator.start()  # it creates the signing key Secret at start
+    directory = tmp_path_factory.mktemp("token-server")
+    ca = create_ca(KeyPair(directory / "ca.crt", directory / "ca.key"), "kube-iam test token CA")
+    issue_certificate(
+        ca,
+        KeyPair(directory / "tls.crt", directory / "tls.key"),
+        "127.0.0.1",
+        server_names=("localhost",),
+        server_ips=("127.0.0.1",),
+    )
+    port, metrics_port = free_port(), free_port()
+    issuer = f"https://127.0.0.1:{port}"
+    # Where the suite's leak scan reads every operator's log.
+    log_path = cluster.log_dir / "operators" / "token-server.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    env = {
+        **os.environ,
+        **cluster.operator_env,
+        "KUBECONFIG": str(cluster.operator_kubeconfig),
+        "KUBEIAM_TOKEN_ISSUER": issuer,
+        "KUBEIAM_TOKEN_PORT": str(port),
+        "KUBEIAM_TOKEN_ADDRESS": "127.0.0.1",
+        "KUBEIAM_TOKEN_CERT_DIR": str(directory),
+        "KUBEIAM_TOKEN_AUDIENCES": json.dumps([issuer, OTHER_AUDIENCE]),
+        "KUBEIAM_TOKEN_MAX_REQUEST_BYTES": "4096",
+        "KUBEIAM_METRICS_PORT": str(metrics_port),
+    }
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "kubeiam.cli", "token-server"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    server = TokenServer(issuer, ca.cert, log_path, process, metrics_port)
+    try:
+        wait_for(lambda: _healthy(server), what="the token server to be ready")
+        yield server
+    finally:
+        terminate(process, timeout=10)
+
+
+def _client(cluster: ClusterHandle, namespace: str, name: str) -> Client:
+    status = wait_state(cluster, namespace, name, "Active")["status"]
+    mounted = read_secret(cluster, namespace, status["secretName"])
+    return Client(mounted.data["client-id"], mounted.client_secret())
+
+
+@pytest.fixture(scope="module")
+def world(cluster: ClusterHandle, token_server: TokenServer) -> Iterator[World]:
+    namespace = f"t-token-server-{secrets.token_hex(3)}"
+    cluster.kubectl("create", "namespace", namespace)
+    try:
+        cluster.apply(
+            many(
+                [
+                    account_manifest("pipeline"),
+                    account_manifest("other"),
+                    account_manifest("switched-off"),
+                    credential_manifest("key", "pipeline"),
+                    credential_manifest("ended", "pipeline"),
+                    credential_manifest("other-key", "other"),
+                    credential_manifest("off-key", "switched-off"),
+                    credential_manifest("deleted", "pipeline", secretDeletionPolicy="Retain"),
+                    credential_manifest("short", "other", expiresIn="30m"),
+                ]
+            ),
+            namespace,
+        )
+        found = World(
+            namespace,
+            good=_client(cluster, namespace, "key"),
+            other=_client(cluster, namespace, "other-key"),
+            revoked=_client(cluster, namespace, "ended"),
+            disabled=_client(cluster, namespace, "off-key"),
+            deleted=_client(cluster, namespace, "deleted"),
+            short=_client(cluster, namespace, "short"),
+            short_expiry=wait_state(cluster, namespace, "short", "Active")["status"]["expiresAt"],
+        )
+        revoke(cluster, namespace, "ended")
+        cluster.kubectl("delete", "iamcred", "deleted", "-n", namespace, "--wait=true")
+        cluster.kubectl(
+            "patch",
+            "iamsa",
+            "switched-off",
+            "-n",
+            namespace,
+            "--type=merge",
+            "-p",
+            '{"spec":{"disabled":true}}',
+        )
+        wait_state(cluster, namespace, "ended", "Revoked")
+        yield found
+    finally:
+        cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+
+
+def _form(client: Client, **extra: str) -> dict[str, str]:
+    return {
+        "grant_type": "client_credentials",
+        "client_id": client.client_id,
+        "client_secret": client.secret,
+        **extra,
+    }
+
+
+def _basic(client: Client) -> tuple[str, str]:
+    # RFC 6749 §2.3.1: each part form-encoded before Basic joins them.
+    return urllib.parse.quote_plus(client.client_id), urllib.parse.quote_plus(client.secret)
+
+
+def _token(answer: requests.Response) -> str:
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["Cache-Control"] == "no-store"
+    body = answer.json()
+    assert body["token_type"] == "Bearer"
+    ISSUED_TOKENS.add(body["access_token"])
+    token: str = body["access_token"]
+    return token
+
+
+def _verify(server: TokenServer, token: str, audience: str) -> dict[str, Any]:
+    """Verify as any relying party would: the issuer's discovery names the keys, nothing else."""
+    discovery = server.get("/.well-known/openid-configuration").json()
+    context = ssl.create_default_context(cafile=str(server.ca))
+    keys = jwt.PyJWKClient(discovery["jwks_uri"], ssl_context=context)
+    claims: dict[str, Any] = jwt.decode(
+        token,
+        keys.get_signing_key_from_jwt(token).key,
+        algorithms=discovery["id_token_signing_alg_values_supported"],
+        audience=audience,
+        issuer=discovery["issuer"],
+    )
+    return claims
+
+
+def _refused(answer: requests.Response, status: int, error: str) -> dict[str, Any]:
+    assert answer.status_code == status, answer.status_code
+    body: dict[str, Any] = answer.json()
+    assert body["error"] == error, body
+    assert "access_token" not in body
+    return body
+
+
+# -- discovery and the keys ------------------------------------------------------------------------
+
+
+def test_discovery_names_the_endpoints_and_the_jwks_may_be_cached(
+    token_server: TokenServer,
+) -> None:
+    for path in ("/.well-known/openid-configuration", "/.well-known/oauth-authorization-server"):
+        metadata = token_server.get(path).json()
+        assert metadata["issuer"] == token_server.issuer
+        assert metadata["token_endpoint"] == token_server.token_url
+        assert metadata["grant_types_supported"] == ["client_credentials"]
+        assert "client_secret_post" in metadata["token_endpoint_auth_methods_supported"]
+    jwks = token_server.get("/oauth2/jwks")
+    assert jwks.headers["Cache-Control"] == "public, max-age=300"
+    (key,) = jwks.json()["keys"]
+    assert key["kty"] == "EC"
+    assert key["crv"] == "P-256"
+    assert key["alg"] == "ES256"
+    assert "d" not in key
+
+
+def test_the_operator_created_the_signing_key_secret_once_immutable(
+    cluster: ClusterHandle, token_server: TokenServer
+) -> None:
+    columns = (
+        "custom-columns=I:.immutable,T:.type,K:.metadata.annotations.iam\\.kubeiam\\.io/purpose"
+    )
+    shown = cluster.kubectl(
+        "get", "secret", SIGNING_KEY_SECRET, "-n", install.NAMESPACE, "--no-headers", "-o", columns
+    ).stdout.split(maxsplit=2)
+    assert shown[0] == "true"
+    assert shown[1] == "iam.kubeiam.io/operator-keys"
+    assert shown[2].startswith("Signs the token server's access tokens")
+    kid = token_server.get("/oauth2/jwks").json()["keys"][0]["kid"]
+    assert f"active key {kid}" in token_server.log()
+
+
+# -- tokens granted --------------------------------------------------------------------------------
+
+
+def test_a_credential_gets_a_token_with_client_secret_post_that_verifies_from_discovery(
+    token_server: TokenServer, world: World
+) -> None:
+    token = _token(token_server.post(_form(world.good)))
+    assert jwt.get_unverified_header(token)["typ"] == "at+jwt"
+    claims = _verify(token_server, token, token_server.issuer)
+    assert claims["sub"] == world.good.client_id
+    assert claims["client_id"] == world.good.client_id
+    assert claims["scope"].split() == list(ROLES)
+    assert claims["kubeiam.io/namespace"] == world.namespace
+    assert claims["kubeiam.io/account"] == "pipeline"
+    assert claims["exp"] - claims["iat"] == 3600
+
+
+def test_a_credential_gets_a_token_with_http_basic_for_a_scope_and_an_audience(
+    token_server: TokenServer, world: World
+) -> None:
+    form = {"grant_type": "client_credentials", "scope": ROLES[1], "audience": OTHER_AUDIENCE}
+    answer = token_server.post(form, auth=_basic(world.good))
+    claims = _verify(token_server, _token(answer), OTHER_AUDIENCE)
+    assert claims["scope"] == ROLES[1]
+    assert answer.json()["scope"] == ROLES[1]
+
+
+def test_a_token_never_outlives_its_credential(token_server: TokenServer, world: World) -> None:
+    claims = _verify(
+        token_server, _token(token_server.post(_form(world.short))), token_server.issuer
+    )
+    assert claims["exp"] == int(parse_time(world.short_expiry).timestamp())
+    assert claims["exp"] - claims["iat"] < 3600
+
+
+@pytest.mark.parametrize("method", ["client_secret_post", "client_secret_basic"])
+def test_an_oauth_client_library_gets_a_token_from_the_mounted_values(
+    token_server: TokenServer, world: World, method: str
+) -> None:
+    """Authlib's client_credentials flow, as a user's program would run it."""
+    session = OAuth2Session(
+        world.good.client_id,
+        world.good.secret,
+        token_endpoint_auth_method=method,
+        scope=ROLES[0],
+    )
+    fetched = session.fetch_token(
+        token_server.token_url, grant_type="client_credentials", verify=str(token_server.ca)
+    )
+    ISSUED_TOKENS.add(fetched["access_token"])
+    claims = _verify(token_server, fetched["access_token"], token_server.issuer)
+    assert claims["scope"] == ROLES[0]
+    assert fetched["token_type"] == "Bearer"
+
+
+# -- refusals --------------------------------------------------------------------------------------
+
+
+def test_a_wrong_secret_is_invalid_client(token_server: TokenServer, world: World) -> None:
+    guessed = generate(credential_id("no-such-uid"), os.urandom)
+    answer = token_server.post(_form(Client(world.good.client_id, guessed)))
+    _refused(answer, 400, "invalid_client")
+
+
+def test_a_wrong_secret_over_basic_is_401_with_www_authenticate(
+    token_server: TokenServer, world: World
+) -> None:
+    guessed = Client(world.good.client_id, generate(credential_id("no-such-uid"), os.urandom))
+    answer = token_server.post({"grant_type": "client_credentials"}, auth=_basic(guessed))
+    _refused(answer, 401, "invalid_client")
+    assert answer.headers["WWW-Authenticate"].startswith("Basic ")
+
+
+def test_a_secret_whose_checksum_fails_is_invalid_client(
+    token_server: TokenServer, world: World
+) -> None:
+    last = world.good.secret[-1]
+    broken = world.good.secret[:-1] + ("A" if last != "A" else "B")
+    answer = token_server.post(_form(Client(world.good.client_id, broken)))
+    _refused(answer, 400, "invalid_client")
+
+
+def test_this_credentials_id_with_another_credentials_random_part_is_invalid_client(
+    token_server: TokenServer, world: World
+) -> None:
+    """A forger can compute the CRC; the hash still tells the secrets apart."""
+    own_id = world.good.secret.split("_")[1]
+    body = f"kiam_{own_id}_{world.other.secret.split('_')[2][:-6]}"
+    answer = token_server.post(_form(Client(world.good.client_id, body + checksum(body))))
+    _refused(answer, 400, "invalid_client")
+
+
+def test_another_credentials_secret_with_this_client_id_is_invalid_client(
+    token_server: TokenServer, world: World
+) -> None:
+    answer = token_server.post(_form(Client(world.good.client_id, world.other.secret)))
+    _refused(answer, 400, "invalid_client")
+
+
+def test_a_revoked_credential_is_refused(token_server: TokenServer, world: World) -> None:
+    def refused() -> list[requests.Response]:
+        # In a list: a Response with an error status is falsy, which wait_for reads as "not yet".
+        answer = token_server.post(_form(world.revoked))
+        return [answer] if answer.status_code != 200 else []
+
+    (answer,) = wait_for(refused, what="the revocation to reach the token server")
+    assert _refused(answer, 400, "invalid_client")["error_description"] == (
+        "The credential is not active."
+    )
+
+
+def test_a_disabled_accounts_credential_is_refused(token_server: TokenServer, world: World) -> None:
+    def refused() -> list[requests.Response]:
+        answer = token_server.post(_form(world.disabled))
+        return [answer] if answer.status_code != 200 else []
+
+    (answer,) = wait_for(refused, what="the disabled account to reach the token server")
+    _refused(answer, 400, "unauthorized_client")
+
+
+def test_a_deleted_credential_is_refused(token_server: TokenServer, world: World) -> None:
+    def refused() -> list[requests.Response]:
+        answer = token_server.post(_form(world.deleted))
+        return [answer] if answer.status_code != 200 else []
+
+    (answer,) = wait_for(refused, what="the deletion to reach the token server")
+    _refused(answer, 400, "invalid_client")
+
+
+def test_a_credential_past_its_expiry_is_refused_while_its_status_still_says_active(
+    cluster: ClusterHandle,
+    token_server: TokenServer,
+    session_operator: OperatorProcess,
+    namespace: str,
+) -> None:
+    """The token server reads the clock, not the operator's verdict: with the operator stopped,
+    nothing marks the credential Expired, and still no token is issued past its expiry."""
+    cluster.apply(
+        many([account_manifest("pipeline"), credential_manifest("brief", expiresIn="30s")]),
+        namespace,
+    )
+    brief = _client(cluster, namespace, "brief")
+    status = wait_state(cluster, namespace, "brief", "Active")["status"]
+    expires = parse_time(status["expiresAt"])
+    session_operator.stop()
+    try:
+        wait_for(
+            lambda: datetime.datetime.now(datetime.UTC) > expires,
+            timeout=45,
+            what="the credential's expiry to pass",
+        )
+        answer = token_server.post(_form(brief))
+        body = _refused(answer, 400, "invalid_client")
+        assert body["error_description"] == "The credential has expired."
+        assert wait_state(cluster, namespace, "brief", "Active", timeout=1)
+    finally:
+        session_operator.start()
+
+
+def test_a_scope_beyond_the_effective_roles_is_invalid_scope(
+    token_server: TokenServer, world: World
+) -> None:
+    answer = token_server.post(_form(world.good, scope=f"{ROLES[0]} cluster.admin"))
+    _refused(answer, 400, "invalid_scope")
+
+
+def test_an_audience_not_allowed_is_invalid_target(token_server: TokenServer, world: World) -> None:
+    answer = token_server.post(_form(world.good, audience="https://elsewhere.kubeiam.test"))
+    _refused(answer, 400, "invalid_target")
+
+
+def test_an_oversized_body_is_413_unread(token_server: TokenServer, world: World) -> None:
+    answer = token_server.post(_form(world.good, padding="x" * 8192))
+    assert answer.status_code == 413
+
+
+def test_a_body_that_is_not_a_form_is_invalid_request(
+    token_server: TokenServer, world: World
+) -> None:
+    answer = requests.post(
+        token_server.token_url,
+        data=json.dumps(_form(world.good)),
+        headers={"Content-Type": "application/json"},
+        verify=str(token_server.ca),
+        timeout=10,
+    )
+    _refused(answer, 400, "invalid_request")
+
+
+def test_another_grant_type_is_unsupported_grant_type(
+    token_server: TokenServer, world: World
+) -> None:
+    answer = token_server.post(_form(world.good, grant_type="password"))
+    _refused(answer, 400, "unsupported_grant_type")
+
+
+# -- what the server wrote and counted -------------------------------------------------------------
+
+
+def test_tokens_issued_and_refused_are_counted_by_error_code_and_the_cache_by_kind(
+    cluster: ClusterHandle, token_server: TokenServer, world: World
+) -> None:
+    url = f"http://127.0.0.1:{token_server.metrics_port}/metrics"
+    page = Page(requests.get(url, timeout=10).text)
+    # Where the suite's leak scan reads every metrics page a test kept.
+    kept = cluster.log_dir / "metrics" / "token-server.prom"
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    kept.write_text(page.text)
+    assert page.value("kubeiam_tokens_issued_total", grant="client_credentials") >= 3
+    refused = page.by("kubeiam_token_requests_refused_total", "error")
+    for error in ("invalid_client", "unauthorized_client", "invalid_scope", "invalid_target"):
+        assert refused.get(error, 0) >= 1, error
+    assert refused.get("413", 0) >= 1
+    assert page.value("kubeiam_token_request_seconds_count") >= 10
+    sizes = page.by("kubeiam_token_cache_objects", "kind")
+    assert sizes["serviceaccountcredentials"] >= 5
+
+
+def test_the_token_server_log_holds_no_secret_and_no_token(
+    token_server: TokenServer, world: World
+) -> None:
+    assert len(ISSUED_TOKENS) >= 3, "the tests above must have obtained tokens"
+    log = token_server.log()
+    assert "Issued a token to credential" in log
+    clients = (world.good, world.other, world.revoked, world.disabled, world.deleted)
+    secrets_found = [client for client in clients if client.secret in log]
+    assert secrets_found == [], f"{len(secrets_found)} client secrets in the token server's log"
+    tokens_found = sum(1 for token in ISSUED_TOKENS if token in log)
+    assert tokens_found == 0, f"{tokens_found} tokens in the token server's log"
