@@ -343,6 +343,10 @@ REFUSALS = [
             credential({"spec.secretTemplate.annotations": {
                 "iam.kubeiam.io/secret-hash": "sha256:" + "0" * 64}}),
             "spec.secretTemplate.annotations", "kube-iam sets on the generated Secret"),
+    refused("credential-secret-annotation-forges-the-proof",
+            credential({"spec.secretTemplate.annotations": {
+                "iam.kubeiam.io/secret-proof": "v1.k." + "0" * 64}}),
+            "spec.secretTemplate.annotations", "kube-iam sets on the generated Secret"),
     refused("credential-secret-label-forges-the-credential",
             credential({"spec.secretTemplate.labels": {"iam.kubeiam.io/credential": "other"}}),
             "spec.secretTemplate.labels", "kube-iam's values would replace them"),
