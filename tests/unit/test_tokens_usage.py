@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 
-from kubeiam.tokens.usage import Coalescer, Use
+from kubeiam.tokens.usage import Coalescer, Use, Writer
 
 T0 = datetime.datetime(2026, 12, 7, 12, 0, tzinfo=datetime.UTC)
 MINUTE = datetime.timedelta(minutes=1)
@@ -61,3 +62,30 @@ def test_a_use_after_a_quiet_interval_is_written_at_once_and_old_writes_are_forg
 def test_the_status_patch_holds_the_two_fields_only() -> None:
     use = Use(at(0.5), "2001:db8::1")
     assert use.status() == {"lastUsedAt": "2026-12-07T12:00:00Z", "lastUsedIp": "2001:db8::1"}
+
+
+def test_the_writer_makes_one_write_for_many_tokens_and_survives_a_failed_write() -> None:
+    writes: list[tuple[tuple[str, str], dict[str, str | None]]] = []
+    both = asyncio.Event()
+
+    async def write(key: tuple[str, str], status: dict[str, str | None]) -> None:
+        writes.append((key, status))
+        if len(writes) == 2:
+            both.set()
+        if key == B:
+            raise RuntimeError("the API server is away")
+
+    async def main() -> None:
+        writer = Writer(MINUTE, write, clock=lambda: T0)
+        task = asyncio.create_task(writer.run())
+        for _ in range(30):
+            writer.note(A, Use(T0, "10.0.0.1"))
+        writer.note(B, Use(T0, None))
+        await asyncio.wait_for(both.wait(), timeout=10)
+        for _ in range(100):  # give it every chance to write more than it may
+            await asyncio.sleep(0)
+        task.cancel()
+
+    asyncio.run(main())
+    assert sorted(key for key, _ in writes) == [A, B]
+    assert dict(writes)[B] == {"lastUsedAt": "2026-12-07T12:00:00Z", "lastUsedIp": None}

@@ -236,7 +236,7 @@ async def patch_status(
 
 
 async def merge_patch_status(
-    plural: str, namespace: str, name: str, status: dict[str, Any]
+    plural: str, namespace: str, name: str, status: dict[str, str | None]
 ) -> dict[str, Any]:
     """Merge-patch status fields without a precondition: only for fields one writer alone owns
     (the token server's lastUsedAt and lastUsedIp), so no other write can be overwritten."""

@@ -213,7 +213,7 @@ class TokenService:
         credential = decision.credential
         if self.usage is not None:
             address = asked.client_address
-            where = "" if address is None else str(address)
+            where = None if address is None else str(address)
             self.usage.note((credential.namespace, credential.name), usage.Use(now, where))
             token_metrics.USAGE_NOTED.inc()
         logger.info(
@@ -379,7 +379,7 @@ async def serve(settings: Settings) -> None:
     token_metrics.watch_cache(cache)
     await served_metrics.serve(settings.observability.metrics_port)
 
-    async def write_usage(key: usage.Key, status: dict[str, str]) -> None:
+    async def write_usage(key: usage.Key, status: dict[str, str | None]) -> None:
         await api.merge_patch_status(CREDENTIALS, key[0], key[1], status)
 
     writer = usage.Writer(settings.tokens.usage_interval, write_usage, _now)

@@ -30,10 +30,10 @@ Key = tuple[str, str]  # (namespace, name) of a credential
 @dataclass(frozen=True)
 class Use:
     at: datetime.datetime
-    address: str
+    address: str | None  # None: not known (a malformed X-Forwarded-For); the field is removed
 
-    def status(self) -> dict[str, str]:
-        """The two status fields, as the merge patch writes them."""
+    def status(self) -> dict[str, str | None]:
+        """The two status fields, as the merge patch writes them (null removes a field)."""
         at = self.at.astimezone(datetime.UTC).replace(microsecond=0)
         return {"lastUsedAt": at.strftime("%Y-%m-%dT%H:%M:%SZ"), "lastUsedIp": self.address}
 
@@ -80,7 +80,7 @@ class Coalescer:
         self._written.pop(key, None)
 
 
-Write = Callable[[Key, dict[str, str]], Awaitable[None]]
+Write = Callable[[Key, dict[str, str | None]], Awaitable[None]]
 Clock = Callable[[], datetime.datetime]
 
 
