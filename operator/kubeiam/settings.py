@@ -291,7 +291,8 @@ class TokenSettings(_Group):
     port: int = Field(default=8443, ge=1, le=65535, description="Port of the token server (https).")
     address: str = Field(
         default="0.0.0.0",  # noqa: S104  (workloads call the pod IP through a Service)
-        description="Address the token server listens on.",
+        description="Address the token server listens on; empty: every address, IPv4 and IPv6 "
+        "(for IPv6 clients and allowSourceCidrs with IPv6 blocks).",
     )
     cert_dir: Path = Field(
         default=Path("/etc/kube-iam/tokens"),

@@ -133,7 +133,7 @@ def token_server(
         KeyPair(directory / "tls.crt", directory / "tls.key"),
         "127.0.0.1",
         server_names=("localhost",),
-        server_ips=("127.0.0.1",),
+        server_ips=("127.0.0.1", "::1"),
     )
     port, metrics_port = free_port(), free_port()
     issuer = f"https://127.0.0.1:{port}"
@@ -146,7 +146,9 @@ def token_server(
         "KUBECONFIG": str(cluster.operator_kubeconfig),
         "KUBEIAM_TOKEN_ISSUER": issuer,
         "KUBEIAM_TOKEN_PORT": str(port),
-        "KUBEIAM_TOKEN_ADDRESS": "127.0.0.1",
+        # Every address of both families (asyncio binds one socket a family for ""), so a client
+        # can come from 127.0.0.1 or from ::1 ("localhost" may name only 127.0.0.1).
+        "KUBEIAM_TOKEN_ADDRESS": "",
         "KUBEIAM_TOKEN_CERT_DIR": str(directory),
         "KUBEIAM_TOKEN_AUDIENCES": json.dumps([issuer, OTHER_AUDIENCE]),
         "KUBEIAM_TOKEN_MAX_REQUEST_BYTES": "4096",
@@ -530,11 +532,13 @@ def test_another_grant_type_is_unsupported_grant_type(
 def _post_from(
     server: TokenServer, source: str, form: dict[str, str], forwarded_for: str | None = None
 ) -> tuple[int, dict[str, Any]]:
-    """A token request over HTTPS from `source` (a loopback address bound as the client's)."""
+    """A token request over HTTPS from `source` (a loopback address bound as the client's),
+    to the server's IPv6 loopback when `source` is IPv6."""
     parts = urllib.parse.urlsplit(server.token_url)
     context = ssl.create_default_context(cafile=str(server.ca))
+    host = "::1" if ":" in source else parts.hostname or ""
     connection = http.client.HTTPSConnection(
-        parts.hostname or "", parts.port, source_address=(source, 0), context=context, timeout=10
+        host, parts.port, source_address=(source, 0), context=context, timeout=10
     )
     headers = {"Content-Type": "application/x-www-form-urlencoded"}
     if forwarded_for is not None:
@@ -567,6 +571,7 @@ def test_a_client_inside_allow_source_cidrs_gets_a_token(
     _granted(_post_from(token_server, "127.0.0.1", _form(world.loopback)))
     # A header from a client that is no proxy changes nothing: its own address counts.
     _granted(_post_from(token_server, "127.0.0.1", _form(world.loopback), "192.0.2.5"))
+    _granted(_post_from(token_server, "::1", _form(world.loopback)))
 
 
 def test_a_client_outside_allow_source_cidrs_is_invalid_client(
@@ -574,6 +579,8 @@ def test_a_client_outside_allow_source_cidrs_is_invalid_client(
 ) -> None:
     _address_refused(_post_from(token_server, "127.0.0.1", _form(world.remote)))
     _address_refused(_post_from(token_server, "127.0.0.1", _form(world.remote_v6)))
+    _address_refused(_post_from(token_server, "::1", _form(world.remote_v6)))
+    _address_refused(_post_from(token_server, "::1", _form(world.remote)))
 
 
 def test_a_forged_x_forwarded_for_from_a_client_that_is_no_proxy_is_ignored(
@@ -581,6 +588,7 @@ def test_a_forged_x_forwarded_for_from_a_client_that_is_no_proxy_is_ignored(
 ) -> None:
     _address_refused(_post_from(token_server, "127.0.0.1", _form(world.remote), "192.0.2.5"))
     _address_refused(_post_from(token_server, "127.0.0.1", _form(world.remote_v6), "2001:db8::7"))
+    _address_refused(_post_from(token_server, "::1", _form(world.remote_v6), "2001:db8::7"))
 
 
 def test_a_trusted_proxys_x_forwarded_for_names_the_client(
