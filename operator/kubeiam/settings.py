@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import ipaddress
 import json
 from dataclasses import dataclass
 from functools import lru_cache
@@ -290,7 +291,8 @@ class TokenSettings(_Group):
     port: int = Field(default=8443, ge=1, le=65535, description="Port of the token server (https).")
     address: str = Field(
         default="0.0.0.0",  # noqa: S104  (workloads call the pod IP through a Service)
-        description="Address the token server listens on.",
+        description="Address the token server listens on; empty: every address, IPv4 and IPv6 "
+        "(for IPv6 clients and allowSourceCidrs with IPv6 blocks).",
     )
     cert_dir: Path = Field(
         default=Path("/etc/kube-iam/tokens"),
@@ -316,6 +318,17 @@ class TokenSettings(_Group):
         default=datetime.timedelta(minutes=5),
         description="How long a verifier may cache the JWKS (its Cache-Control max-age).",
     )
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="CIDRs of the proxies (ingress, load balancer) whose X-Forwarded-For the "
+        "token server believes (JSON list); the client is the rightmost hop that is not one of "
+        "them. Empty: X-Forwarded-For is ignored and the client is the connection's peer.",
+    )
+    usage_interval: datetime.timedelta = Field(
+        default=datetime.timedelta(seconds=60),
+        description="At most one write of a credential's status.lastUsedAt and lastUsedIp per "
+        "this interval, however many tokens it gets (the latest use is written).",
+    )
 
     @field_validator("issuer")
     @classmethod
@@ -324,15 +337,33 @@ class TokenSettings(_Group):
             raise ValueError("KUBEIAM_TOKEN_ISSUER must be an https:// URL without query")
         return value.rstrip("/")
 
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _cidrs(cls, value: list[str]) -> list[str]:
+        for cidr in value:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ValueError(
+                    "KUBEIAM_TOKEN_TRUSTED_PROXIES entries must be IPv4 or IPv6 CIDRs"
+                ) from None
+        return value
+
     @model_validator(mode="after")
     def _positive_lifetime(self) -> TokenSettings:
         if self.lifetime <= datetime.timedelta(0):
             raise ValueError("KUBEIAM_TOKEN_LIFETIME must be positive")
+        if self.usage_interval <= datetime.timedelta(0):
+            raise ValueError("KUBEIAM_TOKEN_USAGE_INTERVAL must be positive")
         return self
 
     def allowed_audiences(self) -> tuple[str, ...]:
         """The audiences a token may carry: the setting's, else the issuer alone."""
         return tuple(self.audiences) or (self.issuer,)
+
+    def proxies(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        """The trusted proxies as networks."""
+        return tuple(ipaddress.ip_network(cidr, strict=False) for cidr in self.trusted_proxies)
 
 
 class WatchingSettings(_Group):

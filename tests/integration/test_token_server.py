@@ -11,6 +11,7 @@ same log).
 from __future__ import annotations
 
 import datetime
+import http.client
 import json
 import os
 import secrets
@@ -48,6 +49,9 @@ from .metrics_support import Page
 from .support import ClusterHandle, OperatorProcess, wait_for
 
 OTHER_AUDIENCE = "https://api.kubeiam.test"
+# The token server believes X-Forwarded-For only from this address; the test client connects
+# from 127.0.0.1 (no proxy) or binds 127.0.0.2 to play the proxy.
+PROXY = "127.0.0.2"
 ROLES = ("compute.deployer", "storage.reader")
 
 
@@ -93,6 +97,13 @@ class World:
     deleted: Client  # a credential deleted after its secret was read
     short: Client  # a credential that expires before a token's lifetime ends
     short_expiry: str
+    loopback: Client  # allowSourceCidrs: loopback, IPv4 and IPv6
+    remote: Client  # allowSourceCidrs: 192.0.2.0/24 (TEST-NET-1), never the test client itself
+    remote_v6: Client  # allowSourceCidrs: 2001:db8::/32
+    fade_revoke: Client  # introspection: revoked by its test
+    fade_delete: Client  # introspection: deleted by its test
+    fade_off: Client  # introspection: its account "fading" disabled by its test
+    used: Client  # usage write-back: no other test uses it
 
 
 def _healthy(server: TokenServer) -> bool:
@@ -122,7 +133,7 @@ def token_server(
         KeyPair(directory / "tls.crt", directory / "tls.key"),
         "127.0.0.1",
         server_names=("localhost",),
-        server_ips=("127.0.0.1",),
+        server_ips=("127.0.0.1", "::1"),
     )
     port, metrics_port = free_port(), free_port()
     issuer = f"https://127.0.0.1:{port}"
@@ -135,11 +146,16 @@ def token_server(
         "KUBECONFIG": str(cluster.operator_kubeconfig),
         "KUBEIAM_TOKEN_ISSUER": issuer,
         "KUBEIAM_TOKEN_PORT": str(port),
-        "KUBEIAM_TOKEN_ADDRESS": "127.0.0.1",
+        # Every address of both families (asyncio binds one socket a family for ""), so a client
+        # can come from 127.0.0.1 or from ::1 ("localhost" may name only 127.0.0.1).
+        "KUBEIAM_TOKEN_ADDRESS": "",
         "KUBEIAM_TOKEN_CERT_DIR": str(directory),
         "KUBEIAM_TOKEN_AUDIENCES": json.dumps([issuer, OTHER_AUDIENCE]),
         "KUBEIAM_TOKEN_MAX_REQUEST_BYTES": "4096",
         "KUBEIAM_METRICS_PORT": str(metrics_port),
+        "KUBEIAM_TOKEN_TRUSTED_PROXIES": json.dumps([f"{PROXY}/32"]),
+        # Longer than the module runs: a use held back is never written while a test looks.
+        "KUBEIAM_TOKEN_USAGE_INTERVAL": "3600",
     }
     with log_path.open("ab") as log:
         process = subprocess.Popen(
@@ -180,6 +196,17 @@ def world(cluster: ClusterHandle, token_server: TokenServer) -> Iterator[World]:
                     credential_manifest("off-key", "switched-off"),
                     credential_manifest("deleted", "pipeline", secretDeletionPolicy="Retain"),
                     credential_manifest("short", "other", expiresIn="30m"),
+                    credential_manifest(
+                        "loopback", "pipeline", allowSourceCidrs=["127.0.0.0/24", "::1/128"]
+                    ),
+                    credential_manifest("remote", "pipeline", allowSourceCidrs=["192.0.2.0/24"]),
+                    credential_manifest("remote6", "other", allowSourceCidrs=["2001:db8::/32"]),
+                    account_manifest("watched"),
+                    account_manifest("fading"),
+                    credential_manifest("fade-revoke", "watched"),
+                    credential_manifest("fade-delete", "watched"),
+                    credential_manifest("used", "watched"),
+                    credential_manifest("fade-off", "fading"),
                 ]
             ),
             namespace,
@@ -193,6 +220,13 @@ def world(cluster: ClusterHandle, token_server: TokenServer) -> Iterator[World]:
             deleted=_client(cluster, namespace, "deleted"),
             short=_client(cluster, namespace, "short"),
             short_expiry=wait_state(cluster, namespace, "short", "Active")["status"]["expiresAt"],
+            loopback=_client(cluster, namespace, "loopback"),
+            remote=_client(cluster, namespace, "remote"),
+            remote_v6=_client(cluster, namespace, "remote6"),
+            fade_revoke=_client(cluster, namespace, "fade-revoke"),
+            fade_delete=_client(cluster, namespace, "fade-delete"),
+            fade_off=_client(cluster, namespace, "fade-off"),
+            used=_client(cluster, namespace, "used"),
         )
         revoke(cluster, namespace, "ended")
         cluster.kubectl("delete", "iamcred", "deleted", "-n", namespace, "--wait=true")
@@ -492,6 +526,252 @@ def test_another_grant_type_is_unsupported_grant_type(
     _refused(answer, 400, "unsupported_grant_type")
 
 
+# -- client addresses: allowSourceCidrs and X-Forwarded-For ----------------------------------------
+
+
+def _post_from(
+    server: TokenServer, source: str, form: dict[str, str], forwarded_for: str | None = None
+) -> tuple[int, dict[str, Any]]:
+    """A token request over HTTPS from `source` (a loopback address bound as the client's),
+    to the server's IPv6 loopback when `source` is IPv6."""
+    parts = urllib.parse.urlsplit(server.token_url)
+    context = ssl.create_default_context(cafile=str(server.ca))
+    host = "::1" if ":" in source else parts.hostname or ""
+    connection = http.client.HTTPSConnection(
+        host, parts.port, source_address=(source, 0), context=context, timeout=10
+    )
+    headers = {"Content-Type": "application/x-www-form-urlencoded"}
+    if forwarded_for is not None:
+        headers["X-Forwarded-For"] = forwarded_for
+    try:
+        connection.request("POST", parts.path, urllib.parse.urlencode(form), headers)
+        answer = connection.getresponse()
+        body: dict[str, Any] = json.loads(answer.read())
+        if "access_token" in body:
+            ISSUED_TOKENS.add(body["access_token"])
+        return answer.status, body
+    finally:
+        connection.close()
+
+
+def _granted(answer: tuple[int, dict[str, Any]]) -> None:
+    assert answer[0] == 200, answer[1].get("error")
+    assert "access_token" in answer[1]
+
+
+def _address_refused(answer: tuple[int, dict[str, Any]]) -> None:
+    assert answer[0] == 400, answer[0]
+    assert answer[1]["error"] == "invalid_client", answer[1]
+    assert "access_token" not in answer[1]
+
+
+def test_a_client_inside_allow_source_cidrs_gets_a_token(
+    token_server: TokenServer, world: World
+) -> None:
+    _granted(_post_from(token_server, "127.0.0.1", _form(world.loopback)))
+    # A header from a client that is no proxy changes nothing: its own address counts.
+    _granted(_post_from(token_server, "127.0.0.1", _form(world.loopback), "192.0.2.5"))
+    _granted(_post_from(token_server, "::1", _form(world.loopback)))
+
+
+def test_a_client_outside_allow_source_cidrs_is_invalid_client(
+    token_server: TokenServer, world: World
+) -> None:
+    _address_refused(_post_from(token_server, "127.0.0.1", _form(world.remote)))
+    _address_refused(_post_from(token_server, "127.0.0.1", _form(world.remote_v6)))
+    _address_refused(_post_from(token_server, "::1", _form(world.remote_v6)))
+    _address_refused(_post_from(token_server, "::1", _form(world.remote)))
+
+
+def test_a_forged_x_forwarded_for_from_a_client_that_is_no_proxy_is_ignored(
+    token_server: TokenServer, world: World
+) -> None:
+    _address_refused(_post_from(token_server, "127.0.0.1", _form(world.remote), "192.0.2.5"))
+    _address_refused(_post_from(token_server, "127.0.0.1", _form(world.remote_v6), "2001:db8::7"))
+    _address_refused(_post_from(token_server, "::1", _form(world.remote_v6), "2001:db8::7"))
+
+
+def test_a_trusted_proxys_x_forwarded_for_names_the_client(
+    token_server: TokenServer, world: World
+) -> None:
+    _granted(_post_from(token_server, PROXY, _form(world.remote), "192.0.2.5"))
+    _granted(_post_from(token_server, PROXY, _form(world.remote_v6), "2001:db8::7"))
+    # The rightmost hop that is no proxy is the client; a hop left of it may be forged.
+    _address_refused(
+        _post_from(token_server, PROXY, _form(world.remote), "192.0.2.5, 198.51.100.1")
+    )
+    _granted(_post_from(token_server, PROXY, _form(world.remote), "198.51.100.1, 192.0.2.5"))
+    # Through the proxy from outside the loopback list.
+    _address_refused(_post_from(token_server, PROXY, _form(world.loopback), "192.0.2.5"))
+
+
+# -- introspection (RFC 7662) ---------------------------------------------------------------------
+
+
+def _introspect(
+    server: TokenServer, token: str, caller: Client, *, basic: bool = False
+) -> requests.Response:
+    url = server.issuer + "/oauth2/introspect"
+    if basic:
+        return requests.post(
+            url, data={"token": token}, auth=_basic(caller), verify=str(server.ca), timeout=10
+        )
+    form = {"token": token, "client_id": caller.client_id, "client_secret": caller.secret}
+    return requests.post(url, data=form, verify=str(server.ca), timeout=10)
+
+
+def _active(server: TokenServer, token: str, caller: Client) -> bool:
+    answer = _introspect(server, token, caller)
+    assert answer.status_code == 200, answer.status_code
+    assert answer.headers["Cache-Control"] == "no-store"
+    body: dict[str, Any] = answer.json()
+    if not body["active"]:
+        assert body == {"active": False}
+    return bool(body["active"])
+
+
+def test_discovery_names_the_introspection_endpoint(token_server: TokenServer) -> None:
+    for path in ("/.well-known/openid-configuration", "/.well-known/oauth-authorization-server"):
+        document = token_server.get(path).json()
+        assert document["introspection_endpoint"] == token_server.issuer + "/oauth2/introspect"
+        assert set(document["introspection_endpoint_auth_methods_supported"]) == {
+            "client_secret_post",
+            "client_secret_basic",
+        }
+
+
+def test_an_active_token_is_introspected_with_its_claims_by_post_and_basic(
+    token_server: TokenServer, world: World
+) -> None:
+    token = _token(token_server.post(_form(world.good, scope="storage.reader")))
+    claims = _verify(token_server, token, token_server.issuer)
+    for basic in (False, True):
+        answer = _introspect(token_server, token, world.other, basic=basic)
+        assert answer.status_code == 200, answer.status_code
+        body = answer.json()
+        assert body == {
+            "active": True,
+            "scope": "storage.reader",
+            "client_id": world.good.client_id,
+            "sub": claims["sub"],
+            "aud": token_server.issuer,
+            "iss": token_server.issuer,
+            "exp": claims["exp"],
+            "iat": claims["iat"],
+            "token_type": "Bearer",
+        }
+
+
+def test_introspection_refuses_a_caller_that_does_not_authenticate(
+    token_server: TokenServer, world: World
+) -> None:
+    token = _token(token_server.post(_form(world.good)))
+    wrong = Client(world.other.client_id, world.good.secret)
+    _refused(_introspect(token_server, token, wrong), 400, "invalid_client")
+    answer = _introspect(token_server, token, wrong, basic=True)
+    assert _refused(answer, 401, "invalid_client")
+    assert answer.headers["WWW-Authenticate"].startswith("Basic")
+    bare = requests.post(
+        token_server.issuer + "/oauth2/introspect",
+        data={"token": token},
+        verify=str(token_server.ca),
+        timeout=10,
+    )
+    _refused(bare, 400, "invalid_client")
+    # A revoked credential cannot introspect either.
+    _refused(_introspect(token_server, token, world.revoked), 400, "invalid_client")
+
+
+def test_a_forged_or_foreign_token_is_inactive(token_server: TokenServer, world: World) -> None:
+    token = _token(token_server.post(_form(world.good)))
+    header, payload, signature = token.split(".")
+    claims = json.loads(jwt.utils.base64url_decode(payload))
+    claims["scope"] = "cluster.admin"
+    forged_payload = jwt.utils.base64url_encode(json.dumps(claims).encode()).decode()
+    assert not _active(token_server, f"{header}.{forged_payload}.{signature}", world.other)
+    assert not _active(token_server, "not-a-token", world.other)
+    assert not _active(token_server, token[: len(token) // 2], world.other)
+
+
+def _ends(
+    cluster: ClusterHandle, server: TokenServer, world: World, client: Client, end: list[str]
+) -> None:
+    token = _token(server.post(_form(client)))
+    assert _active(server, token, world.other)
+    cluster.kubectl(*end, "-n", world.namespace)
+    wait_for(
+        lambda: not _active(server, token, world.other) or None,
+        what="the token to turn inactive",
+    )
+
+
+def test_revoking_the_credential_turns_its_earlier_token_inactive(
+    cluster: ClusterHandle, token_server: TokenServer, world: World
+) -> None:
+    _ends(
+        cluster,
+        token_server,
+        world,
+        world.fade_revoke,
+        ["patch", "iamcred", "fade-revoke", "--type=merge", "-p", '{"spec":{"revoked":true}}'],
+    )
+
+
+def test_deleting_the_credential_turns_its_earlier_token_inactive(
+    cluster: ClusterHandle, token_server: TokenServer, world: World
+) -> None:
+    _ends(cluster, token_server, world, world.fade_delete, ["delete", "iamcred", "fade-delete"])
+
+
+def test_disabling_the_account_turns_its_earlier_token_inactive(
+    cluster: ClusterHandle, token_server: TokenServer, world: World
+) -> None:
+    _ends(
+        cluster,
+        token_server,
+        world,
+        world.fade_off,
+        ["patch", "iamsa", "fading", "--type=merge", "-p", '{"spec":{"disabled":true}}'],
+    )
+
+
+# -- usage write-back --------------------------------------------------------------------------
+
+
+def _metric(server: TokenServer, name: str, **labels: str) -> float:
+    page = Page(requests.get(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10).text)
+    return page.value(name, **labels)
+
+
+def test_many_tokens_in_a_row_write_the_credentials_usage_once(
+    cluster: ClusterHandle, token_server: TokenServer, world: World
+) -> None:
+    def used() -> dict[str, Any] | None:
+        body = cluster.get("iamcred", "used", world.namespace)
+        assert body is not None
+        return body if (body.get("status") or {}).get("lastUsedAt") else None
+
+    assert (cluster.get("iamcred", "used", world.namespace) or {})["status"].get(
+        "lastUsedAt"
+    ) is None
+    before = parse_time(datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    _token(token_server.post(_form(world.used)))
+    first = wait_for(used, what="lastUsedAt to be written")
+    assert first["status"]["lastUsedIp"] == "127.0.0.1"
+    assert parse_time(first["status"]["lastUsedAt"]) >= before
+    version = first["metadata"]["resourceVersion"]
+    noted = _metric(token_server, "kubeiam_token_usage_noted_total")
+    for _ in range(20):
+        _token(token_server.post(_form(world.used)))
+    # Each use is noted before its token is answered; none of these 20 is due for an hour.
+    assert _metric(token_server, "kubeiam_token_usage_noted_total") >= noted + 20
+    after = cluster.get("iamcred", "used", world.namespace)
+    assert after is not None
+    assert after["metadata"]["resourceVersion"] == version
+    assert after["status"]["lastUsedAt"] == first["status"]["lastUsedAt"]
+    assert _metric(token_server, "kubeiam_token_usage_writes_total", result="failed") == 0
+
+
 # -- what the server wrote and counted -------------------------------------------------------------
 
 
@@ -520,7 +800,20 @@ def test_the_token_server_log_holds_no_secret_and_no_token(
     assert len(ISSUED_TOKENS) >= 3, "the tests above must have obtained tokens"
     log = token_server.log()
     assert "Issued a token to credential" in log
-    clients = (world.good, world.other, world.revoked, world.disabled, world.deleted)
+    clients = (
+        world.good,
+        world.other,
+        world.revoked,
+        world.disabled,
+        world.deleted,
+        world.loopback,
+        world.remote,
+        world.remote_v6,
+        world.fade_revoke,
+        world.fade_delete,
+        world.fade_off,
+        world.used,
+    )
     secrets_found = [client for client in clients if client.secret in log]
     assert secrets_found == [], f"{len(secrets_found)} client secrets in the token server's log"
     tokens_found = sum(1 for token in ISSUED_TOKENS if token in log)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import ipaddress
 import os
 
 import pytest
@@ -18,6 +19,7 @@ from kubeiam.tokens.grants import (
     Grant,
     Refusal,
     TokenRequest,
+    client_address,
     decide,
 )
 
@@ -225,3 +227,108 @@ def test_only_the_exact_secret_is_ever_granted(random: str, client_id: str) -> N
         assert isinstance(result, Grant)
     else:
         refused(result, Error.INVALID_CLIENT)
+
+
+# -- allowSourceCidrs and X-Forwarded-For ------------------------------------------------------
+
+
+def _nets(*cidrs: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    return tuple(ipaddress.ip_network(cidr) for cidr in cidrs)
+
+
+def _from(address: str | None, cidrs: tuple[str, ...] | None) -> Grant | Refusal:
+    listed = None if cidrs is None else _nets(*cidrs)
+    at = None if address is None else ipaddress.ip_address(address)
+    return run(
+        TokenRequest(CLIENT_ID, SECRET, client_address=at),
+        creds=(credential(allow_source_cidrs=listed),),
+    )
+
+
+@pytest.mark.parametrize(
+    ("address", "cidrs"),
+    [
+        ("10.1.2.3", None),
+        (None, None),
+        ("10.1.2.3", ("10.0.0.0/8",)),
+        ("192.0.2.7", ("10.0.0.0/8", "192.0.2.0/24")),
+        ("2001:db8::5", ("2001:db8::/32",)),
+        ("::ffff:10.1.2.3", ("10.0.0.0/8",)),  # a dual-stack socket's view of an IPv4 client
+        ("::1", ("::1/128",)),
+    ],
+)
+def test_an_address_inside_the_allowlist_or_no_allowlist_is_granted(
+    address: str | None, cidrs: tuple[str, ...] | None
+) -> None:
+    assert isinstance(_from(address, cidrs), Grant)
+
+
+@pytest.mark.parametrize(
+    ("address", "cidrs"),
+    [
+        ("11.1.2.3", ("10.0.0.0/8",)),
+        ("2001:db9::5", ("2001:db8::/32",)),
+        ("10.1.2.3", ("::/0",)),  # an IPv4 client is not inside an IPv6 block
+        ("::1", ("0.0.0.0/0",)),
+        (None, ("0.0.0.0/0", "::/0")),  # an unknown address is inside nothing
+        ("10.1.2.3", ()),  # an empty list admits nobody
+    ],
+)
+def test_an_address_outside_the_allowlist_is_invalid_client(
+    address: str | None, cidrs: tuple[str, ...]
+) -> None:
+    refused(_from(address, cidrs), Error.INVALID_CLIENT)
+
+
+def test_the_address_is_checked_only_after_the_secret_was_proven() -> None:
+    wrong = TokenRequest(CLIENT_ID, OTHER_SECRET, client_address=ipaddress.ip_address("11.0.0.1"))
+    result = refused(
+        run(wrong, creds=(credential(allow_source_cidrs=_nets("10.0.0.0/8")),)),
+        Error.INVALID_CLIENT,
+    )
+    assert "address" not in result.description
+
+
+PROXIES = _nets("10.0.0.0/8", "fd00::/8")
+
+
+@pytest.mark.parametrize(
+    ("peer", "forwarded", "client"),
+    [
+        ("203.0.113.9", [], "203.0.113.9"),
+        # A forged header from a peer that is no proxy: the peer it is.
+        ("203.0.113.9", ["10.1.1.1"], "203.0.113.9"),
+        ("2001:db8::9", ["fd00::1"], "2001:db8::9"),
+        # From a proxy: the rightmost hop that is no proxy; what lies left of it is the client's.
+        ("10.0.0.2", ["198.51.100.4"], "198.51.100.4"),
+        ("10.0.0.2", ["10.9.9.9, 198.51.100.4, 10.0.0.3"], "198.51.100.4"),
+        ("10.0.0.2", ["10.9.9.9", "198.51.100.4", "10.0.0.3"], "198.51.100.4"),
+        ("fd00::2", ["2001:db8::4, fd00::3"], "2001:db8::4"),
+        ("::ffff:10.0.0.2", ["198.51.100.4"], "198.51.100.4"),
+        # Every hop a proxy: the leftmost.
+        ("10.0.0.2", ["10.0.0.7, 10.0.0.8"], "10.0.0.7"),
+        # A proxy without the header: the proxy.
+        ("10.0.0.2", [], "10.0.0.2"),
+    ],
+)
+def test_the_client_address_is_the_rightmost_untrusted_hop(
+    peer: str, forwarded: list[str], client: str
+) -> None:
+    assert client_address(peer, forwarded, PROXIES) == ipaddress.ip_address(client)
+
+
+@pytest.mark.parametrize(
+    ("peer", "forwarded"),
+    [
+        (None, []),
+        ("not-an-address", []),
+        ("10.0.0.2", ["198.51.100.4, unknown"]),  # the hop to read is malformed
+        ("10.0.0.2", [""]),
+    ],
+)
+def test_an_address_that_cannot_be_read_is_unknown(peer: str | None, forwarded: list[str]) -> None:
+    assert client_address(peer, forwarded, PROXIES) is None
+
+
+def test_without_trusted_proxies_the_header_is_ignored() -> None:
+    assert client_address("10.0.0.2", ["198.51.100.4"], ()) == ipaddress.ip_address("10.0.0.2")

@@ -201,3 +201,53 @@ def test_requests_the_endpoint_refuses(send: Any, status: int, error: str | None
             assert answer.headers["WWW-Authenticate"].startswith("Basic ")
 
     run(service(), call)
+
+
+def test_introspection_answers_an_authenticated_caller_from_the_cache() -> None:
+    made = service()
+
+    async def call(client: TestClient[Any, Any]) -> None:
+        token = (await (await client.post("/prefix/oauth2/token", data=FORM)).json())[
+            "access_token"
+        ]
+        caller = {"client_id": CLIENT_ID, "client_secret": SECRET}
+        url = "/prefix/oauth2/introspect"
+        answer = await client.post(url, data={**caller, "token": token})
+        assert answer.status == 200
+        assert answer.headers["Cache-Control"] == "no-store"
+        body = await answer.json()
+        assert body["active"] is True
+        assert body["scope"] == "storage.reader"
+        assert (await (await client.post(url, data={**caller, "token": "x"})).json()) == {
+            "active": False
+        }
+        missing = await client.post(url, data=caller)
+        assert (await missing.json())["error"] == "invalid_request"
+        stranger = await client.post(url, data={"token": token})
+        assert (await stranger.json())["error"] == "invalid_client"
+        metadata = await (await client.get("/prefix/.well-known/openid-configuration")).json()
+        assert metadata["introspection_endpoint"] == ISSUER + "/oauth2/introspect"
+
+    run(made, call)
+
+
+def test_an_issued_token_notes_its_use_for_write_back() -> None:
+    noted: list[tuple[tuple[str, str], Any]] = []
+
+    class Notes:
+        def note(self, key: tuple[str, str], use: Any) -> None:
+            noted.append((key, use))
+
+    made = service()
+    made.usage = Notes()  # type: ignore[assignment]
+
+    async def call(client: TestClient[Any, Any]) -> None:
+        assert (await client.post("/prefix/oauth2/token", data=FORM)).status == 200
+        assert (
+            await client.post("/prefix/oauth2/token", data={**FORM, "client_secret": "x"})
+        ).status == 400
+
+    run(made, call)
+    assert [key for key, _ in noted] == [("team-a", "key")]
+    assert noted[0][1].at == NOW
+    assert noted[0][1].address == "127.0.0.1"

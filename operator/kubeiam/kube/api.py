@@ -235,6 +235,14 @@ async def patch_status(
     return await _patch_if_unchanged(plural, namespace, name, body, status=True)
 
 
+async def merge_patch_status(
+    plural: str, namespace: str, name: str, status: dict[str, str | None]
+) -> dict[str, Any]:
+    """Merge-patch status fields without a precondition: only for fields one writer alone owns
+    (the token server's lastUsedAt and lastUsedIp), so no other write can be overwritten."""
+    return await _patch_if_unchanged(plural, namespace, name, {"status": status}, status=True)
+
+
 async def patch_metadata(
     plural: str, namespace: str, name: str, resource_version: str, metadata: dict[str, Any]
 ) -> dict[str, Any]:

@@ -17,6 +17,7 @@ server would have to redo. Three threads, one per kind, cost nothing on the toke
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import threading
 import time
@@ -30,7 +31,7 @@ from kubernetes.client.exceptions import ApiException
 from kubeiam.domain.conditions import parse_time
 from kubeiam.kube import api
 from kubeiam.kube.resources import CREDENTIALS, GROUP, SERVICE_ACCOUNTS, TRUSTS, VERSION
-from kubeiam.tokens.grants import Account, Credential
+from kubeiam.tokens.grants import Account, Credential, Network
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +76,25 @@ def credential_view(body: dict[str, Any]) -> Credential | None:
         state=str(status.get("state") or ""),
         expires_at=parse_time(expires) if expires else None,
         effective_roles=tuple(status.get("effectiveRoles") or ()),
+        allow_source_cidrs=networks(spec.get("allowSourceCidrs")),
     )
+
+
+def networks(cidrs: Any) -> tuple[Network, ...] | None:
+    """allowSourceCidrs as networks (host bits ignored); None when unset.
+
+    The CRD admits only CIDRs; an entry that still does not parse admits nobody rather than
+    everybody, so it is dropped from a list that stays set.
+    """
+    if cidrs is None:
+        return None
+    parsed: list[Network] = []
+    for cidr in cidrs:
+        try:
+            parsed.append(ipaddress.ip_network(str(cidr), strict=False))
+        except ValueError:
+            continue
+    return tuple(parsed)
 
 
 def account_view(body: dict[str, Any]) -> Account:

@@ -6,7 +6,9 @@ No I/O: the caller hands in what the cache knows and the clock. The order is the
 2. the credential, found in O(1) by the id embedded in the secret;
 3. the client id it claims, then the secret's hash, compared in constant time;
 4. only then, to the holder of the secret, what stands in the way: the credential's state and
-   expiry (by the clock, not waiting for the operator to mark it Expired), its account;
+   expiry (by the clock, not waiting for the operator to mark it Expired), its account, and the
+   client's address when the credential has `allowSourceCidrs` (`client_address` says which
+   address that is when proxies stand in between);
 5. the scope (a subset of the credential's effectiveRoles, else all of them) and the audience
    (from the allowlist; the issuer when none is asked).
 
@@ -18,11 +20,15 @@ from __future__ import annotations
 
 import datetime
 import hmac
+import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
 from kubeiam.domain.secret_format import parse, secret_hash
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class Error(StrEnum):
@@ -50,6 +56,8 @@ class Credential:
     state: str
     expires_at: datetime.datetime | None
     effective_roles: tuple[str, ...]
+    # spec.allowSourceCidrs; None: any address (an empty list admits none).
+    allow_source_cidrs: tuple[Network, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -70,6 +78,7 @@ class TokenRequest:
     client_secret: str
     scope: str | None = None
     audience: str | None = None
+    client_address: Address | None = None  # None: not known (then no allowlist admits it)
 
     def __repr__(self) -> str:  # never show the secret, even in a traceback
         return f"TokenRequest(client_id={self.client_id!r}, scope={self.scope!r})"
@@ -95,15 +104,17 @@ class Refusal:
 _UNKNOWN_CLIENT = Refusal(Error.INVALID_CLIENT, "Client authentication failed.")
 
 
-def decide(
+def authenticate(
     request: TokenRequest,
     *,
     credential_by_id: Callable[[str], Credential | None],
     account_of: Callable[[str, str], Account | None],
-    allowed_audiences: tuple[str, ...],
     now: datetime.datetime,
-) -> Grant | Refusal:
-    """Grant the request, or refuse it with the first reason, in the order the module states."""
+) -> tuple[Credential, Account] | Refusal:
+    """Steps 1 to 4: the client's credential and account, or why it may not act as them.
+
+    The token endpoint and the introspection endpoint authenticate their caller with this.
+    """
     parsed = parse(request.client_secret)
     if parsed is None or not parsed.checksum_ok:
         return _UNKNOWN_CLIENT
@@ -126,6 +137,28 @@ def decide(
         return Refusal(Error.INVALID_CLIENT, "The credential's account does not exist.")
     if account.disabled:
         return Refusal(Error.UNAUTHORIZED_CLIENT, "The account is disabled.")
+    if not address_allowed(request.client_address, credential.allow_source_cidrs):
+        return Refusal(
+            Error.INVALID_CLIENT, "The client's address is not allowed for this credential."
+        )
+    return credential, account
+
+
+def decide(
+    request: TokenRequest,
+    *,
+    credential_by_id: Callable[[str], Credential | None],
+    account_of: Callable[[str, str], Account | None],
+    allowed_audiences: tuple[str, ...],
+    now: datetime.datetime,
+) -> Grant | Refusal:
+    """Grant the request, or refuse it with the first reason, in the order the module states."""
+    client = authenticate(
+        request, credential_by_id=credential_by_id, account_of=account_of, now=now
+    )
+    if isinstance(client, Refusal):
+        return client
+    credential, account = client
     scopes = _scopes(request.scope, credential.effective_roles)
     if isinstance(scopes, Refusal):
         return scopes
@@ -133,6 +166,61 @@ def decide(
     if audience not in allowed_audiences:
         return Refusal(Error.INVALID_TARGET, "The audience asked for is not allowed.")
     return Grant(credential, account, scopes, audience, credential.expires_at)
+
+
+def address_allowed(address: Address | None, cidrs: tuple[Network, ...] | None) -> bool:
+    """Whether `address` is inside one of `cidrs`; no list admits any address, even unknown."""
+    if cidrs is None:
+        return True
+    if address is None:
+        return False
+    address = _unmapped(address)
+    return any(address.version == net.version and address in net for net in cidrs)
+
+
+def client_address(
+    peer: str | None, forwarded_for: list[str], trusted_proxies: tuple[Network, ...]
+) -> Address | None:
+    """The client's address: the peer's, or the rightmost untrusted X-Forwarded-For hop.
+
+    `forwarded_for` holds every X-Forwarded-For header's value in order. It counts only when the
+    peer is a trusted proxy; then its hops are read from the right (the hop the proxy itself saw)
+    and the first that is not a trusted proxy is the client, since anything left of it may be
+    forged by that client. All hops trusted: the leftmost. A malformed hop where one is read
+    makes the address unknown (None), which no allowlist admits.
+    """
+    direct = _address(peer)
+    if direct is None:
+        return None
+    if not forwarded_for or not _trusted(direct, trusted_proxies):
+        return direct
+    hops = [hop.strip() for value in forwarded_for for hop in value.split(",")]
+    address: Address | None = direct
+    for hop in reversed(hops):
+        address = _address(hop)
+        if address is None or not _trusted(address, trusted_proxies):
+            return address
+    return address
+
+
+def _trusted(address: Address, proxies: tuple[Network, ...]) -> bool:
+    return address_allowed(address, proxies) if proxies else False
+
+
+def _address(text: str | None) -> Address | None:
+    if not text:
+        return None
+    try:
+        return _unmapped(ipaddress.ip_address(text.split("%", 1)[0]))
+    except ValueError:
+        return None
+
+
+def _unmapped(address: Address) -> Address:
+    """An IPv4-mapped IPv6 address (::ffff:10.0.0.1, a dual-stack socket's view) as IPv4."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
 
 
 def _scopes(asked: str | None, roles: tuple[str, ...]) -> tuple[str, ...] | Refusal:

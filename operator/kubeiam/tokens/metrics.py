@@ -37,3 +37,20 @@ def watch_cache(cache: Cache) -> None:
         ["kind"],
         samples,
     )
+
+
+INTROSPECTED = metrics.counter(
+    "kubeiam_tokens_introspected",
+    "Introspection answers, by whether the token was active (true, false).",
+    ["active"],
+)
+USAGE_NOTED = metrics.counter(
+    "kubeiam_token_usage_noted",
+    "Uses of a credential noted for status.lastUsedAt/lastUsedIp (one a token issued).",
+)
+USAGE_WRITES = metrics.counter(
+    "kubeiam_token_usage_writes",
+    "Status writes of lastUsedAt/lastUsedIp, coalesced to one a credential an interval, by "
+    "result (written, failed).",
+    ["result"],
+)

@@ -24,8 +24,9 @@ import aiohttp.web
 
 from kubeiam.kube import api
 from kubeiam.kube import metrics as served_metrics
+from kubeiam.kube.resources import CREDENTIALS
 from kubeiam.settings import Settings
-from kubeiam.tokens import grants, keys, tokens
+from kubeiam.tokens import grants, introspection, keys, tokens, usage
 from kubeiam.tokens import metrics as token_metrics
 from kubeiam.tokens.cache import Cache
 from kubeiam.tokens.keys import ALGORITHM, SigningKeys
@@ -38,6 +39,8 @@ CLIENT_CREDENTIALS = "client_credentials"
 REALM = 'Basic realm="kube-iam", charset="UTF-8"'
 TOKEN_PATH = "/oauth2/token"
 JWKS_PATH = "/oauth2/jwks"
+INTROSPECT_PATH = "/oauth2/introspect"
+AUTH_METHODS = ["client_secret_post", "client_secret_basic"]
 # What the answers to a token request carry (RFC 6749 §5.1): no cache may keep a token.
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
@@ -51,12 +54,21 @@ def _now() -> datetime.datetime:
 class TokenService:
     """The endpoints over one cache and one set of signing keys (set once they are read)."""
 
-    def __init__(self, settings: Settings, cache: Cache, *, clock: Clock = _now) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        cache: Cache,
+        *,
+        clock: Clock = _now,
+        usage_writer: usage.Writer | None = None,
+    ) -> None:
         self.settings = settings.tokens
+        self.usage = usage_writer
         self.cache = cache
         self.keys: SigningKeys | None = None
         self.clock = clock
         self.prefix = urllib.parse.urlsplit(self.settings.issuer).path.rstrip("/")
+        self.proxies = self.settings.proxies()
 
     # -- the application ---------------------------------------------------------------------
 
@@ -70,6 +82,7 @@ class TokenService:
                 aiohttp.web.get(f"{p}/.well-known/oauth-authorization-server", self.metadata),
                 aiohttp.web.get(f"{p}{JWKS_PATH}", self.jwks),
                 aiohttp.web.post(f"{p}{TOKEN_PATH}", self.token),
+                aiohttp.web.post(f"{p}{INTROSPECT_PATH}", self.introspect),
                 aiohttp.web.get("/healthz", self.health),
             ]
         )
@@ -93,7 +106,9 @@ class TokenService:
             "token_endpoint": issuer + TOKEN_PATH,
             "jwks_uri": issuer + JWKS_PATH,
             "grant_types_supported": [CLIENT_CREDENTIALS],
-            "token_endpoint_auth_methods_supported": ["client_secret_post", "client_secret_basic"],
+            "token_endpoint_auth_methods_supported": AUTH_METHODS,
+            "introspection_endpoint": issuer + INTROSPECT_PATH,
+            "introspection_endpoint_auth_methods_supported": AUTH_METHODS,
             # No authorization endpoint: no response type is supported.
             "response_types_supported": [],
             "subject_types_supported": ["public"],
@@ -132,7 +147,7 @@ class TokenService:
             return _error(grants.Error.UNSUPPORTED_GRANT_TYPE, "Only client_credentials here.")
         if not self.ready:
             return aiohttp.web.Response(status=503, text="not ready", headers={"Retry-After": "1"})
-        return self._client_credentials(form, request.headers.get("Authorization"))
+        return self._client_credentials(form, request.headers.get("Authorization"), request)
 
     async def _read_form(
         self, request: aiohttp.web.Request
@@ -155,7 +170,15 @@ class TokenService:
             return _error(grants.Error.INVALID_REQUEST, "The body is not a valid form.")
         return form
 
-    def _client_credentials(self, form: dict[str, str], basic: str | None) -> aiohttp.web.Response:
+    def _address(self, request: aiohttp.web.Request) -> grants.Address | None:
+        """The client's address: the peer, or what trusted proxies say (grants.client_address)."""
+        return grants.client_address(
+            request.remote, request.headers.getall("X-Forwarded-For", []), self.proxies
+        )
+
+    def _client_credentials(
+        self, form: dict[str, str], basic: str | None, request: aiohttp.web.Request
+    ) -> aiohttp.web.Response:
         """Authenticate the client, decide (grants.py), and sign the token it gets."""
         client = _client(form, basic)
         if isinstance(client, grants.Refusal):
@@ -169,6 +192,7 @@ class TokenService:
             client_secret=client[1],
             scope=form.get("scope"),
             audience=form.get("audience") or form.get("resource"),
+            client_address=self._address(request),
         )
         decision = grants.decide(
             asked,
@@ -187,6 +211,11 @@ class TokenService:
             now=now,
         )
         credential = decision.credential
+        if self.usage is not None:
+            address = asked.client_address
+            where = None if address is None else str(address)
+            self.usage.note((credential.namespace, credential.name), usage.Use(now, where))
+            token_metrics.USAGE_NOTED.inc()
         logger.info(
             "Issued a token to credential %s/%s (id %s) for %s, expiring in %ds.",
             credential.namespace,
@@ -202,6 +231,42 @@ class TokenService:
         }
         if issued.scope:
             answer["scope"] = issued.scope
+        return aiohttp.web.json_response(answer, headers=NO_STORE)
+
+    # -- introspection (RFC 7662) ------------------------------------------------------------
+
+    async def introspect(self, request: aiohttp.web.Request) -> aiohttp.web.Response:
+        """Whether a token is active, to a caller that authenticates as a client (RFC 7662 §2.1)."""
+        form = await self._read_form(request)
+        if isinstance(form, aiohttp.web.Response):
+            return form
+        if not self.ready:
+            return aiohttp.web.Response(status=503, text="not ready", headers={"Retry-After": "1"})
+        basic = request.headers.get("Authorization")
+        caller = _client(form, basic)
+        if isinstance(caller, grants.Refusal):
+            return _refuse(caller, basic=basic is not None)
+        now = self.clock()
+        authenticated = grants.authenticate(
+            grants.TokenRequest(caller[0], caller[1], client_address=self._address(request)),
+            credential_by_id=self.cache.credential_by_id,
+            account_of=self.cache.account_of,
+            now=now,
+        )
+        if isinstance(authenticated, grants.Refusal):
+            return _refuse(authenticated, basic=basic is not None)
+        if not form.get("token"):
+            return _error(grants.Error.INVALID_REQUEST, "The token parameter is missing.")
+        assert self.keys is not None  # ready
+        answer = introspection.introspect(
+            form["token"],
+            keys=self.keys,
+            issuer=self.settings.issuer,
+            credential_by_id=self.cache.credential_by_id,
+            account_of=self.cache.account_of,
+            now=now,
+        )
+        token_metrics.INTROSPECTED.labels("true" if answer["active"] else "false").inc()
         return aiohttp.web.json_response(answer, headers=NO_STORE)
 
 
@@ -313,11 +378,17 @@ async def serve(settings: Settings) -> None:
     cache = Cache()
     token_metrics.watch_cache(cache)
     await served_metrics.serve(settings.observability.metrics_port)
-    service = TokenService(settings, cache)
+
+    async def write_usage(key: usage.Key, status: dict[str, str | None]) -> None:
+        await api.merge_patch_status(CREDENTIALS, key[0], key[1], status)
+
+    writer = usage.Writer(settings.tokens.usage_interval, write_usage, _now)
+    service = TokenService(settings, cache, usage_writer=writer)
     context = tls_context(settings)
     runner = aiohttp.web.AppRunner(service.app(), handle_signals=True, access_log=None)
     await runner.setup()
     cache.start(asyncio.get_running_loop())
+    usage_task = asyncio.create_task(writer.run(), name="usage-writer")
     try:
         site = aiohttp.web.TCPSite(
             runner, settings.tokens.address, settings.tokens.port, ssl_context=context
@@ -334,5 +405,6 @@ async def serve(settings: Settings) -> None:
         logger.info("Ready: the cache holds %s.", cache.sizes())
         await asyncio.Event().wait()
     finally:
+        usage_task.cancel()
         cache.stop()
         await runner.cleanup()

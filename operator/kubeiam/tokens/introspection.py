@@ -1,0 +1,101 @@
+"""Token introspection (RFC 7662): is this access token active, answered from the cache.
+
+No I/O: the caller hands in the signing keys, what the cache knows and the clock. A token is
+active only if all of these hold, else the answer is exactly `{"active": false}` (RFC 7662 §2.2
+says nothing of why, so nothing is said):
+
+1. it is a JWT of ours: `typ: at+jwt`, signed ES256 by a key we publish, our `iss`;
+2. it has not expired (`exp`) by the clock;
+3. the credential it names (`kubeiam.io/credential_id`) is still in the cache, Active, not past
+   its expiry, and still the same client;
+4. that credential's account is still there, enabled, with the token's `sub` as its clientId.
+
+So a revoked, expired or deleted credential and a disabled or deleted account end their tokens
+here as soon as the watch brings the change, while an offline verifier stops them only at `exp`.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Callable
+from typing import Any
+
+import jwt
+
+from kubeiam.tokens.grants import Account, Credential
+from kubeiam.tokens.keys import ALGORITHM, SigningKeys
+from kubeiam.tokens.tokens import ACCOUNT_CLAIM, CREDENTIAL_CLAIM, NAMESPACE_CLAIM, TYPE
+
+INACTIVE: dict[str, Any] = {"active": False}
+# What an active token's answer tells the caller (RFC 7662 §2.2), from the token's claims.
+SHOWN = ("scope", "client_id", "sub", "aud", "iss", "exp", "iat")
+
+
+def introspect(
+    token: str,
+    *,
+    keys: SigningKeys,
+    issuer: str,
+    credential_by_id: Callable[[str], Credential | None],
+    account_of: Callable[[str, str], Account | None],
+    now: datetime.datetime,
+) -> dict[str, Any]:
+    """The RFC 7662 answer for `token`: its claims when active, else only `active: false`."""
+    claims = _verified(token, keys, issuer)
+    if claims is None or not _alive(claims, credential_by_id, account_of, now):
+        return dict(INACTIVE)
+    answer: dict[str, Any] = {"active": True}
+    answer.update({name: claims[name] for name in SHOWN if name in claims})
+    answer["token_type"] = "Bearer"
+    return answer
+
+
+def _verified(token: str, keys: SigningKeys, issuer: str) -> dict[str, Any] | None:
+    """The claims of a token we signed for `issuer`; None for anything else."""
+    try:
+        header = jwt.get_unverified_header(token)
+        if header.get("typ") != TYPE or header.get("alg") != ALGORITHM:
+            return None
+        key = next((k for k in keys.published if k.kid == header.get("kid")), None)
+        if key is None:
+            return None
+        claims: dict[str, Any] = jwt.decode(
+            token,
+            key.private.public_key(),
+            algorithms=[ALGORITHM],
+            issuer=issuer,
+            # Expiry is judged by the caller's clock below; the audience is the caller's concern.
+            options={
+                "verify_exp": False,
+                "verify_nbf": False,
+                "verify_iat": False,
+                "verify_aud": False,
+                "require": ["exp", "iat", "sub", "client_id", CREDENTIAL_CLAIM],
+            },
+        )
+    except (jwt.PyJWTError, ValueError, TypeError):
+        return None
+    return claims
+
+
+def _alive(
+    claims: dict[str, Any],
+    credential_by_id: Callable[[str], Credential | None],
+    account_of: Callable[[str, str], Account | None],
+    now: datetime.datetime,
+) -> bool:
+    exp = claims.get("exp")
+    if not isinstance(exp, int) or exp <= now.timestamp():
+        return False
+    credential = credential_by_id(str(claims[CREDENTIAL_CLAIM]))
+    if (
+        credential is None
+        or credential.state != "Active"
+        or (credential.expires_at is not None and credential.expires_at <= now)
+        or credential.client_id != claims.get("client_id")
+        or credential.namespace != claims.get(NAMESPACE_CLAIM)
+        or credential.account != claims.get(ACCOUNT_CLAIM)
+    ):
+        return False
+    account = account_of(credential.namespace, credential.account)
+    return account is not None and not account.disabled and account.client_id == claims["sub"]
