@@ -50,6 +50,7 @@ def test_a_second_cluster_starts_stops_and_leaves_nothing_running(
     assert issuer.url == f"https://127.0.0.1:{issuer.port}"
     assert (Path(issuer.cert_dir) / "tls.crt").is_file()
     assert (state_dir / "authentication-config.json").is_file()
+    assert f"token server at {issuer.url}" in up.stdout
     assert (state_dir / "kubeconfig").is_file()
     assert (state_dir / "bin" / "kubectl").exists()
     assert {p.name for p in (state_dir / "logs").iterdir()} >= {
