@@ -274,6 +274,25 @@ def _refused(result: subprocess.CompletedProcess[str]) -> None:
     assert "Unauthorized" in result.stderr or "provide credentials" in result.stderr, result.stderr
 
 
+class ApiserverLog:
+    """The local kube-apiserver's log from now on: it says why it refused a bearer token
+    (kubectl only hears 401), and it never quotes the token."""
+
+    def __init__(self) -> None:
+        self.path = TEST_STATE_DIR / "logs" / "kube-apiserver.log"
+        self.offset = self.path.stat().st_size
+
+    def says(self, reason: str) -> str:
+        def probe() -> str | None:
+            with self.path.open("rb") as log:
+                log.seek(self.offset)
+                lines = log.read().decode(errors="replace").splitlines()
+            found = [line for line in lines if "Unable to authenticate" in line and reason in line]
+            return found[0] if found else None
+
+        return wait_for(probe, what=f"the API server to log a refusal for {reason!r}")
+
+
 def test_service_account_tokens_work_beside_the_jwt_authenticator(
     cluster: ClusterHandle, issuer: TokenIssuer, kubectl: Kubectl, namespace: str
 ) -> None:
@@ -391,7 +410,9 @@ def test_a_token_signed_by_another_key_is_refused(
     header = jwt.get_unverified_header(genuine)
     forged = _forge(claims, {"typ": header["typ"], "kid": header["kid"]})
     assert kubectl.whoami(genuine) is not None
+    log = ApiserverLog()
     _refused(kubectl(forged, "auth", "whoami"))
+    log.says("failed to verify signature")
     # A key id the issuer never published, and no key id at all: refused as well.
     _refused(kubectl(_forge(claims, {"typ": "at+jwt", "kid": "attacker"}), "auth", "whoami"))
     _refused(kubectl(_forge(claims, {"typ": "at+jwt"}), "auth", "whoami"))
@@ -408,11 +429,21 @@ def test_a_token_for_another_audience_is_refused(
     # The issuer's default audience: a token the token server grants, for another relying party.
     other = _token(token_server, world.good, audience=token_server.issuer.url)
     assert jwt.decode(other, options={"verify_signature": False})["aud"] == token_server.issuer.url
+    log = ApiserverLog()
     _refused(kubectl(other, "auth", "whoami"))
+    log.says("expected audience")
 
 
-def test_the_token_server_log_holds_no_token(token_server: Server, world: World) -> None:
-    log = token_server.log()
-    leaked = [token for token in ISSUED_TOKENS if token in log]
-    assert not leaked, f"{len(leaked)} issued token(s) appear in the token server's log"
-    assert world.good.secret not in log
+def test_neither_the_token_servers_nor_the_api_servers_log_holds_a_token(
+    token_server: Server, world: World
+) -> None:
+    logs = {
+        "token server": token_server.log(),
+        "kube-apiserver": (TEST_STATE_DIR / "logs" / "kube-apiserver.log").read_text(
+            errors="replace"
+        ),
+    }
+    for name, log in logs.items():
+        leaked = [token for token in ISSUED_TOKENS if token in log]
+        assert not leaked, f"{len(leaked)} issued token(s) appear in the {name}'s log"
+        assert world.good.secret not in log, f"a client secret appears in the {name}'s log"
