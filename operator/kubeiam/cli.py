@@ -87,6 +87,14 @@ def _cluster(args: argparse.Namespace) -> int:
         print(f"Local control plane {'already running' if already else 'started'}.")
         print(f"  export KUBECONFIG={kubeconfig}")
         print(f"  {cluster.kubectl_path} get iam --all-namespaces")
+        issuer = cluster.token_issuer
+        if issuer is not None:
+            # Where the API server looks for kube-iam's token server (docs/local-control-plane.md).
+            print(
+                f"The API server accepts kube-iam tokens (audience {issuer.audience}) from a token"
+                f" server at {issuer.url}: KUBEIAM_TOKEN_PORT={issuer.port}"
+                f" KUBEIAM_TOKEN_CERT_DIR={issuer.cert_dir}"
+            )
     elif args.action == "down":
         cluster.down()
         print("Local control plane stopped.")

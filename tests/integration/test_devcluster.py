@@ -44,6 +44,13 @@ def test_a_second_cluster_starts_stops_and_leaves_nothing_running(
     state = json.loads((state_dir / "cluster.json").read_text())
     pids = {p["name"]: p["pid"] for p in state["processes"]}
     assert set(pids) == {"etcd", "kube-apiserver", "kube-controller-manager"}
+    # The API server names a token server that does not run: it starts all the same.
+    issuer = local.token_issuer
+    assert issuer is not None
+    assert issuer.url == f"https://127.0.0.1:{issuer.port}"
+    assert (Path(issuer.cert_dir) / "tls.crt").is_file()
+    assert (state_dir / "authentication-config.json").is_file()
+    assert f"token server at {issuer.url}" in up.stdout
     assert (state_dir / "kubeconfig").is_file()
     assert (state_dir / "bin" / "kubectl").exists()
     assert {p.name for p in (state_dir / "logs").iterdir()} >= {
@@ -68,6 +75,7 @@ def test_a_second_cluster_starts_stops_and_leaves_nothing_running(
     assert down.returncode == 0, down.stderr
     assert not any(_is_our_process(record) for record in records.processes)
     assert not local.is_running()
+    assert not (state_dir / "authentication-config.json").exists()
     status = kube_iam("cluster", "status", "--state-dir", str(state_dir))
     assert (status.returncode, status.stdout.strip()) == (3, "stopped")
 

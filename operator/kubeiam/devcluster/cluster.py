@@ -20,10 +20,11 @@ from pathlib import Path
 from kubeiam.api.crdgen import crd_documents
 from kubeiam.devcluster import webhook
 from kubeiam.devcluster.binaries import REPO_ROOT, ensure_binaries, pinned_versions
-from kubeiam.devcluster.certs import ControlPlanePKI, KeyPair, create_pki
+from kubeiam.devcluster.certs import ControlPlanePKI, KeyPair, create_pki, issue_certificate
 from kubeiam.devcluster.errors import ControlPlaneError
 from kubeiam.devcluster.kubeconfig import write_kubeconfig
 from kubeiam.devcluster.kubectl import Kubectl
+from kubeiam.devcluster.token_authn import TokenIssuer, authentication_config
 
 DEFAULT_STATE_DIR = REPO_ROOT / ".local"
 CRDS_DIR = REPO_ROOT / "crds"
@@ -59,6 +60,9 @@ class ClusterState:
     apiserver_url: str
     etcd_url: str
     processes: list[ProcessRecord] = field(default_factory=list)
+    # Where the API server expects kube-iam's token server (as a JWT issuer); None in the state
+    # of a cluster started before it was configured.
+    token_issuer: dict[str, str | int] | None = None
 
 
 def _free_ports(count: int) -> list[int]:
@@ -119,6 +123,7 @@ class LocalCluster:
         self._state_file = state_dir / "cluster.json"
         self._pki_dir = state_dir / "pki"
         self._etcd_dir = state_dir / "etcd"
+        self._authn_config = state_dir / "authentication-config.json"
 
     # -- reading the recorded state ------------------------------------------------------------
 
@@ -129,6 +134,16 @@ class LocalCluster:
             return None
         processes = [ProcessRecord(**record) for record in raw.pop("processes", [])]
         return ClusterState(**raw, processes=processes)
+
+    @property
+    def token_issuer(self) -> TokenIssuer | None:
+        """Where the API server expects kube-iam's token server: start it there (port, issuer
+        URL, certificate) and the API server accepts its tokens. None without a cluster, or for
+        one started before this was configured."""
+        state = self._load_state()
+        if state is None or state.token_issuer is None:
+            return None
+        return TokenIssuer(**state.token_issuer)  # type: ignore[arg-type]
 
     def _save_state(self, state: ClusterState) -> None:
         # Written whole and renamed over the old file: a reader (another `make` target, a test
@@ -190,12 +205,14 @@ class LocalCluster:
         self.kubectl_path.symlink_to(binaries / "kubectl")
 
         pki = create_pki(self._pki_dir)
-        etcd_port, etcd_peer_port, apiserver_port = _free_ports(3)
+        etcd_port, etcd_peer_port, apiserver_port, issuer_port = _free_ports(4)
+        token_issuer = self._prepare_token_issuer(pki, issuer_port)
         state = ClusterState(
             kubernetes_version=versions.kubernetes,
             etcd_version=versions.etcd,
             apiserver_url=f"https://127.0.0.1:{apiserver_port}",
             etcd_url=f"http://127.0.0.1:{etcd_port}",
+            token_issuer=asdict(token_issuer),
         )
         write_kubeconfig(self.kubeconfig, state.apiserver_url, pki.ca.cert, pki.admin, "admin")
         kcm_kubeconfig = self._pki_dir / "controller-manager.kubeconfig"
@@ -233,6 +250,33 @@ class LocalCluster:
             self.down(quiet=True)
             raise
         return self.kubeconfig
+
+    def _prepare_token_issuer(self, pki: ControlPlanePKI, port: int) -> TokenIssuer:
+        """Choose where kube-iam's token server will listen, give it a serving certificate from
+        the cluster's CA, and write the API server's AuthenticationConfiguration naming it. No
+        token server needs to run: the API server retries the issuer's discovery in the
+        background, and until it answers only JWTs fail (certificates and ServiceAccount
+        tokens authenticate as before)."""
+        cert_dir = self._pki_dir / "token-issuer"
+        cert_dir.mkdir(parents=True, exist_ok=True)
+        issue_certificate(
+            pki.ca,
+            KeyPair(cert_dir / "tls.crt", cert_dir / "tls.key"),
+            "kube-iam token server",
+            server_names=("localhost",),
+            server_ips=("127.0.0.1",),
+        )
+        url = f"https://127.0.0.1:{port}"
+        issuer = TokenIssuer(
+            url=url,
+            port=port,
+            audience=url + "/kubernetes",
+            cert_dir=str(cert_dir),
+            ca_file=str(pki.ca.cert),
+        )
+        document = authentication_config(issuer.url, issuer.audience, pki.ca.cert.read_text())
+        self._authn_config.write_text(json.dumps(document, indent=2) + "\n")
+        return issuer
 
     def _start(self, state: ClusterState, binary: Path, args: list[str]) -> subprocess.Popen[bytes]:
         name = binary.name
@@ -307,6 +351,8 @@ class LocalCluster:
             f"--tls-cert-file={pki.apiserver.cert}",
             f"--tls-private-key-file={pki.apiserver.key}",
             f"--client-ca-file={pki.ca.cert}",
+            # kube-iam's token server as a JWT issuer (see _prepare_token_issuer).
+            f"--authentication-config={self._authn_config}",
             # As a production cluster authorizes: RBAC decides for every identity except
             # kubelets, so a ServiceAccount holds only what its bindings grant; the admin
             # kubeconfig's client certificate is in system:masters and bypasses both.
@@ -411,6 +457,7 @@ class LocalCluster:
         for record in reversed(state.processes if state else []):
             self._stop(record, quiet=quiet)
         self._state_file.unlink(missing_ok=True)
+        self._authn_config.unlink(missing_ok=True)
         for written in ("webhook.json", "webhook.env"):
             (self.state_dir / written).unlink(missing_ok=True)
         for directory in (self._etcd_dir, self._pki_dir, self.state_dir / ".kube-cache"):
