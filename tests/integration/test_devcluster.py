@@ -136,7 +136,7 @@ BURST_CREDENTIALS_EACH = 7
 
 
 def test_make_run_serves_admission_apart_and_admits_a_whole_apply(
-    cluster: ClusterHandle, session_operator: OperatorProcess, namespace: str
+    cluster: ClusterHandle, session_operator: OperatorProcess, namespace: str, tmp_path: Path
 ) -> None:
     """What `make run` starts (`python -m kubeiam.devcluster.local_run`), in a shell whose
     KUBECONFIG names the local control plane, as the README's walk-through exports it: the
@@ -180,7 +180,8 @@ def test_make_run_serves_admission_apart_and_admits_a_whole_apply(
         children = _children_of(runner.pid)
         assert len(children) == 3, children
 
-        # A credential's Secret, read as a pod would, holds all it needs to get a token.
+        # A credential's Secret, read as a pod would, holds all it needs to get a token: the
+        # URL, the client, and the endpoint's CA bundle (ca.crt), which alone verifies it.
         cluster.apply(
             many([account_manifest("runner"), credential_manifest("runner-key", "runner")]),
             namespace,
@@ -188,6 +189,9 @@ def test_make_run_serves_admission_apart_and_admits_a_whole_apply(
         status = wait_state(cluster, namespace, "runner-key", "Active")["status"]
         mounted = read_secret(cluster, namespace, status["secretName"])
         assert mounted.data["token-url"] == token_url
+        assert mounted.data["ca.crt"] == Path(ca).read_text()
+        mounted_ca = tmp_path / "ca.crt"
+        mounted_ca.write_text(mounted.data["ca.crt"])
         answer = requests.post(
             mounted.data["token-url"],
             data={
@@ -195,7 +199,7 @@ def test_make_run_serves_admission_apart_and_admits_a_whole_apply(
                 "client_id": mounted.data["client-id"],
                 "client_secret": mounted.client_secret(),
             },
-            verify=ca,
+            verify=str(mounted_ca),
             timeout=10,
         )
         assert answer.status_code == 200, answer.status_code

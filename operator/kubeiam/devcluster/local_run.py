@@ -154,8 +154,13 @@ def run(state_dir: Path, *, kubeconfig: str | None) -> int:
         children.append(
             _start(
                 ["run", f"--liveness={operator_health}"],
-                # Generated Secrets carry the local token server's URL.
-                {**base, "KUBEIAM_WEBHOOK_PORT": "0", "KUBEIAM_TOKEN_URL": token_url},
+                # Generated Secrets carry the local token server's URL and its CA (ca.crt).
+                {
+                    **base,
+                    "KUBEIAM_WEBHOOK_PORT": "0",
+                    "KUBEIAM_TOKEN_URL": token_url,
+                    "KUBEIAM_TOKEN_CA_FILE": str(ca),
+                },
             )
         )
         # Ready once its caches are filled and it has read the signing key the operator creates.
