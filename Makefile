@@ -52,9 +52,10 @@ cluster-status: install ## say whether the local control plane runs
 	$(RUN) kube-iam cluster status
 
 .PHONY: run
-run: install ## run the operator and its webhook (on the local control plane unless KUBECONFIG names another cluster)
+run: install ## run the operator, its webhook and the token server (on the local control plane unless KUBECONFIG names another cluster)
 	@# The local control plane is recognised by its kubeconfig, whatever KUBECONFIG says: there,
-	@# the admission webhook runs beside the operator as a process of its own, as in deploy/;
+	@# the admission webhook and the token server run beside the operator as processes of their
+	@# own, as in deploy/;
 	@# another cluster gets its CRDs and the operator alone. Ctrl-C stops everything it started.
 	$(RUN) python -m kubeiam.devcluster.local_run
 

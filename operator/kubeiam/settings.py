@@ -93,6 +93,12 @@ class CredentialSettings(_Group):
         default="https://iam.example.invalid/oauth2/token",
         description="Token endpoint written into every generated Secret.",
     )
+    token_ca_file: Path | None = Field(
+        default=None,
+        description="A PEM file of the CA certificates that sign the token endpoint's serving "
+        "certificate; when set, every generated Secret also carries it under `ca.crt`, so a "
+        "workload that mounts the Secret can verify the endpoint. Read at each issuance.",
+    )
     secret_deletion_policy: Literal["Retain", "Delete"] = Field(
         default="Delete",
         description="What happens to a credential's Secret when it ends, unless the credential "
@@ -104,6 +110,18 @@ class CredentialSettings(_Group):
     def _https_token_url(cls, value: str) -> str:
         if not value.startswith("https://"):
             raise ValueError("KUBEIAM_TOKEN_URL must be an https:// URL")
+        return value
+
+    @field_validator("token_ca_file")
+    @classmethod
+    def _readable_ca_file(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            try:
+                text = value.read_text()
+            except (OSError, UnicodeDecodeError):
+                raise ValueError("KUBEIAM_TOKEN_CA_FILE must name a readable PEM file") from None
+            if "-----BEGIN CERTIFICATE-----" not in text:
+                raise ValueError("KUBEIAM_TOKEN_CA_FILE holds no PEM certificate") from None
         return value
 
     @model_validator(mode="after")

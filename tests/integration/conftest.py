@@ -60,6 +60,9 @@ def _as_deployed(
     webhook_kubeconfig = install.operator_kubeconfig(
         kubectl, TEST_STATE_DIR / "webhook.kubeconfig", install.WEBHOOK_SERVICE_ACCOUNT
     )
+    token_server_kubeconfig = install.operator_kubeconfig(
+        kubectl, TEST_STATE_DIR / "token-server.kubeconfig", install.TOKEN_SERVER_SERVICE_ACCOUNT
+    )
     if webhook is None:
         # A cluster whose API server cannot reach this machine: no webhook is registered.
         unregister_webhook(kubectl)
@@ -69,6 +72,7 @@ def _as_deployed(
         log_dir=log_dir,
         operator_kubeconfig=operator_kubeconfig,
         webhook_kubeconfig=webhook_kubeconfig,
+        token_server_kubeconfig=token_server_kubeconfig,
         operator_env={
             **install.settings_env(kubectl),
             **TEST_SETTINGS,
@@ -127,6 +131,7 @@ def cluster() -> Iterator[ClusterHandle]:
             local.down(quiet=True)
             (TEST_STATE_DIR / "operator.kubeconfig").unlink(missing_ok=True)
             (TEST_STATE_DIR / "webhook.kubeconfig").unlink(missing_ok=True)
+            (TEST_STATE_DIR / "token-server.kubeconfig").unlink(missing_ok=True)
 
 
 @pytest.fixture(autouse=True)

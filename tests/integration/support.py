@@ -75,6 +75,8 @@ class ClusterHandle:
     operator_kubeconfig: Path | None = None
     # The webhook's own ServiceAccount, which the session's webhook-only process acts as.
     webhook_kubeconfig: Path | None = None
+    # The token server's own ServiceAccount, which every token server the tests start acts as.
+    token_server_kubeconfig: Path | None = None
     operator_env: dict[str, str] = field(default_factory=dict)
     # The local webhook the API server calls, and the session's webhook-only process.
     webhook: LocalWebhook | None = None

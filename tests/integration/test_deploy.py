@@ -56,6 +56,7 @@ def test_the_deployments_are_locked_down_and_probed(cluster: ClusterHandle) -> N
     deployments = {
         install.SERVICE_ACCOUNT: objects["Deployment/kube-iam"],
         install.WEBHOOK_SERVICE_ACCOUNT: objects["Deployment/kube-iam-webhook"],
+        install.TOKEN_SERVER_SERVICE_ACCOUNT: objects["Deployment/kube-iam-token-server"],
     }
     for service_account, deployment in deployments.items():
         spec = deployment["spec"]
@@ -77,8 +78,14 @@ def test_the_deployments_are_locked_down_and_probed(cluster: ClusterHandle) -> N
             assert set(container["resources"][kind]) == {"cpu", "memory"}
         assert container["envFrom"] == [{"configMapRef": {"name": install.SETTINGS_CONFIGMAP}}]
         assert re.fullmatch(r"kube-iam:\d+\.\d+\.\d+", container["image"])
+        # The token server serves /healthz on its https port; the others on a health port.
+        probed = (
+            {"path": "/healthz", "port": "https", "scheme": "HTTPS"}
+            if service_account == install.TOKEN_SERVER_SERVICE_ACCOUNT
+            else {"path": "/healthz", "port": "health"}
+        )
         for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
-            assert container[probe]["httpGet"] == {"path": "/healthz", "port": "health"}, probe
+            assert container[probe]["httpGet"] == probed, probe
         # A drain evicts one replica of each at a time.
         budgets = [
             doc["spec"]
@@ -114,6 +121,20 @@ def test_the_deployments_are_locked_down_and_probed(cluster: ClusterHandle) -> N
     service = objects["Service/kube-iam-webhook"]["spec"]
     assert [p["targetPort"] for p in service["ports"]] == ["webhook"]
     assert service["selector"] == webhook_deployment["spec"]["selector"]["matchLabels"]
+
+    # The token server: its own process, certificate and Service; nothing but tokens.
+    token_deployment = deployments[install.TOKEN_SERVER_SERVICE_ACCOUNT]
+    (token_container,) = token_deployment["spec"]["template"]["spec"]["containers"]
+    ports = {port["name"]: port["containerPort"] for port in token_container["ports"]}
+    assert ports == {"https": int(settings["KUBEIAM_TOKEN_PORT"]), "metrics": 9090}
+    assert token_container["command"] == ["kube-iam", "token-server"]
+    mounts = {m["name"]: m["mountPath"] for m in token_container["volumeMounts"]}
+    assert mounts["token-server-tls"] == settings["KUBEIAM_TOKEN_CERT_DIR"]
+    volumes = {v["name"]: v for v in token_deployment["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["token-server-tls"]["secret"]["secretName"] == "kube-iam-token-server-tls"
+    token_service = objects["Service/kube-iam-token-server"]["spec"]
+    assert [(p["port"], p["targetPort"]) for p in token_service["ports"]] == [(443, "https")]
+    assert token_service["selector"] == token_deployment["spec"]["selector"]["matchLabels"]
 
 
 def test_the_network_policies_admit_only_the_api_server_and_scrapers(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -12,12 +13,20 @@ import time
 from pathlib import Path
 
 import pytest
+import requests
 
 from kubeiam.devcluster.binaries import REPO_ROOT, ensure_binaries
 from kubeiam.devcluster.cluster import LocalCluster, _is_our_process, free_port
 from kubeiam.devcluster.errors import ControlPlaneError
 
-from .credentials_support import account_manifest, credential_manifest, many
+from .credentials_support import (
+    ISSUED_TOKENS,
+    account_manifest,
+    credential_manifest,
+    many,
+    read_secret,
+    wait_state,
+)
 from .support import ClusterHandle, OperatorProcess, listening, wait_for
 
 
@@ -135,12 +144,14 @@ BURST_CREDENTIALS_EACH = 7
 
 
 def test_make_run_serves_admission_apart_and_admits_a_whole_apply(
-    cluster: ClusterHandle, session_operator: OperatorProcess, namespace: str
+    cluster: ClusterHandle, session_operator: OperatorProcess, namespace: str, tmp_path: Path
 ) -> None:
     """What `make run` starts (`python -m kubeiam.devcluster.local_run`), in a shell whose
     KUBECONFIG names the local control plane, as the README's walk-through exports it: the
-    webhook runs beside the operator, the runner says when both are ready, one apply of 150
-    accounts and 1,050 credentials right then is admitted whole, and Ctrl-C stops both."""
+    webhook and the token server run beside the operator, the runner says when all are ready
+    and where the token endpoint and its CA are, a credential's Secret carries that URL and gets
+    a token there, one apply of 150 accounts and 1,050 credentials right then is admitted
+    whole, and Ctrl-C stops all three."""
     if cluster.webhook is None or cluster.admission is None:
         pytest.skip("not the local control plane")
     state_dir = cluster.kubeconfig.parent
@@ -168,8 +179,40 @@ def test_make_run_serves_admission_apart_and_admits_a_whole_apply(
         assert runner.stdout is not None
         ready = _line_with(runner, "ready for objects", timeout=180)
         assert f"127.0.0.1:{cluster.webhook.port}" in ready
+        endpoint = re.search(
+            r"Token endpoint: (https://127\.0\.0\.1:(\d+)/oauth2/token) \(its CA: (\S+)\)",
+            _line_with(runner, "Token endpoint:", timeout=10),
+        )
+        assert endpoint is not None
+        token_url, token_port, ca = endpoint.group(1), int(endpoint.group(2)), endpoint.group(3)
         children = _children_of(runner.pid)
-        assert len(children) == 2, children
+        assert len(children) == 3, children
+
+        # A credential's Secret, read as a pod would, holds all it needs to get a token: the
+        # URL, the client, and the endpoint's CA bundle (ca.crt), which alone verifies it.
+        cluster.apply(
+            many([account_manifest("runner"), credential_manifest("runner-key", "runner")]),
+            namespace,
+        )
+        status = wait_state(cluster, namespace, "runner-key", "Active")["status"]
+        mounted = read_secret(cluster, namespace, status["secretName"])
+        assert mounted.data["token-url"] == token_url
+        assert mounted.data["ca.crt"] == Path(ca).read_text()
+        mounted_ca = tmp_path / "ca.crt"
+        mounted_ca.write_text(mounted.data["ca.crt"])
+        answer = requests.post(
+            mounted.data["token-url"],
+            data={
+                "grant_type": "client_credentials",
+                "client_id": mounted.data["client-id"],
+                "client_secret": mounted.client_secret(),
+            },
+            verify=str(mounted_ca),
+            timeout=10,
+        )
+        assert answer.status_code == 200, answer.status_code
+        ISSUED_TOKENS.add(answer.json()["access_token"])
+        assert answer.json()["token_type"] == "Bearer"
 
         manifests = [account_manifest(f"a{i}") for i in range(BURST_ACCOUNTS)] + [
             credential_manifest(f"a{i}-c{j}", f"a{i}")
@@ -191,6 +234,7 @@ def test_make_run_serves_admission_apart_and_admits_a_whole_apply(
         assert runner.wait(timeout=60) in (0, 130)
         wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in children), timeout=30)
         assert not listening(cluster.webhook.port)
+        assert not listening(token_port)
     finally:
         if runner.poll() is None:
             runner.kill()

@@ -14,9 +14,11 @@ from typing import Any
 
 import pytest
 
+from kubeiam.controllers.credentials.triggers import PROOF_KEY_SECRET
 from kubeiam.devcluster import install
 from kubeiam.devcluster.binaries import REPO_ROOT
 from kubeiam.devcluster.kubectl import Kubectl
+from kubeiam.tokens.keys import SIGNING_KEY_SECRET
 
 from .credentials_support import account_manifest, credential_manifest
 from .support import ClusterHandle, OperatorProcess, listening, wait_for
@@ -66,27 +68,38 @@ def test_no_rule_has_a_wildcard_and_secrets_are_never_listed_or_watched(
         assert "nonResourceURLs" not in rule, rule
     for rule in rules:
         if "" in rule["apiGroups"] and "secrets" in rule["resources"]:
-            assert sorted(rule["verbs"]) == ["create", "delete", "get"], rule
             assert not {"list", "watch", "update", "patch"} & set(rule["verbs"]), rule
+            # The operator's (any Secret it writes), or the token server's: one Secret, read.
+            assert (sorted(rule["verbs"]), rule.get("resourceNames")) in (
+                (["create", "delete", "get"], None),
+                (["get"], [SIGNING_KEY_SECRET]),
+            ), rule
     bindings = [
         doc
         for doc in install.render(cluster.kubectl)
         if doc["kind"] in ("ClusterRoleBinding", "RoleBinding")
     ]
-    # Each of deploy/'s two identities is bound to its own role, and to nothing else.
+    # Each of deploy/'s three identities is bound to its own roles, and to nothing else; the
+    # only namespaced one is the token server's, in the operator's namespace.
     expected = {
-        "kube-iam-operator": install.SERVICE_ACCOUNT,
-        "kube-iam-webhook": install.WEBHOOK_SERVICE_ACCOUNT,
+        ("ClusterRole", "kube-iam-operator"): install.SERVICE_ACCOUNT,
+        ("ClusterRole", "kube-iam-webhook"): install.WEBHOOK_SERVICE_ACCOUNT,
+        ("ClusterRole", "kube-iam-token-server"): install.TOKEN_SERVER_SERVICE_ACCOUNT,
+        ("Role", "kube-iam-token-server"): install.TOKEN_SERVER_SERVICE_ACCOUNT,
     }
-    assert sorted(binding["roleRef"]["name"] for binding in bindings) == sorted(expected)
+    assert sorted((b["roleRef"]["kind"], b["roleRef"]["name"]) for b in bindings) == sorted(
+        expected
+    )
     for binding in bindings:
         assert binding["subjects"] == [
             {
                 "kind": "ServiceAccount",
-                "name": expected[binding["roleRef"]["name"]],
+                "name": expected[binding["roleRef"]["kind"], binding["roleRef"]["name"]],
                 "namespace": install.NAMESPACE,
             }
         ]
+        if binding["kind"] == "RoleBinding":
+            assert binding["metadata"]["namespace"] == install.NAMESPACE
 
 
 def test_every_rule_says_why_and_the_install_docs_list_it(cluster: ClusterHandle) -> None:
@@ -116,7 +129,14 @@ def test_the_service_account_is_refused_what_it_was_not_granted(cluster: Cluster
     assert _can(cluster, "create", "secrets", "-n", "default")
     assert _can(cluster, "get", "secrets", "-n", "default")
     assert _can(cluster, "delete", "secrets", "-n", "default")
-    assert _can(cluster, "patch", "serviceaccountcredentials.iam.kubeiam.io/status", "-n", "x")
+    assert _can(
+        cluster,
+        "patch",
+        "serviceaccountcredentials.iam.kubeiam.io",
+        "--subresource=status",
+        "-n",
+        "x",
+    )
     assert _can(cluster, "patch", "clusterkopfpeerings.kopf.dev/kube-iam")
 
 
@@ -202,7 +222,7 @@ def test_the_webhooks_service_account_holds_only_what_admission_needs(
         ("list", "serviceaccounts.iam.kubeiam.io", "-n", "x"),
         ("patch", "serviceaccounts.iam.kubeiam.io", "-n", "x"),
         ("get", "serviceaccountcredentials.iam.kubeiam.io", "-n", "x"),
-        ("patch", "serviceaccountcredentials.iam.kubeiam.io/status", "-n", "x"),
+        ("patch", "serviceaccountcredentials.iam.kubeiam.io", "--subresource=status", "-n", "x"),
         ("create", "events", "-n", "x"),
         ("list", "customresourcedefinitions.apiextensions.k8s.io"),
         ("patch", "clusterkopfpeerings.kopf.dev/kube-iam"),
@@ -236,3 +256,86 @@ def test_the_webhooks_service_account_holds_only_what_admission_needs(
     assert "Webhook 'validate-serviceaccountcredentials'" in log, log[-3000:]
     assert not PERMISSION_ERRORS.search(log), log[-3000:]
     assert "Forbidden" not in log, log[-3000:]
+
+
+def test_the_token_servers_service_account_holds_only_what_answering_needs(
+    cluster: ClusterHandle,
+) -> None:
+    """The token server parses what any workload sends: it lists and watches kube-iam's kinds,
+    patches a credential's status (usage), reads its signing keys Secret by name in the
+    operator's namespace, and nothing more."""
+    server = install.TOKEN_SERVER_SUBJECT
+    ns = install.NAMESPACE
+    for kind in ("serviceaccounts", "serviceaccountcredentials", "federationtrusts"):
+        for verb in ("list", "watch"):
+            assert _can(cluster, verb, f"{kind}.iam.kubeiam.io", "--all-namespaces", who=server)
+    assert _can(
+        cluster, "patch", "serviceaccountcredentials.iam.kubeiam.io", "--subresource=status",
+        "-n", "x", who=server,
+    )  # fmt: skip
+    assert _can(cluster, "get", f"secrets/{SIGNING_KEY_SECRET}", "-n", ns, who=server)
+    for verb, resource, *extra in (
+        # Any other Secret: the operator's proof key beside it, one elsewhere, the rest.
+        ("get", f"secrets/{PROOF_KEY_SECRET}", "-n", ns),
+        ("get", "secrets/kube-iam-webhook-tls", "-n", ns),
+        ("get", f"secrets/{SIGNING_KEY_SECRET}", "-n", "default"),
+        ("get", "secrets", "-n", "x"),
+        ("list", "secrets", "-n", ns),
+        ("watch", "secrets", "-n", ns),
+        ("list", "secrets", "--all-namespaces"),
+        ("create", "secrets", "-n", ns),
+        ("update", f"secrets/{SIGNING_KEY_SECRET}", "-n", ns),
+        ("patch", f"secrets/{SIGNING_KEY_SECRET}", "-n", ns),
+        ("delete", f"secrets/{SIGNING_KEY_SECRET}", "-n", ns),
+        # kube-iam's kinds: no get (never on the token path), no write but usage.
+        ("get", "serviceaccountcredentials.iam.kubeiam.io", "-n", "x"),
+        ("patch", "serviceaccountcredentials.iam.kubeiam.io", "-n", "x"),
+        ("create", "serviceaccountcredentials.iam.kubeiam.io", "-n", "x"),
+        ("delete", "serviceaccounts.iam.kubeiam.io", "-n", "x"),
+        ("patch", "serviceaccounts.iam.kubeiam.io", "--subresource=status", "-n", "x"),
+        ("update", "serviceaccountcredentials.iam.kubeiam.io", "--subresource=status", "-n", "x"),
+        ("create", "events", "-n", "x"),
+        ("create", "subjectaccessreviews.authorization.k8s.io"),
+        ("list", "configmaps", "--all-namespaces"),
+        ("list", "customresourcedefinitions.apiextensions.k8s.io"),
+        ("patch", "clusterkopfpeerings.kopf.dev/kube-iam"),
+    ):
+        assert not _can(cluster, verb, resource, *extra, who=server), (verb, resource, extra)
+
+
+def test_a_call_with_the_token_servers_own_token_is_refused_with_403(
+    cluster: ClusterHandle, session_operator: OperatorProcess
+) -> None:
+    """With its real token, as an attacker holding a token server's pod would: its signing keys
+    are read, and the Secret beside them, or all Secrets, are refused."""
+    if cluster.token_server_kubeconfig is None:
+        pytest.skip("the token server's token lives in the cluster")
+    if not session_operator.running:
+        session_operator.start()  # it creates both key Secrets at start
+    admin = cluster.kubectl
+
+    def present(name: str) -> bool:
+        # -o name: the Secret's data is never read into the test.
+        found = admin("get", "secret", name, "-n", install.NAMESPACE, "-o", "name", check=False)
+        return found.returncode == 0
+
+    for name in (SIGNING_KEY_SECRET, PROOF_KEY_SECRET):
+        wait_for(lambda name=name: present(name), what=f"the Secret {name}")  # type: ignore[misc]
+    server = Kubectl(admin.binary, cluster.token_server_kubeconfig)
+    whoami = json.loads(server("auth", "whoami", "-o", "json").stdout)
+    assert whoami["status"]["userInfo"]["username"] == install.TOKEN_SERVER_SUBJECT
+    # -o name: only the name is printed, never the key.
+    read = server("get", "secret", SIGNING_KEY_SECRET, "-n", install.NAMESPACE, "-o", "name")
+    assert read.stdout.strip() == f"secret/{SIGNING_KEY_SECRET}"
+    for attempt in (
+        ("get", "secret", PROOF_KEY_SECRET, "-n", install.NAMESPACE, "-o", "name"),
+        ("get", "--raw", "/api/v1/secrets"),
+        ("get", "--raw", f"/api/v1/namespaces/{install.NAMESPACE}/secrets"),
+        ("delete", "secret", SIGNING_KEY_SECRET, "-n", install.NAMESPACE),
+        ("get", "--raw", "/apis/iam.kubeiam.io/v1alpha1/namespaces/x/serviceaccounts/y"),
+    ):
+        refused = server(*attempt, check=False)
+        assert refused.returncode != 0, attempt
+        assert "Forbidden" in refused.stderr or "forbidden" in refused.stderr, attempt
+    # The signing keys are still there: the refused delete deleted nothing.
+    assert present(SIGNING_KEY_SECRET)

@@ -1,7 +1,8 @@
 """The token server against the real control plane, over real HTTPS: `kube-iam token-server`.
 
 One namespace for the module holds the accounts and credentials every test asks about; the
-token server runs as a process of its own under the operator's kubeconfig (its RBAC), with a
+token server runs as a process of its own under its own ServiceAccount's token (deploy/'s
+kube-iam-token-server, so RBAC decides what it may read), with a
 serving certificate from a CA made by devcluster/certs.py. Tokens are verified with PyJWT from
 discovery alone (discovery -> jwks_uri -> PyJWKClient). No secret or token reaches an assertion
 message, and none reaches the token server's log (the last test; the suite's leak scan reads the
@@ -122,7 +123,7 @@ def token_server(
     session_operator: OperatorProcess,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[TokenServer]:
-    if cluster.operator_kubeconfig is None:
+    if cluster.token_server_kubeconfig is None:
         pytest.skip("the operator runs in the cluster; the token server is not deployed there yet")
     if not session_operator.running:
         session_operator.start()  # it creates the signing key Secret at start
@@ -143,7 +144,8 @@ def token_server(
     env = {
         **os.environ,
         **cluster.operator_env,
-        "KUBECONFIG": str(cluster.operator_kubeconfig),
+        # As deploy/'s token server Deployment runs it: under its own ServiceAccount.
+        "KUBECONFIG": str(cluster.token_server_kubeconfig),
         "KUBEIAM_TOKEN_ISSUER": issuer,
         "KUBEIAM_TOKEN_PORT": str(port),
         # Every address of both families (asyncio binds one socket a family for ""), so a client

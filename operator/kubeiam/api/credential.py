@@ -82,6 +82,24 @@ DEFAULT_SECRET_KEYS: dict[str, str] = {
     "expiresAt": "expires-at",
 }
 
+# The key of the token endpoint's CA bundle, set when KUBEIAM_TOKEN_CA_FILE names one: the name
+# kubernetes.io/tls and ServiceAccount token Secrets use, so no key of the four may take it.
+CA_BUNDLE_KEY = "ca.crt"
+
+
+def _ca_key_reserved_rule() -> Rule:
+    free = [
+        f"(!has(self.{field}) || self.{field} != '{CA_BUNDLE_KEY}')"
+        for field in DEFAULT_SECRET_KEYS
+    ]
+    return Rule(
+        rule=" && ".join(free),
+        message=(
+            f"spec.secretTemplate.keys must not name the key {CA_BUNDLE_KEY}: kube-iam puts the"
+            " token endpoint's CA bundle there"
+        ),
+    )
+
 
 def _distinct_keys_rule() -> Rule:
     # Pairwise rather than lists' distinct(), which needs Kubernetes 1.34; six comparisons are
@@ -115,7 +133,9 @@ def _key_description(holding: str, field: str) -> str:
 class SecretKeys(ApiModel):
     """Data key names of the generated Secret, for workloads that expect other names."""
 
-    model_config = ConfigDict(json_schema_extra=rules_extra(_distinct_keys_rule()))
+    model_config = ConfigDict(
+        json_schema_extra=rules_extra(_distinct_keys_rule(), _ca_key_reserved_rule())
+    )
 
     client_id: SecretKey | None = Field(
         default=None, description=_key_description("the client id", "clientId")

@@ -32,6 +32,9 @@ SUBJECT = f"system:serviceaccount:{NAMESPACE}:{SERVICE_ACCOUNT}"
 # The webhook's own identity (deploy/webhook-deployment.yaml): `--admission-only` runs as it.
 WEBHOOK_SERVICE_ACCOUNT = "kube-iam-webhook"
 WEBHOOK_SUBJECT = f"system:serviceaccount:{NAMESPACE}:{WEBHOOK_SERVICE_ACCOUNT}"
+# The token server's (deploy/token-server-deployment.yaml): `kube-iam token-server` runs as it.
+TOKEN_SERVER_SERVICE_ACCOUNT = "kube-iam-token-server"
+TOKEN_SERVER_SUBJECT = f"system:serviceaccount:{NAMESPACE}:{TOKEN_SERVER_SERVICE_ACCOUNT}"
 SETTINGS_CONFIGMAP = "kube-iam-settings"
 # Long enough for any test session; TokenRequest tokens cannot be revoked, only expire.
 TOKEN_DURATION = "12h"
@@ -84,8 +87,8 @@ def settings_env(kubectl: Kubectl) -> dict[str, str]:
 def operator_kubeconfig(
     kubectl: Kubectl, path: Path, service_account: str = SERVICE_ACCOUNT
 ) -> Path:
-    """Write a kubeconfig that acts as the operator's ServiceAccount (or the webhook's) on
-    kubectl's cluster.
+    """Write a kubeconfig that acts as the operator's ServiceAccount (or the webhook's, or the
+    token server's) on kubectl's cluster.
 
     The token never reaches a log or an error message: kubectl prints it on stdout only, and
     a failure quotes stderr.

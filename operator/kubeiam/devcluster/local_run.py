@@ -1,9 +1,12 @@
-"""`make run`: the operator and its admission webhook as two processes, as deploy/ runs them.
+"""`make run`: the operator, its admission webhook and the token server as three processes, as
+deploy/ runs them.
 
 One process reconciling and answering admission on the same event loop answered some of a
 burst's admission calls past the API server's 5 s timeout, and the webhook fails closed. So, as
 in deploy/, `kube-iam run --admission-only` serves the webhook and `kube-iam run` reconciles,
-side by side; Ctrl-C (or either one's end) stops both.
+side by side; Ctrl-C (or any one's end) stops all. The token server (`kube-iam token-server`)
+serves on loopback with a certificate from the local CA, and the operator writes its token URL
+into every generated Secret, so a credential's Secret gets a token from it as is.
 
 The local control plane is recognised by its kubeconfig, whatever KUBECONFIG says: unset, the
 local one's path, or any kubeconfig naming the local API server's URL. Another cluster cannot call
@@ -14,9 +17,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -26,6 +31,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from kubeiam.devcluster.binaries import ensure_binaries
+from kubeiam.devcluster.certs import KeyPair, issue_certificate
 from kubeiam.devcluster.cluster import (
     DEFAULT_STATE_DIR,
     LocalCluster,
@@ -66,9 +72,10 @@ def _server(kubeconfig: str) -> str | None:
     return str(configuration.host).rstrip("/")
 
 
-def _healthy(url: str) -> bool:
+def _healthy(url: str, ca: Path | None = None) -> bool:
+    context = ssl.create_default_context(cafile=str(ca)) if ca else None
     try:
-        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - loopback
+        with urllib.request.urlopen(url, timeout=2, context=context) as response:  # noqa: S310 - loopback
             return bool(response.status == 200)
     except (urllib.error.URLError, OSError):
         return False
@@ -96,7 +103,30 @@ def _children() -> Iterator[list[subprocess.Popen[bytes]]]:
 
 def _start(args: list[str], env: Mapping[str, str]) -> subprocess.Popen[bytes]:
     # Their output goes to this terminal, as `kube-iam run`'s would.
-    return subprocess.Popen([sys.executable, "-m", "kubeiam.cli", "run", *args], env=dict(env))
+    return subprocess.Popen([sys.executable, "-m", "kubeiam.cli", *args], env=dict(env))
+
+
+def token_server_env(state_dir: Path, port: int, metrics_port: int) -> dict[str, str]:
+    """The token server's settings on loopback, with a serving certificate the local CA signs
+    (issued afresh on every run, into the state directory's pki/token-server)."""
+    pki = state_dir / "pki"
+    cert_dir = pki / "token-server"
+    cert_dir.mkdir(parents=True, exist_ok=True)
+    issue_certificate(
+        KeyPair(pki / "ca.crt", pki / "ca.key"),
+        KeyPair(cert_dir / "tls.crt", cert_dir / "tls.key"),
+        "kube-iam-token-server",
+        server_names=("localhost",),
+        server_ips=(ADDRESS,),
+    )
+    return {
+        "KUBEIAM_TOKEN_ISSUER": f"https://{ADDRESS}:{port}",
+        "KUBEIAM_TOKEN_ADDRESS": ADDRESS,
+        "KUBEIAM_TOKEN_PORT": str(port),
+        "KUBEIAM_TOKEN_CERT_DIR": str(cert_dir),
+        # Not the operator's metrics port (KUBEIAM_METRICS_PORT, 9090 by default).
+        "KUBEIAM_METRICS_PORT": str(metrics_port),
+    }
 
 
 def run(state_dir: Path, *, kubeconfig: str | None) -> int:
@@ -110,23 +140,51 @@ def run(state_dir: Path, *, kubeconfig: str | None) -> int:
     base = {**os.environ, "KUBECONFIG": str(admin)}
     admission_health = f"http://127.0.0.1:{free_port()}/healthz"
     operator_health = f"http://127.0.0.1:{free_port()}/healthz"
+    issuer = cluster.token_issuer
+    if issuer is not None:
+        # Where the API server expects kube-iam's token server (--authentication-config): its
+        # tokens then work with `kubectl --token` against this control plane too.
+        tokens = {
+            "KUBEIAM_TOKEN_ISSUER": issuer.url,
+            "KUBEIAM_TOKEN_ADDRESS": ADDRESS,
+            "KUBEIAM_TOKEN_PORT": str(issuer.port),
+            "KUBEIAM_TOKEN_CERT_DIR": issuer.cert_dir,
+            "KUBEIAM_TOKEN_AUDIENCES": json.dumps([issuer.url, issuer.audience]),
+            "KUBEIAM_METRICS_PORT": str(free_port()),
+        }
+    else:
+        tokens = token_server_env(state_dir, free_port(), free_port())
+    token_url = tokens["KUBEIAM_TOKEN_ISSUER"] + "/oauth2/token"
+    token_health = tokens["KUBEIAM_TOKEN_ISSUER"] + "/healthz"
+    ca = cluster.state_dir / "pki" / "ca.crt"
     with _children() as children:
         children.append(
             _start(
-                ["--admission-only", f"--liveness={admission_health}"],
+                ["run", "--admission-only", f"--liveness={admission_health}"],
                 # Its metrics on a port of its own; the operator keeps KUBEIAM_METRICS_PORT.
                 {**base, **webhook.env(), "KUBEIAM_METRICS_PORT": str(free_port())},
             )
         )
         children.append(
             _start(
-                [f"--liveness={operator_health}"],
-                {**base, "KUBEIAM_WEBHOOK_PORT": "0"},
+                ["run", f"--liveness={operator_health}"],
+                # Generated Secrets carry the local token server's URL and its CA (ca.crt).
+                {
+                    **base,
+                    "KUBEIAM_WEBHOOK_PORT": "0",
+                    "KUBEIAM_TOKEN_URL": token_url,
+                    "KUBEIAM_TOKEN_CA_FILE": str(ca),
+                },
             )
         )
+        # Ready once its caches are filled and it has read the signing key the operator creates.
+        children.append(_start(["token-server"], {**base, **tokens}))
         deadline = time.monotonic() + _START_TIMEOUT
         while not (
-            _healthy(admission_health) and _listening(webhook.port) and _healthy(operator_health)
+            _healthy(admission_health)
+            and _listening(webhook.port)
+            and _healthy(operator_health)
+            and _healthy(token_health, ca)
         ):
             for child in children:
                 if child.poll() is not None:
@@ -138,7 +196,8 @@ def run(state_dir: Path, *, kubeconfig: str | None) -> int:
             time.sleep(0.2)
         print(
             "kube-iam is ready for objects: the operator reconciles and the admission webhook "
-            f"answers on {ADDRESS}:{webhook.port}. Ctrl-C stops both.\n"
+            f"answers on {ADDRESS}:{webhook.port}. Ctrl-C stops all three.\n"
+            f"Token endpoint: {token_url} (its CA: {ca})\n"
             "From another terminal:\n"
             f"  export KUBECONFIG={admin} PATH={cluster.kubectl_path.parent}:$PATH\n"
             "  kubectl apply -f examples/ && kubectl get iam",

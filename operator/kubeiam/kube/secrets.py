@@ -18,6 +18,7 @@ from typing import Any
 from kubeiam.api.credential import (
     ACCOUNT_ANNOTATION,
     ACCOUNT_LABEL,
+    CA_BUNDLE_KEY,
     CREDENTIAL_ANNOTATION,
     CREDENTIAL_ID_ANNOTATION,
     CREDENTIAL_LABEL,
@@ -54,6 +55,21 @@ class SecretRequest:
     keys: Mapping[str, str]
     labels: Mapping[str, str]
     annotations: Mapping[str, str]
+    # The token endpoint's CA bundle (PEM), written under ca.crt; None writes no such key.
+    ca_bundle: str | None = None
+
+
+def secret_data(request: SecretRequest, client_secret: str) -> dict[str, str]:
+    """What a pod that mounts the Secret reads: the four keys, and the CA bundle if any."""
+    data = {
+        request.keys["clientId"]: request.client_id,
+        request.keys["clientSecret"]: client_secret,
+        request.keys["tokenUrl"]: request.token_url,
+        request.keys["expiresAt"]: format_time(request.expires_at),
+    }
+    if request.ca_bundle is not None:
+        data[CA_BUNDLE_KEY] = request.ca_bundle
+    return data
 
 
 # What a write comes to, as domain/secret_proof.py names it: written or adopted (Ours), a
@@ -113,12 +129,7 @@ def _manifest(
                 }
             ],
         },
-        "stringData": {
-            request.keys["clientId"]: request.client_id,
-            request.keys["clientSecret"]: client_secret,
-            request.keys["tokenUrl"]: request.token_url,
-            request.keys["expiresAt"]: format_time(request.expires_at),
-        },
+        "stringData": secret_data(request, client_secret),
     }
 
 

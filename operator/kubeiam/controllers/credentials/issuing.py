@@ -61,6 +61,19 @@ class SecretRefusedError(kopf.TemporaryError):
         self.status = status
 
 
+def _ca_bundle(settings: Settings) -> str | None:
+    """The token endpoint's CA bundle, read afresh (a renewed file is picked up), if set."""
+    path = settings.credentials.token_ca_file
+    if path is None:
+        return None
+    try:
+        return path.read_text()
+    except OSError:
+        raise kopf.TemporaryError(
+            "KUBEIAM_TOKEN_CA_FILE cannot be read; the Secret waits for it.", delay=SECRET_RETRY
+        ) from None
+
+
 async def issue(
     body: Mapping[str, Any],
     credential: ServiceAccountCredential,
@@ -92,6 +105,7 @@ async def issue(
         ),
         labels=(template.labels or {}) if template else {},
         annotations=(template.annotations or {}) if template else {},
+        ca_bundle=_ca_bundle(settings),
     )
     try:
         outcome = await write_once(request, runtime.proof_keys())
