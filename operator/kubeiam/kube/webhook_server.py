@@ -37,6 +37,7 @@ from kopf._kits import webhooks as kopf_webhooks
 from prometheus_client import Gauge
 
 from kubeiam.kube import metrics
+from kubeiam.kube.bodies import read_bounded
 
 logger = logging.getLogger(__name__)
 
@@ -182,22 +183,10 @@ class ReviewServer(kopf_webhooks.WebhookServer):
     ) -> bytes | aiohttp.web.Response:
         try:
             async with asyncio.timeout(READ_SECONDS):
-                body = await self._read(request, cap)
+                body = await read_bounded(request, cap)
         except TimeoutError:
             return self._refuse(408, "SlowBody")
         return self._refuse(413, "TooLarge") if body is None else body
-
-    @staticmethod
-    async def _read(request: aiohttp.web.Request, limit: int) -> bytes | None:
-        """The body, or None once it grows past `limit` (a declared length may lie)."""
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in request.content.iter_chunked(64 * 1024):
-            size += len(chunk)
-            if size > limit:
-                return None
-            chunks.append(chunk)
-        return b"".join(chunks)
 
     @staticmethod
     async def _answer(

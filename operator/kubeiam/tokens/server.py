@@ -24,6 +24,7 @@ import aiohttp.web
 
 from kubeiam.kube import api
 from kubeiam.kube import metrics as served_metrics
+from kubeiam.kube.bodies import read_bounded
 from kubeiam.kube.resources import CREDENTIALS
 from kubeiam.settings import Settings
 from kubeiam.tokens import grants, introspection, keys, tokens, usage
@@ -160,7 +161,7 @@ class TokenService:
             return _error(grants.Error.INVALID_REQUEST, f"The body must be {FORM}.")
         try:
             async with asyncio.timeout(READ_SECONDS):
-                body = await _read(request, limit)
+                body = await read_bounded(request, limit)
         except TimeoutError:
             return aiohttp.web.Response(status=408, text="the body did not arrive in time")
         if body is None:
@@ -268,18 +269,6 @@ class TokenService:
         )
         token_metrics.INTROSPECTED.labels("true" if answer["active"] else "false").inc()
         return aiohttp.web.json_response(answer, headers=NO_STORE)
-
-
-async def _read(request: aiohttp.web.Request, limit: int) -> bytes | None:
-    """The body, or None once it grows past `limit` (a declared length may lie)."""
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.content.iter_chunked(16 * 1024):
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _form(body: bytes) -> dict[str, str] | None:
