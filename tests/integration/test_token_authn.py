@@ -15,10 +15,9 @@ import json
 import os
 import secrets
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ import pytest
 import requests
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from kubeiam.devcluster.cluster import LocalCluster, free_port, terminate
+from kubeiam.devcluster.cluster import LocalCluster
 from kubeiam.devcluster.token_authn import ROLE_GROUP_PREFIX, USERNAME_PREFIX, TokenIssuer
 
 from .conftest import TEST_STATE_DIR
@@ -36,11 +35,11 @@ from .credentials_support import (
     account_manifest,
     credential_manifest,
     many,
-    read_secret,
     revoke,
     wait_state,
 )
 from .support import ClusterHandle, OperatorProcess, wait_for
+from .token_support import Client, TokenServer, client_of, running_token_server
 
 ROLES = ("compute.deployer", "storage.reader")
 # How long the API server may take to find the issuer once the token server is up: it retries
@@ -50,26 +49,16 @@ ISSUER_FOUND_TIMEOUT = 60.0
 
 @dataclass
 class Server:
+    """The token server where the API server expects it."""
+
     issuer: TokenIssuer
-    log_path: Path
-    process: subprocess.Popen[bytes]
+    running: TokenServer
 
     def post(self, data: dict[str, str]) -> requests.Response:
-        return requests.post(
-            self.issuer.url + "/oauth2/token",
-            data=data,
-            verify=self.issuer.ca_file,
-            timeout=10,
-        )
+        return self.running.post(data)
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-
-@dataclass
-class Client:
-    client_id: str
-    secret: str = field(repr=False)
+        return self.running.log()
 
 
 @dataclass
@@ -153,48 +142,23 @@ def token_server(
         pytest.skip("the operator runs in the cluster; the token server is not deployed there yet")
     if not session_operator.running:
         session_operator.start()  # it creates the signing key Secret at start
-    log_path = cluster.log_dir / "operators" / "token-server-authn.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    env = {
-        **os.environ,
-        **cluster.operator_env,
-        "KUBECONFIG": str(cluster.operator_kubeconfig),
-        "KUBEIAM_TOKEN_ISSUER": issuer.url,
+    settings = {
         "KUBEIAM_TOKEN_PORT": str(issuer.port),
         "KUBEIAM_TOKEN_ADDRESS": "127.0.0.1",
         "KUBEIAM_TOKEN_CERT_DIR": issuer.cert_dir,
         # The issuer itself stays the default audience: a token for it is not one for the
         # API server, which accepts only its own audience.
         "KUBEIAM_TOKEN_AUDIENCES": json.dumps([issuer.url, issuer.audience]),
-        "KUBEIAM_METRICS_PORT": str(free_port()),
     }
-    with log_path.open("ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "kubeiam.cli", "token-server"],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-    server = Server(issuer, log_path, process)
-
-    def healthy() -> bool:
-        if process.poll() is not None:
-            tail = "\n".join(server.log().splitlines()[-30:])
-            raise AssertionError(f"the token server exited with {process.returncode}:\n{tail}")
-        try:
-            return (
-                requests.get(issuer.url + "/healthz", verify=issuer.ca_file, timeout=5).status_code
-                == 200
-            )
-        except requests.RequestException:
-            return False
-
-    try:
-        wait_for(healthy, what="the token server to be ready")
-        yield server
-    finally:
-        terminate(process, timeout=10)
+    with running_token_server(
+        cluster,
+        kubeconfig=cluster.operator_kubeconfig,
+        issuer=issuer.url,
+        ca=Path(issuer.ca_file),
+        log_name="token-server-authn.log",
+        settings=settings,
+    ) as running:
+        yield Server(issuer, running)
 
 
 @pytest.fixture(scope="module")
@@ -207,12 +171,6 @@ def kubectl(cluster: ClusterHandle, tmp_path_factory: pytest.TempPathFactory) ->
         str(TEST_STATE_DIR / "pki" / "ca.crt"),
         tmp_path_factory.mktemp("token-kubeconfigs"),
     )
-
-
-def _client(cluster: ClusterHandle, namespace: str, name: str) -> Client:
-    status = wait_state(cluster, namespace, name, "Active")["status"]
-    mounted = read_secret(cluster, namespace, status["secretName"])
-    return Client(mounted.data["client-id"], mounted.client_secret())
 
 
 @pytest.fixture(scope="module")
@@ -232,8 +190,8 @@ def world(cluster: ClusterHandle, token_server: Server, kubectl: Kubectl) -> Ite
         )
         found = World(
             namespace,
-            good=_client(cluster, namespace, "key"),
-            ended=_client(cluster, namespace, "ended"),
+            good=client_of(cluster, namespace, "key"),
+            ended=client_of(cluster, namespace, "ended"),
         )
         # The API server found no issuer while the control plane started; it retries in the
         # background, and accepts tokens once it has read discovery and the keys.

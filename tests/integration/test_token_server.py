@@ -17,12 +17,9 @@ import json
 import os
 import secrets
 import ssl
-import subprocess
-import sys
 import urllib.parse
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import jwt
@@ -32,7 +29,7 @@ from authlib.integrations.requests_client import OAuth2Session
 
 from kubeiam.devcluster import install
 from kubeiam.devcluster.certs import KeyPair, create_ca, issue_certificate
-from kubeiam.devcluster.cluster import free_port, terminate
+from kubeiam.devcluster.cluster import free_port
 from kubeiam.domain.conditions import parse_time
 from kubeiam.domain.secret_format import checksum, credential_id, generate
 from kubeiam.tokens.keys import SIGNING_KEY_SECRET
@@ -42,50 +39,18 @@ from .credentials_support import (
     account_manifest,
     credential_manifest,
     many,
-    read_secret,
     revoke,
     wait_state,
 )
 from .metrics_support import Page
 from .support import ClusterHandle, OperatorProcess, wait_for
+from .token_support import Client, TokenServer, client_of, running_token_server
 
 OTHER_AUDIENCE = "https://api.kubeiam.test"
 # The token server believes X-Forwarded-For only from this address; the test client connects
 # from 127.0.0.1 (no proxy) or binds 127.0.0.2 to play the proxy.
 PROXY = "127.0.0.2"
 ROLES = ("compute.deployer", "storage.reader")
-
-
-@dataclass
-class TokenServer:
-    """The token server process and how to reach it."""
-
-    issuer: str
-    ca: Path
-    log_path: Path
-    process: subprocess.Popen[bytes]
-    metrics_port: int
-
-    @property
-    def token_url(self) -> str:
-        return self.issuer + "/oauth2/token"
-
-    def get(self, path: str) -> requests.Response:
-        return requests.get(self.issuer + path, verify=str(self.ca), timeout=10)
-
-    def post(self, data: Any, **kwargs: Any) -> requests.Response:
-        return requests.post(self.token_url, data=data, verify=str(self.ca), timeout=10, **kwargs)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-
-@dataclass
-class Client:
-    """A credential's client id and secret, read from its Secret as a pod would."""
-
-    client_id: str
-    secret: str = field(repr=False)
 
 
 @dataclass
@@ -107,16 +72,6 @@ class World:
     used: Client  # usage write-back: no other test uses it
 
 
-def _healthy(server: TokenServer) -> bool:
-    if server.process.poll() is not None:
-        tail = "\n".join(server.log().splitlines()[-30:])
-        raise AssertionError(f"the token server exited with {server.process.returncode}:\n{tail}")
-    try:
-        return server.get("/healthz").status_code == 200
-    except requests.RequestException:
-        return False
-
-
 @pytest.fixture(scope="module")
 def token_server(
     cluster: ClusterHandle,
@@ -136,17 +91,9 @@ def token_server(
         server_names=("localhost",),
         server_ips=("127.0.0.1", "::1"),
     )
-    port, metrics_port = free_port(), free_port()
+    port = free_port()
     issuer = f"https://127.0.0.1:{port}"
-    # Where the suite's leak scan reads every operator's log.
-    log_path = cluster.log_dir / "operators" / "token-server.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    env = {
-        **os.environ,
-        **cluster.operator_env,
-        # As deploy/'s token server Deployment runs it: under its own ServiceAccount.
-        "KUBECONFIG": str(cluster.token_server_kubeconfig),
-        "KUBEIAM_TOKEN_ISSUER": issuer,
+    settings = {
         "KUBEIAM_TOKEN_PORT": str(port),
         # Every address of both families (asyncio binds one socket a family for ""), so a client
         # can come from 127.0.0.1 or from ::1 ("localhost" may name only 127.0.0.1).
@@ -154,31 +101,20 @@ def token_server(
         "KUBEIAM_TOKEN_CERT_DIR": str(directory),
         "KUBEIAM_TOKEN_AUDIENCES": json.dumps([issuer, OTHER_AUDIENCE]),
         "KUBEIAM_TOKEN_MAX_REQUEST_BYTES": "4096",
-        "KUBEIAM_METRICS_PORT": str(metrics_port),
         "KUBEIAM_TOKEN_TRUSTED_PROXIES": json.dumps([f"{PROXY}/32"]),
         # Longer than the module runs: a use held back is never written while a test looks.
         "KUBEIAM_TOKEN_USAGE_INTERVAL": "3600",
     }
-    with log_path.open("ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "kubeiam.cli", "token-server"],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-    server = TokenServer(issuer, ca.cert, log_path, process, metrics_port)
-    try:
-        wait_for(lambda: _healthy(server), what="the token server to be ready")
+    # As deploy/'s token server Deployment runs it: under its own ServiceAccount.
+    with running_token_server(
+        cluster,
+        kubeconfig=cluster.token_server_kubeconfig,
+        issuer=issuer,
+        ca=ca.cert,
+        log_name="token-server.log",
+        settings=settings,
+    ) as server:
         yield server
-    finally:
-        terminate(process, timeout=10)
-
-
-def _client(cluster: ClusterHandle, namespace: str, name: str) -> Client:
-    status = wait_state(cluster, namespace, name, "Active")["status"]
-    mounted = read_secret(cluster, namespace, status["secretName"])
-    return Client(mounted.data["client-id"], mounted.client_secret())
 
 
 @pytest.fixture(scope="module")
@@ -215,20 +151,20 @@ def world(cluster: ClusterHandle, token_server: TokenServer) -> Iterator[World]:
         )
         found = World(
             namespace,
-            good=_client(cluster, namespace, "key"),
-            other=_client(cluster, namespace, "other-key"),
-            revoked=_client(cluster, namespace, "ended"),
-            disabled=_client(cluster, namespace, "off-key"),
-            deleted=_client(cluster, namespace, "deleted"),
-            short=_client(cluster, namespace, "short"),
+            good=client_of(cluster, namespace, "key"),
+            other=client_of(cluster, namespace, "other-key"),
+            revoked=client_of(cluster, namespace, "ended"),
+            disabled=client_of(cluster, namespace, "off-key"),
+            deleted=client_of(cluster, namespace, "deleted"),
+            short=client_of(cluster, namespace, "short"),
             short_expiry=wait_state(cluster, namespace, "short", "Active")["status"]["expiresAt"],
-            loopback=_client(cluster, namespace, "loopback"),
-            remote=_client(cluster, namespace, "remote"),
-            remote_v6=_client(cluster, namespace, "remote6"),
-            fade_revoke=_client(cluster, namespace, "fade-revoke"),
-            fade_delete=_client(cluster, namespace, "fade-delete"),
-            fade_off=_client(cluster, namespace, "fade-off"),
-            used=_client(cluster, namespace, "used"),
+            loopback=client_of(cluster, namespace, "loopback"),
+            remote=client_of(cluster, namespace, "remote"),
+            remote_v6=client_of(cluster, namespace, "remote6"),
+            fade_revoke=client_of(cluster, namespace, "fade-revoke"),
+            fade_delete=client_of(cluster, namespace, "fade-delete"),
+            fade_off=client_of(cluster, namespace, "fade-off"),
+            used=client_of(cluster, namespace, "used"),
         )
         revoke(cluster, namespace, "ended")
         cluster.kubectl("delete", "iamcred", "deleted", "-n", namespace, "--wait=true")
@@ -473,7 +409,7 @@ def test_a_credential_past_its_expiry_is_refused_while_its_status_still_says_act
         many([account_manifest("pipeline"), credential_manifest("brief", expiresIn="30s")]),
         namespace,
     )
-    brief = _client(cluster, namespace, "brief")
+    brief = client_of(cluster, namespace, "brief")
     status = wait_state(cluster, namespace, "brief", "Active")["status"]
     expires = parse_time(status["expiresAt"])
     session_operator.stop()

@@ -1,0 +1,108 @@
+"""The token server as the tests run it: `kube-iam token-server` in a process of its own, on a
+loopback port with a certificate the test's CA signs, and a credential's values as a pod reads
+them."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from kubeiam.devcluster.cluster import free_port, terminate
+
+from .credentials_support import read_secret, wait_state
+from .support import ClusterHandle, wait_for
+
+
+@dataclass
+class Client:
+    """A credential's client id and secret, read from its Secret as a pod would."""
+
+    client_id: str
+    secret: str = field(repr=False)
+
+
+def client_of(cluster: ClusterHandle, namespace: str, name: str) -> Client:
+    """The Active credential's values, from the Secret it was issued."""
+    status = wait_state(cluster, namespace, name, "Active")["status"]
+    mounted = read_secret(cluster, namespace, status["secretName"])
+    return Client(mounted.data["client-id"], mounted.client_secret())
+
+
+@dataclass
+class TokenServer:
+    """The token server process and how to reach it."""
+
+    issuer: str
+    ca: Path
+    log_path: Path
+    process: subprocess.Popen[bytes]
+    metrics_port: int
+
+    @property
+    def token_url(self) -> str:
+        return self.issuer + "/oauth2/token"
+
+    def get(self, path: str) -> requests.Response:
+        return requests.get(self.issuer + path, verify=str(self.ca), timeout=10)
+
+    def post(self, data: Any, **kwargs: Any) -> requests.Response:
+        return requests.post(self.token_url, data=data, verify=str(self.ca), timeout=10, **kwargs)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def healthy(self) -> bool:
+        if self.process.poll() is not None:
+            tail = "\n".join(self.log().splitlines()[-30:])
+            raise AssertionError(f"the token server exited with {self.process.returncode}:\n{tail}")
+        try:
+            return self.get("/healthz").status_code == 200
+        except requests.RequestException:
+            return False
+
+
+@contextlib.contextmanager
+def running_token_server(
+    cluster: ClusterHandle,
+    *,
+    kubeconfig: Path,
+    issuer: str,
+    ca: Path,
+    log_name: str,
+    settings: Mapping[str, str],
+) -> Iterator[TokenServer]:
+    """Start `kube-iam token-server` with the operator's settings plus `settings`, wait until it
+    answers /healthz, and stop it afterwards. Its log goes where the suite's leak scan reads."""
+    metrics_port = free_port()
+    log_path = cluster.log_dir / "operators" / log_name
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    env = {
+        **os.environ,
+        **cluster.operator_env,
+        "KUBECONFIG": str(kubeconfig),
+        "KUBEIAM_TOKEN_ISSUER": issuer,
+        "KUBEIAM_METRICS_PORT": str(metrics_port),
+        **settings,
+    }
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "kubeiam.cli", "token-server"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    server = TokenServer(issuer, ca, log_path, process, metrics_port)
+    try:
+        wait_for(server.healthy, what="the token server to be ready")
+        yield server
+    finally:
+        terminate(process, timeout=10)
