@@ -200,6 +200,71 @@ def _trust_check(args: argparse.Namespace) -> int:
     return 0 if verdict.accepted else 1
 
 
+def _token(args: argparse.Namespace) -> int:
+    import json
+
+    from kubeiam.tokens import client
+
+    try:
+        ca_bundle = Path(args.cacert).read_text() if args.cacert else None
+        if args.secret:
+            values = _secret_values(args.secret, args.kubeconfig)
+            where = f"Secret {args.secret}"
+        else:
+            directory = Path(args.dir) if args.dir else client.DEFAULT_DIRECTORY
+            values = client.read_directory(directory)
+            where = str(directory)
+        credential = client.credential_from(
+            values, where, token_url=args.token_url, ca_bundle=ca_bundle
+        )
+        dpop_key = client.load_dpop_key(Path(args.dpop_key).read_bytes()) if args.dpop_key else None
+    except (client.CredentialError, OSError) as error:
+        print(f"kube-iam token: {error}", file=sys.stderr)
+        return 2
+    try:
+        result = client.request_token(
+            credential,
+            client.https_post(credential.ca_bundle, args.timeout),
+            scope=args.scope,
+            audience=args.audience,
+            dpop_key=dpop_key,
+        )
+    except OSError as error:  # unreachable, TLS refused, timed out: the reason names no secret
+        reason = getattr(error, "reason", None) or error
+        print(f"kube-iam token: cannot reach {credential.token_url}: {reason}", file=sys.stderr)
+        return 1
+    if isinstance(result, client.Refused):
+        print(f"kube-iam token: {result.message()}", file=sys.stderr)
+        return 1
+    if dpop_key is not None:
+        problem = client.binding_problem(result, dpop_key)
+        if problem is not None:
+            print(f"kube-iam token: {problem}", file=sys.stderr)
+            return 1
+    print(json.dumps(result.answer, indent=2) if args.json else result.token)
+    return 0
+
+
+def _secret_values(name: str, kubeconfig: str | None) -> dict[str, str]:
+    """The credential's values from its Secret, read with the kubeconfig's identity."""
+    from kubernetes import client, config
+    from kubernetes.client.exceptions import ApiException
+
+    from kubeiam.tokens.client import CredentialError, secret_values
+
+    namespace, _, secret = name.partition("/")
+    if not namespace or not secret or "/" in secret:
+        raise CredentialError("name the Secret as --secret <namespace>/<name>")
+    try:
+        config.load_kube_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]
+        read = client.CoreV1Api().read_namespaced_secret(secret, namespace)
+    except ApiException as error:
+        raise CredentialError(f"cannot read Secret {name}: {error.status} {error.reason}") from None
+    except config.ConfigException as error:
+        raise CredentialError(f"no usable kubeconfig: {error}") from None
+    return secret_values(read.data)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kube-iam", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -245,6 +310,46 @@ def build_parser() -> argparse.ArgumentParser:
         "--state-dir", help="where the cluster keeps its files (default: .local in the repository)"
     )
     cluster.set_defaults(handler=_cluster)
+
+    token = commands.add_parser(
+        "token",
+        help="print an access token for a credential, from its Secret (--secret) or its mounted "
+        "files (--dir); for $(kube-iam token ...) in scripts",
+    )
+    source = token.add_mutually_exclusive_group()
+    source.add_argument(
+        "--secret",
+        metavar="NAMESPACE/NAME",
+        help="read the credential's generated Secret through the kubeconfig",
+    )
+    source.add_argument(
+        "--dir",
+        metavar="DIR",
+        help="read client-id, client-secret, token-url and ca.crt from files in DIR, as a pod "
+        "mounts the Secret (the default, at /var/run/kube-iam)",
+    )
+    token.add_argument("--kubeconfig", help="with --secret: the cluster (default: KUBECONFIG)")
+    token.add_argument("--scope", help="space-separated roles, a subset of the credential's")
+    token.add_argument("--audience", help="the audience to ask the token for")
+    token.add_argument(
+        "--dpop-key",
+        metavar="FILE",
+        help="PEM EC P-256 private key: send an RFC 9449 DPoP proof and insist on a bound token",
+    )
+    token.add_argument(
+        "--json", action="store_true", help="print the whole answer, not only the token"
+    )
+    token.add_argument(
+        "--token-url",
+        help="post here, not to the credential's token-url (e.g. through a port-forward)",
+    )
+    token.add_argument(
+        "--cacert",
+        metavar="FILE",
+        help="PEM CA bundle for the token endpoint, instead of the credential's ca.crt",
+    )
+    token.add_argument("--timeout", type=float, default=10.0, help="seconds (default 10)")
+    token.set_defaults(handler=_token)
 
     trust = commands.add_parser("trust", help="FederationTrusts")
     trust_commands = trust.add_subparsers(dest="trust_command", required=True)
