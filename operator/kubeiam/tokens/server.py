@@ -26,7 +26,7 @@ from kubeiam.kube import api
 from kubeiam.kube import metrics as served_metrics
 from kubeiam.kube.bodies import read_bounded
 from kubeiam.kube.resources import CREDENTIALS
-from kubeiam.settings import Settings
+from kubeiam.settings import TOKEN_PATH, Settings
 from kubeiam.tokens import grants, introspection, keys, tokens, usage
 from kubeiam.tokens import metrics as token_metrics
 from kubeiam.tokens.cache import Cache
@@ -38,7 +38,6 @@ READ_SECONDS = 5.0
 FORM = "application/x-www-form-urlencoded"
 CLIENT_CREDENTIALS = "client_credentials"
 REALM = 'Basic realm="kube-iam", charset="UTF-8"'
-TOKEN_PATH = "/oauth2/token"
 JWKS_PATH = "/oauth2/jwks"
 INTROSPECT_PATH = "/oauth2/introspect"
 AUTH_METHODS = ["client_secret_post", "client_secret_basic"]
