@@ -31,6 +31,7 @@ from kubeiam.tokens import grants, introspection, keys, tokens, usage
 from kubeiam.tokens import metrics as token_metrics
 from kubeiam.tokens.cache import Cache
 from kubeiam.tokens.keys import ALGORITHM, SigningKeys
+from kubeiam.tokens.refusal_log import RefusalLog
 
 logger = logging.getLogger(__name__)
 
@@ -305,8 +306,12 @@ def _client(form: dict[str, str], basic: str | None) -> tuple[str, str] | grants
     return form["client_id"], form["client_secret"]
 
 
+# One INFO line per kind of refusal a minute, the rest at DEBUG (refusal_log.py says why).
+_REFUSALS = RefusalLog()
+
+
 def _refuse(refusal: grants.Refusal, *, basic: bool) -> aiohttp.web.Response:
-    logger.info("Refused a token request: %s.", refusal.error.value)
+    logger.log(*_REFUSALS.line(refusal.error.value, refusal.description, _now()))
     if refusal.error == grants.Error.INVALID_CLIENT and basic:
         return _error(refusal.error, refusal.description, 401, {"WWW-Authenticate": REALM})
     return _error(refusal.error, refusal.description)
