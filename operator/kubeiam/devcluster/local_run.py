@@ -199,7 +199,12 @@ def run(state_dir: Path, *, kubeconfig: str | None) -> int:
             "kube-iam is ready for objects: the operator reconciles and the admission webhook "
             f"answers on {ADDRESS}:{webhook.port}. Ctrl-C stops all three.\n"
             f"Token endpoint: {token_url} (its CA: {ca})\n"
-            "From another terminal:\n"
+            + (
+                f"The API server accepts kube-iam tokens for the audience {issuer.audience}\n"
+                if issuer is not None
+                else ""
+            )
+            + "From another terminal:\n"
             f"  export KUBECONFIG={admin} PATH={cluster.kubectl_path.parent}:$PATH\n"
             "  kubectl apply -f examples/ && kubectl get iam",
             flush=True,
