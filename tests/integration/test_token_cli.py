@@ -20,6 +20,7 @@ import pytest
 
 from kubeiam.devcluster.token_authn import ROLE_GROUP_PREFIX, USERNAME_PREFIX, TokenIssuer
 
+from . import test_token_authn
 from .conftest import TEST_STATE_DIR
 from .credentials_support import (
     ISSUED_TOKENS,
@@ -30,9 +31,8 @@ from .credentials_support import (
     wait_state,
 )
 from .support import ClusterHandle, OperatorProcess, wait_for
-from .test_token_authn import ISSUER_FOUND_TIMEOUT, Kubectl, _local_cluster
 from .test_token_server import _verify
-from .token_support import Client, TokenServer, client_of, running_token_server
+from .token_support import Client, TokenServer, client_of, running_for_the_apiserver
 
 ROLES = ("compute.deployer", "storage.reader")
 
@@ -44,35 +44,16 @@ class World:
     client: Client
 
 
-@pytest.fixture(scope="module")
-def issuer(cluster: ClusterHandle) -> TokenIssuer:
-    found = _local_cluster().token_issuer
-    if found is None:
-        pytest.skip("the local control plane names no kube-iam token issuer; restart it")
-    return found
+# test_token_authn's fixture: where the local API server expects kube-iam's issuer.
+issuer = test_token_authn.issuer
 
 
 @pytest.fixture(scope="module")
 def token_server(
     cluster: ClusterHandle, session_operator: OperatorProcess, issuer: TokenIssuer
 ) -> Iterator[TokenServer]:
-    if cluster.operator_kubeconfig is None:
-        pytest.skip("the operator runs in the cluster; the token server is not deployed there yet")
-    if not session_operator.running:
-        session_operator.start()  # it creates the signing key Secret at start
-    settings = {
-        "KUBEIAM_TOKEN_PORT": str(issuer.port),
-        "KUBEIAM_TOKEN_ADDRESS": "127.0.0.1",
-        "KUBEIAM_TOKEN_CERT_DIR": issuer.cert_dir,
-        "KUBEIAM_TOKEN_AUDIENCES": json.dumps([issuer.url, issuer.audience]),
-    }
-    with running_token_server(
-        cluster,
-        kubeconfig=cluster.operator_kubeconfig,
-        issuer=issuer.url,
-        ca=Path(issuer.ca_file),
-        log_name="token-server-cli.log",
-        settings=settings,
+    with running_for_the_apiserver(
+        cluster, session_operator, issuer, log_name="token-server-cli.log"
     ) as running:
         yield running
 
@@ -212,8 +193,8 @@ def test_the_token_works_with_kubectl_against_the_api_server(
     tmp_path: Path,
 ) -> None:
     state = json.loads((TEST_STATE_DIR / "cluster.json").read_text())
-    kubectl = Kubectl(
-        _local_cluster().kubectl_path,
+    kubectl = test_token_authn.Kubectl(
+        test_token_authn._local_cluster().kubectl_path,
         state["apiserver_url"],
         str(TEST_STATE_DIR / "pki" / "ca.crt"),
         tmp_path,
@@ -224,7 +205,7 @@ def test_the_token_works_with_kubectl_against_the_api_server(
     # The API server may not have found the issuer yet (it retries discovery in the background).
     user = wait_for(
         lambda: kubectl.whoami(token),
-        timeout=ISSUER_FOUND_TIMEOUT,
+        timeout=test_token_authn.ISSUER_FOUND_TIMEOUT,
         what="the API server to accept the token kube-iam token printed",
         interval=1.0,
     )
