@@ -203,19 +203,24 @@ def _trust_check(args: argparse.Namespace) -> int:
 def _token(args: argparse.Namespace) -> int:
     import json
 
+    from kubeiam.api.credential import DEFAULT_SECRET_KEYS
     from kubeiam.tokens import client
 
     try:
         ca_bundle = Path(args.cacert).read_text() if args.cacert else None
         if args.secret:
-            values = _secret_values(args.secret, args.kubeconfig)
+            values, names = _secret_values(args.secret, args.kubeconfig)
             where = f"Secret {args.secret}"
         else:
             directory = Path(args.dir) if args.dir else client.DEFAULT_DIRECTORY
-            values = client.read_directory(directory)
+            values, names = client.read_directory(directory), dict(DEFAULT_SECRET_KEYS)
             where = str(directory)
         credential = client.credential_from(
-            values, where, token_url=args.token_url, ca_bundle=ca_bundle
+            values,
+            where,
+            names=names,
+            token_url=args.token_url,
+            ca_bundle=ca_bundle,
         )
         dpop_key = client.load_dpop_key(Path(args.dpop_key).read_bytes()) if args.dpop_key else None
     except (client.CredentialError, OSError) as error:
@@ -245,12 +250,15 @@ def _token(args: argparse.Namespace) -> int:
     return 0
 
 
-def _secret_values(name: str, kubeconfig: str | None) -> dict[str, str]:
-    """The credential's values from its Secret, read with the kubeconfig's identity."""
+def _secret_values(name: str, kubeconfig: str | None) -> tuple[dict[str, str], dict[str, str]]:
+    """The credential's values from its Secret, read with the kubeconfig's identity, and the
+    Secret's key names (its credential's, when it renamed them)."""
     from kubernetes import client, config
     from kubernetes.client.exceptions import ApiException
 
-    from kubeiam.tokens.client import CredentialError, secret_values
+    from kubeiam.api.credential import CREDENTIAL_ANNOTATION, DEFAULT_SECRET_KEYS
+    from kubeiam.kube.resources import CREDENTIALS, GROUP, VERSION
+    from kubeiam.tokens.client import CredentialError, key_names, renamed, secret_values
 
     namespace, _, secret = name.partition("/")
     if not namespace or not secret or "/" in secret:
@@ -262,7 +270,19 @@ def _secret_values(name: str, kubeconfig: str | None) -> dict[str, str]:
         raise CredentialError(f"cannot read Secret {name}: {error.status} {error.reason}") from None
     except config.ConfigException as error:
         raise CredentialError(f"no usable kubeconfig: {error}") from None
-    return secret_values(read.data)
+    values = secret_values(read.data)
+    annotations = (read.metadata.annotations if read.metadata else None) or {}
+    credential = annotations.get(CREDENTIAL_ANNOTATION)
+    if not credential or not renamed(values):
+        return values, dict(DEFAULT_SECRET_KEYS)
+    # Only then: the credential's spec.secretTemplate.keys says which key holds what.
+    try:
+        body = client.CustomObjectsApi().get_namespaced_custom_object(
+            GROUP, VERSION, namespace, CREDENTIALS, credential
+        )
+    except ApiException:
+        return values, dict(DEFAULT_SECRET_KEYS)  # the missing keys are named then
+    return values, key_names(body if isinstance(body, dict) else {})
 
 
 def build_parser() -> argparse.ArgumentParser:

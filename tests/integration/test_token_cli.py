@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from kubeiam.api.credential import CREDENTIAL_ID_ANNOTATION
 from kubeiam.devcluster.token_authn import ROLE_GROUP_PREFIX, USERNAME_PREFIX, TokenIssuer
 
 from . import test_token_authn
@@ -35,6 +36,8 @@ from .test_token_server import _verify
 from .token_support import Client, TokenServer, client_of, running_for_the_apiserver
 
 ROLES = ("compute.deployer", "storage.reader")
+# A credential whose Secret names its keys as a workload expects (spec.secretTemplate.keys).
+RENAMED = {"clientId": "username", "clientSecret": "password", "tokenUrl": "endpoint"}
 
 
 @dataclass
@@ -63,7 +66,16 @@ def world(cluster: ClusterHandle, token_server: TokenServer) -> Iterator[World]:
     namespace = f"t-token-cli-{os.urandom(3).hex()}"
     cluster.kubectl("create", "namespace", namespace)
     try:
-        cluster.apply(many([account_manifest("pipeline"), credential_manifest("key")]), namespace)
+        cluster.apply(
+            many(
+                [
+                    account_manifest("pipeline"),
+                    credential_manifest("key"),
+                    credential_manifest("renamed", secretTemplate={"keys": RENAMED}),
+                ]
+            ),
+            namespace,
+        )
         secret_name = wait_state(cluster, namespace, "key", "Active")["status"]["secretName"]
         yield World(namespace, secret_name, client_of(cluster, namespace, "key"))
     finally:
@@ -148,6 +160,27 @@ def test_a_disallowed_audience_exits_non_zero_with_invalid_target(
     assert result.stdout == ""
     assert "invalid_target" in result.stderr
     assert "The audience asked for is not allowed." in result.stderr
+
+
+def test_a_secret_with_renamed_keys_is_read_by_its_credentials_names(
+    cluster: ClusterHandle, token_server: TokenServer, world: World
+) -> None:
+    secret_name = wait_state(cluster, world.namespace, "renamed", "Active")["status"]["secretName"]
+    mounted = read_secret(cluster, world.namespace, secret_name)
+    assert "client-id" not in mounted.data
+    result = kube_iam_token(
+        f"--secret={world.namespace}/{secret_name}",
+        f"--token-url={token_server.token_url}",
+        f"--cacert={token_server.ca}",
+        kubeconfig=cluster.kubeconfig,
+    )
+    assert mounted.client_secret("password") not in result.stdout + result.stderr
+    token = printed_token(result)
+    claims = _verify(token_server, token, token_server.issuer)
+    assert (
+        claims["kubeiam.io/credential_id"]
+        == mounted.metadata["annotations"][CREDENTIAL_ID_ANNOTATION]
+    )
 
 
 def test_an_unreadable_secret_exits_non_zero_naming_it(

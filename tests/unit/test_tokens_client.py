@@ -99,11 +99,31 @@ def test_a_directory_is_read_as_a_pod_mounts_the_secret(tmp_path: Path) -> None:
         client.read_directory(tmp_path / "absent")
 
 
-def test_a_secrets_data_is_decoded_and_only_the_credentials_keys_kept() -> None:
+def test_a_secrets_data_is_decoded_and_a_key_that_is_not_text_left_out() -> None:
     import base64
 
-    data = {k: base64.b64encode(v.encode()).decode() for k, v in {**VALUES, "x": "y"}.items()}
+    data = {k: base64.b64encode(v.encode()).decode() for k, v in VALUES.items()}
+    data["binary"] = base64.b64encode(b"\xff\xfe").decode()
     assert client.secret_values(data) == VALUES
+
+
+def test_a_credential_that_renamed_its_keys_is_read_by_its_names() -> None:
+    spec = {"secretTemplate": {"keys": {"clientId": "id", "clientSecret": "secret"}}}
+    names = client.key_names({"spec": spec})
+    assert names == {
+        "clientId": "id",
+        "clientSecret": "secret",
+        "tokenUrl": "token-url",
+        "expiresAt": "expires-at",
+    }
+    values = {"id": "pipeline@team-a.acme.iam", "secret": SECRET, "token-url": URL}
+    assert client.renamed(values)
+    assert not client.renamed(VALUES)
+    credential = client.credential_from(values, "here", names=names)
+    assert (credential.client_id, credential.client_secret) == ("pipeline@team-a.acme.iam", SECRET)
+    with pytest.raises(client.CredentialError, match=r"here has no id, secret$"):
+        client.credential_from(VALUES, "here", names=names)
+    assert client.key_names({"spec": {}}) == client.DEFAULT_SECRET_KEYS
 
 
 # -- the answer --------------------------------------------------------------------------------

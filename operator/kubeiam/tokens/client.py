@@ -26,14 +26,14 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from kubeiam.api.credential import CA_BUNDLE_KEY, DEFAULT_SECRET_KEYS
+from kubeiam.api.credential import CA_BUNDLE_KEY, DEFAULT_SECRET_KEYS, SecretKeys
 
 # Where a pod mounts its credential's Secret in our examples (docs/tokens.md); `--dir` default.
 DEFAULT_DIRECTORY = Path("/var/run/kube-iam")
-CLIENT_ID_KEY = DEFAULT_SECRET_KEYS["clientId"]
-CLIENT_SECRET_KEY = DEFAULT_SECRET_KEYS["clientSecret"]
-TOKEN_URL_KEY = DEFAULT_SECRET_KEYS["tokenUrl"]
-KEYS = (CLIENT_ID_KEY, CLIENT_SECRET_KEY, TOKEN_URL_KEY, CA_BUNDLE_KEY)
+# What the command needs of the Secret, by the API's names for its keys (api/credential.py).
+NEEDED = ("clientId", "clientSecret", "tokenUrl")
+# The Secret's key for each (spec.secretTemplate.keys renames them; ca.crt keeps its name).
+KeyNames = Mapping[str, str]
 # A token endpoint's answer is small; a larger one is not read past this.
 MAX_ANSWER_BYTES = 1024 * 1024
 DPOP_TYPE = "dpop+jwt"
@@ -64,26 +64,42 @@ def credential_from(
     values: Mapping[str, str],
     where: str,
     *,
+    names: KeyNames = DEFAULT_SECRET_KEYS,
     token_url: str | None = None,
     ca_bundle: str | None = None,
 ) -> Credential:
     """The credential in `values` (the Secret's keys, decoded), the overrides winning."""
-    found = {key: values.get(key, "").strip() for key in KEYS}
+    found = {need: values.get(names[need], "").strip() for need in NEEDED}
     if token_url:
-        found[TOKEN_URL_KEY] = token_url
-    missing = [key for key in KEYS[:3] if not found[key]]
+        found["tokenUrl"] = token_url
+    missing = [names[need] for need in NEEDED if not found[need]]
     if missing:
         raise CredentialError(f"{where} has no {', '.join(missing)}")
-    url = found[TOKEN_URL_KEY]
+    url = found["tokenUrl"]
     parts = urllib.parse.urlsplit(url)
     if parts.scheme != "https" or not parts.hostname:
-        raise CredentialError(f"the token URL ({TOKEN_URL_KEY} in {where}) must be an https URL")
+        raise CredentialError(
+            f"the token URL ({names['tokenUrl']} in {where}) must be an https URL"
+        )
     return Credential(
-        client_id=found[CLIENT_ID_KEY],
-        client_secret=found[CLIENT_SECRET_KEY],
+        client_id=found["clientId"],
+        client_secret=found["clientSecret"],
         token_url=url,
         ca_bundle=ca_bundle or (values.get(CA_BUNDLE_KEY) or None),
     )
+
+
+def renamed(values: Mapping[str, str]) -> bool:
+    """Whether a key the command needs is missing under its default name: the credential may
+    have renamed it (spec.secretTemplate.keys)."""
+    return any(DEFAULT_SECRET_KEYS[need] not in values for need in NEEDED)
+
+
+def key_names(credential: Mapping[str, Any]) -> dict[str, str]:
+    """The Secret's key names a ServiceAccountCredential (its body) chose, defaults filled in."""
+    spec = credential.get("spec") or {}
+    keys = (spec.get("secretTemplate") or {}).get("keys")
+    return SecretKeys.model_validate(keys).resolved() if keys else dict(DEFAULT_SECRET_KEYS)
 
 
 def read_directory(directory: Path) -> dict[str, str]:
@@ -91,7 +107,7 @@ def read_directory(directory: Path) -> dict[str, str]:
     if not directory.is_dir():
         raise CredentialError(f"{directory} is not a directory (where is the Secret mounted?)")
     values = {}
-    for key in KEYS:
+    for key in (*(DEFAULT_SECRET_KEYS[need] for need in NEEDED), CA_BUNDLE_KEY):
         path = directory / key
         if path.is_file():
             try:
@@ -102,14 +118,14 @@ def read_directory(directory: Path) -> dict[str, str]:
 
 
 def secret_values(data: Mapping[str, str | bytes] | None) -> dict[str, str]:
-    """A Secret's `data` (base64), decoded: the keys a pod would see as files."""
+    """A Secret's `data` (base64), decoded: what a pod would see as files. A key that is not
+    text is left out (a key the command needs is then named as missing)."""
     values = {}
     for key, value in (data or {}).items():
-        if key in KEYS:
-            try:
-                values[key] = base64.b64decode(value).decode("utf-8")
-            except (ValueError, UnicodeDecodeError):
-                raise CredentialError(f"the Secret's {key} is not UTF-8 text") from None
+        try:
+            values[key] = base64.b64decode(value).decode("utf-8")
+        except (ValueError, UnicodeDecodeError):
+            continue
     return values
 
 
