@@ -253,6 +253,7 @@ def _token(args: argparse.Namespace) -> int:
 def _secret_values(name: str, kubeconfig: str | None) -> tuple[dict[str, str], dict[str, str]]:
     """The credential's values from its Secret, read with the kubeconfig's identity, and the
     Secret's key names (its credential's, when it renamed them)."""
+    import urllib3
     from kubernetes import client, config
     from kubernetes.client.exceptions import ApiException
 
@@ -270,6 +271,8 @@ def _secret_values(name: str, kubeconfig: str | None) -> tuple[dict[str, str], d
         raise CredentialError(f"cannot read Secret {name}: {error.status} {error.reason}") from None
     except config.ConfigException as error:
         raise CredentialError(f"no usable kubeconfig: {error}") from None
+    except urllib3.exceptions.HTTPError as error:  # the API server is not reachable
+        raise CredentialError(f"cannot reach the API server: {type(error).__name__}") from None
     values = secret_values(read.data)
     annotations = (read.metadata.annotations if read.metadata else None) or {}
     credential = annotations.get(CREDENTIAL_ANNOTATION)
