@@ -347,6 +347,16 @@ class TokenSettings(_Group):
         description="At most one write of a credential's status.lastUsedAt and lastUsedIp per "
         "this interval, however many tokens it gets (the latest use is written).",
     )
+    dpop_max_age: datetime.timedelta = Field(
+        default=datetime.timedelta(seconds=60),
+        description="Oldest a DPoP proof may be, by its iat (RFC 9449 §4.3); its jti is "
+        "remembered this long, so a replayed proof is refused.",
+    )
+    dpop_clock_skew: datetime.timedelta = Field(
+        default=datetime.timedelta(seconds=5),
+        description="How far in the future a DPoP proof's iat may be (the client's clock ahead "
+        "of the token server's).",
+    )
 
     @field_validator("issuer")
     @classmethod
@@ -373,6 +383,10 @@ class TokenSettings(_Group):
             raise ValueError("KUBEIAM_TOKEN_LIFETIME must be positive")
         if self.usage_interval <= datetime.timedelta(0):
             raise ValueError("KUBEIAM_TOKEN_USAGE_INTERVAL must be positive")
+        if self.dpop_max_age <= datetime.timedelta(0):
+            raise ValueError("KUBEIAM_TOKEN_DPOP_MAX_AGE must be positive")
+        if self.dpop_clock_skew < datetime.timedelta(0):
+            raise ValueError("KUBEIAM_TOKEN_DPOP_CLOCK_SKEW must not be negative")
         return self
 
     def allowed_audiences(self) -> tuple[str, ...]:

@@ -4,8 +4,10 @@ Served with aiohttp under the issuer URL's path. A token request's body is bound
 reading when declared too large, or as soon as it grows past the bound), must be form-encoded
 (else 400), and gets `READ_SECONDS` to arrive. The client authenticates with
 `client_secret_post` or HTTP Basic (`client_secret_basic`), not both; a Basic failure is
-answered 401 with `WWW-Authenticate`. The access log is off and no line names a secret or a
-token: a refusal is logged by its error code and, once the secret was proven, the credential.
+answered 401 with `WWW-Authenticate`. A `DPoP` proof (RFC 9449) is checked once the client is
+authenticated (dpop.py) and binds the token it gets; `requireDpop` makes one necessary. The
+access log is off and no line names a secret, a token or a proof: a refusal is logged by its
+error code and, once the secret was proven, the credential.
 """
 
 from __future__ import annotations
@@ -27,9 +29,10 @@ from kubeiam.kube import metrics as served_metrics
 from kubeiam.kube.bodies import read_bounded
 from kubeiam.kube.resources import CREDENTIALS
 from kubeiam.settings import Settings
-from kubeiam.tokens import grants, introspection, keys, tokens, usage
+from kubeiam.tokens import dpop, grants, introspection, keys, tokens, usage
 from kubeiam.tokens import metrics as token_metrics
 from kubeiam.tokens.cache import Cache
+from kubeiam.tokens.holds import Holds, LocalHolds
 from kubeiam.tokens.keys import ALGORITHM, SigningKeys
 
 logger = logging.getLogger(__name__)
@@ -62,8 +65,15 @@ class TokenService:
         *,
         clock: Clock = _now,
         usage_writer: usage.Writer | None = None,
+        holds: Holds | None = None,
     ) -> None:
         self.settings = settings.tokens
+        # The DPoP proofs this server has seen (RFC 9449 §11.1): one memory for its workers.
+        self.holds: Holds = LocalHolds() if holds is None else holds
+        self.dpop_window = dpop.Window(
+            max_age=self.settings.dpop_max_age.total_seconds(),
+            skew=self.settings.dpop_clock_skew.total_seconds(),
+        )
         self.usage = usage_writer
         self.cache = cache
         self.keys: SigningKeys | None = None
@@ -116,6 +126,7 @@ class TokenService:
             "id_token_signing_alg_values_supported": [ALGORITHM],
             "token_endpoint_auth_signing_alg_values_supported": [ALGORITHM],
             "scopes_supported": [],
+            "dpop_signing_alg_values_supported": list(dpop.ALGORITHMS),
         }
         return aiohttp.web.json_response(document, headers={"Cache-Control": "max-age=300"})
 
@@ -204,6 +215,9 @@ class TokenService:
         )
         if isinstance(decision, grants.Refusal):
             return _refuse(decision, basic=basic is not None)
+        decision = self._bound(decision, request, now)
+        if isinstance(decision, grants.Refusal):
+            return _refuse(decision, basic=basic is not None)
         issued = tokens.issue(
             decision,
             self.keys.active,
@@ -227,12 +241,29 @@ class TokenService:
         )
         answer: dict[str, Any] = {
             "access_token": issued.token,
-            "token_type": "Bearer",
+            "token_type": issued.token_type,
             "expires_in": issued.expires_in,
         }
         if issued.scope:
             answer["scope"] = issued.scope
         return aiohttp.web.json_response(answer, headers=NO_STORE)
+
+    def _bound(
+        self, grant: grants.Grant, request: aiohttp.web.Request, now: datetime.datetime
+    ) -> grants.Grant | grants.Refusal:
+        """The grant bound to the request's DPoP proof, if it sends one (RFC 9449 §5)."""
+        proofs = request.headers.getall(dpop.HEADER, [])
+        if not proofs:
+            return grants.bind(grant, None)
+        jkt = dpop.check(
+            proofs,
+            method=request.method,
+            url=self.settings.issuer + TOKEN_PATH,
+            window=self.dpop_window,
+            holds=self.holds,
+            now=now.timestamp(),
+        )
+        return jkt if isinstance(jkt, grants.Refusal) else grants.bind(grant, jkt)
 
     # -- introspection (RFC 7662) ------------------------------------------------------------
 
