@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import ssl
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping
@@ -13,8 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import jwt
 import requests
 
+from kubeiam.devcluster.certs import KeyPair, create_ca, issue_certificate
 from kubeiam.devcluster.cluster import free_port, terminate
 
 from .credentials_support import read_secret, wait_state
@@ -34,6 +37,35 @@ def client_of(cluster: ClusterHandle, namespace: str, name: str) -> Client:
     status = wait_state(cluster, namespace, name, "Active")["status"]
     mounted = read_secret(cluster, namespace, status["secretName"])
     return Client(mounted.data["client-id"], mounted.client_secret())
+
+
+def serving_certificate(directory: Path) -> Path:
+    """A test CA and the token server's certificate from it, for 127.0.0.1, ::1 and localhost,
+    as tls.crt and tls.key in `directory` (KUBEIAM_TOKEN_CERT_DIR); the CA's certificate."""
+    ca = create_ca(KeyPair(directory / "ca.crt", directory / "ca.key"), "kube-iam test token CA")
+    issue_certificate(
+        ca,
+        KeyPair(directory / "tls.crt", directory / "tls.key"),
+        "127.0.0.1",
+        server_names=("localhost",),
+        server_ips=("127.0.0.1", "::1"),
+    )
+    return ca.cert
+
+
+def verify(server: TokenServer, token: str, audience: str) -> dict[str, Any]:
+    """Verify as any relying party would: the issuer's discovery names the keys, nothing else."""
+    discovery = server.get("/.well-known/openid-configuration").json()
+    context = ssl.create_default_context(cafile=str(server.ca))
+    keys = jwt.PyJWKClient(discovery["jwks_uri"], ssl_context=context)
+    claims: dict[str, Any] = jwt.decode(
+        token,
+        keys.get_signing_key_from_jwt(token).key,
+        algorithms=discovery["id_token_signing_alg_values_supported"],
+        audience=audience,
+        issuer=discovery["issuer"],
+    )
+    return claims
 
 
 @dataclass
