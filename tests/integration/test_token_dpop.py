@@ -24,8 +24,6 @@ import jwt
 import pytest
 import requests
 
-from kubeiam.devcluster.cluster import free_port
-
 from ..dpop_support import ProofKey
 from .credentials_support import (
     ISSUED_TOKENS,
@@ -40,8 +38,7 @@ from .token_support import (
     Client,
     TokenServer,
     client_of,
-    running_token_server,
-    serving_certificate,
+    token_server_on_loopback,
     verify,
 )
 
@@ -59,29 +56,19 @@ def token_server(
     session_operator: OperatorProcess,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[TokenServer]:
-    if cluster.token_server_kubeconfig is None:
-        pytest.skip("the operator runs in the cluster; the token server is not deployed there yet")
-    if not session_operator.running:
-        session_operator.start()  # it creates the signing key Secret at start
-    directory = tmp_path_factory.mktemp("token-server-dpop")
-    ca = serving_certificate(directory)
-    port = free_port()
-    issuer = f"https://127.0.0.1:{port}"
     settings = {
-        "KUBEIAM_TOKEN_PORT": str(port),
         "KUBEIAM_TOKEN_ADDRESS": "127.0.0.1",
-        "KUBEIAM_TOKEN_CERT_DIR": str(directory),
         "KUBEIAM_TOKEN_DPOP_MAX_AGE": "60",
         "KUBEIAM_TOKEN_DPOP_CLOCK_SKEW": "5",
         "KUBEIAM_TOKEN_USAGE_INTERVAL": "3600",
     }
-    with running_token_server(
+    directory = tmp_path_factory.mktemp("token-server-dpop")
+    with token_server_on_loopback(
         cluster,
-        kubeconfig=cluster.token_server_kubeconfig,
-        issuer=issuer,
-        ca=ca,
+        session_operator,
+        directory,
         log_name="token-server-dpop.log",
-        settings=settings,
+        settings=lambda issuer: settings,
     ) as server:
         yield server
 

@@ -9,19 +9,20 @@ import os
 import ssl
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import jwt
+import pytest
 import requests
 
 from kubeiam.devcluster.certs import KeyPair, create_ca, issue_certificate
 from kubeiam.devcluster.cluster import free_port, terminate
 
 from .credentials_support import read_secret, wait_state
-from .support import ClusterHandle, wait_for
+from .support import ClusterHandle, OperatorProcess, wait_for
 
 
 @dataclass
@@ -138,3 +139,35 @@ def running_token_server(
         yield server
     finally:
         terminate(process, timeout=10)
+
+
+@contextlib.contextmanager
+def token_server_on_loopback(
+    cluster: ClusterHandle,
+    operator: OperatorProcess,
+    directory: Path,
+    *,
+    log_name: str,
+    settings: Callable[[str], Mapping[str, str]],
+) -> Iterator[TokenServer]:
+    """The token server as deploy/ runs it (under its own ServiceAccount), on a free loopback
+    port with a certificate from a test CA made in `directory`; `settings` gets the issuer URL
+    and gives the settings besides port and certificate. Skips where the operator runs in the
+    cluster (no token server deployed there yet)."""
+    if cluster.token_server_kubeconfig is None:
+        pytest.skip("the operator runs in the cluster; the token server is not deployed there yet")
+    if not operator.running:
+        operator.start()  # it creates the signing key Secret at start
+    ca = serving_certificate(directory)
+    port = free_port()
+    issuer = f"https://127.0.0.1:{port}"
+    chosen = {"KUBEIAM_TOKEN_PORT": str(port), "KUBEIAM_TOKEN_CERT_DIR": str(directory)}
+    with running_token_server(
+        cluster,
+        kubeconfig=cluster.token_server_kubeconfig,
+        issuer=issuer,
+        ca=ca,
+        log_name=log_name,
+        settings={**chosen, **settings(issuer)},
+    ) as server:
+        yield server
