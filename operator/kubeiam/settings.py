@@ -357,6 +357,13 @@ class TokenSettings(_Group):
         description="How far in the future a DPoP proof's iat may be (the client's clock ahead "
         "of the token server's).",
     )
+    dpop_nonces: bool = Field(
+        default=False,
+        description="Require a server nonce in every DPoP proof (RFC 9449 §8): a proof without "
+        "a fresh one is answered use_dpop_nonce with a DPoP-Nonce header. Nonces are stateless "
+        "(a time slot of KUBEIAM_TOKEN_DPOP_MAX_AGE and its HMAC, keyed from the signing key), "
+        "so every replica accepts every replica's.",
+    )
 
     @field_validator("issuer")
     @classmethod

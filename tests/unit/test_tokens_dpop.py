@@ -312,3 +312,56 @@ def test_a_proof_binds_any_credentials_token_and_none_leaves_it_bearer() -> None
     bearer = tokens.issue(plain, key, issuer=ISSUER, lifetime=HOUR, now=NOW)
     assert bearer.token_type == "Bearer"
     assert "cnf" not in jwt.decode(bearer.token, options={"verify_signature": False})
+
+
+# -- server nonces (§8) ------------------------------------------------------------------------
+
+NONCES = dpop.Nonces.derived(b"the signing key's secret bytes", period=60)
+
+
+def test_a_nonce_is_fresh_in_its_slot_and_the_next_then_stale() -> None:
+    nonce = NONCES.issue(T)
+    assert NONCES.fresh(nonce, T)
+    assert NONCES.fresh(nonce, T + 60)
+    assert not NONCES.fresh(nonce, T + 120)
+    # A replica whose clock runs a little ahead issued it: still fresh here.
+    assert NONCES.fresh(NONCES.issue(T + 60), T)
+    assert not NONCES.fresh(NONCES.issue(T + 120), T)
+
+
+def test_every_replica_deriving_from_the_same_key_accepts_the_others_nonces() -> None:
+    replica = dpop.Nonces.derived(b"the signing key's secret bytes", period=60)
+    assert replica.fresh(NONCES.issue(T), T)
+    stranger = dpop.Nonces.derived(b"another key", period=60)
+    assert not stranger.fresh(NONCES.issue(T), T)
+
+
+@pytest.mark.parametrize(
+    "nonce",
+    [None, 7, "", "no-dot", "30000000.", "30000000.forged", "٣٠٠٠٠٠٠٠.x", "x" * 65],
+)
+def test_what_is_not_our_nonce_is_not_fresh(nonce: object) -> None:
+    assert not NONCES.fresh(nonce, T)
+
+
+def test_a_forged_mac_for_the_current_slot_is_not_fresh() -> None:
+    slot, _, mac = NONCES.issue(T).partition(".")
+    flipped = ("A" if mac[0] != "A" else "B") + mac[1:]
+    assert not NONCES.fresh(f"{slot}.{flipped}", T)
+
+
+def check_nonced(sent: str, holds: LocalHolds) -> str | Refusal:
+    return dpop.check(
+        [sent], method="POST", url=URL, window=WINDOW, holds=holds, now=T, nonces=NONCES
+    )
+
+
+def test_with_nonces_a_proof_without_a_fresh_one_is_use_dpop_nonce() -> None:
+    holds = LocalHolds()
+    for claims in ({}, {"nonce": "1.forged"}, {"nonce": NONCES.issue(T - 120)}):
+        result = check_nonced(proof(jti="j", claims=claims), holds)
+        assert isinstance(result, Refusal)
+        assert result.error == Error.USE_DPOP_NONCE
+        assert "DPoP-Nonce" in result.description
+    # None of those used up the jti: the same jti with the server's nonce is accepted.
+    assert isinstance(check_nonced(proof(jti="j", claims={"nonce": NONCES.issue(T)}), holds), str)

@@ -127,6 +127,28 @@ def test_a_dpop_proof_binds_the_token_and_discovery_names_the_algorithms() -> No
     run(service(), call)
 
 
+def test_with_nonces_on_the_server_hands_out_a_nonce_and_takes_it_back() -> None:
+    made = service()
+    made.settings = made.settings.model_copy(update={"dpop_nonces": True})
+    key = ProofKey()
+    iat = int(NOW.timestamp())
+    url = ISSUER + "/oauth2/token"
+
+    async def call(client: TestClient[Any, Any]) -> None:
+        first = key.proof(htm="POST", htu=url, iat=iat)
+        asked = await client.post("/prefix/oauth2/token", data=FORM, headers={"DPoP": first})
+        assert asked.status == 400
+        assert (await asked.json())["error"] == "use_dpop_nonce"
+        nonce = asked.headers["DPoP-Nonce"]
+        again = key.proof(htm="POST", htu=url, iat=iat, claims={"nonce": nonce})
+        answer = await client.post("/prefix/oauth2/token", data=FORM, headers={"DPoP": again})
+        assert answer.status == 200
+        assert (await answer.json())["token_type"] == "DPoP"
+        assert "DPoP-Nonce" in answer.headers
+
+    run(made, call)
+
+
 async def _chunks(size: int) -> AsyncIterator[bytes]:
     for _ in range(size // 256):
         yield b"a" * 256

@@ -11,7 +11,8 @@ a refusal with `invalid_dpop_proof` (§5) whose description names the rule, neve
 3. the signature valid under that key;
 4. `jti` (at most `MAX_JTI_CHARS`), `htm` the request's method, `htu` the token endpoint's URL
    (RFC 3986 syntax- and scheme-based normalisation, query and fragment ignored, §4.3),
-   and `iat` inside the window (`max_age` past, `skew` ahead);
+   a fresh server nonce when `nonces` are asked for (`use_dpop_nonce` else, §8), and `iat`
+   inside the window (`max_age` past, `skew` ahead);
 5. the proof not used before: a digest of the key's thumbprint and `jti` is taken once from
    `holds` until the proof would be too old anyway (§11.1). Holds of one server replica cover
    its workers; a proof replayed to another replica only gets a token bound to the key whose
@@ -22,20 +23,24 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import json
 import re
 import urllib.parse
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import jwt
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from kubeiam.tokens.grants import Error, Refusal
 from kubeiam.tokens.holds import Holds
 
 HEADER = "DPoP"
+NONCE_HEADER = "DPoP-Nonce"
 TYPE = "dpop+jwt"
 # Asymmetric algorithms only (§4.2), each with the one key type and curve it may use.
 KEY_TYPES: dict[str, tuple[str, str | None]] = {
@@ -70,6 +75,43 @@ class Window:
     skew: float
 
 
+@dataclass(frozen=True)
+class Nonces:
+    """Server nonces (RFC 9449 §8) without server state: a nonce names its time slot (`period`
+    seconds long) and carries an HMAC of it, so any replica holding the same key accepts what
+    another issued. A nonce is fresh in its slot and the next (and the one before, for a replica
+    whose clock runs a little ahead): between one and two periods."""
+
+    key: bytes = field(repr=False)
+    period: float
+
+    @classmethod
+    def derived(cls, material: bytes, period: float) -> Nonces:
+        """Nonces whose key HKDF derives from `material` (secret bytes every replica holds)."""
+        kdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"kube-iam dpop nonce")
+        return cls(kdf.derive(material), period)
+
+    def issue(self, now: float) -> str:
+        """The nonce of `now`'s time slot."""
+        slot = int(now // self.period)
+        return f"{slot}.{self._mac(slot)}"
+
+    def fresh(self, nonce: object, now: float) -> bool:
+        """Whether `nonce` is one of ours, of this time slot or a neighbour."""
+        if not isinstance(nonce, str) or len(nonce) > 64:
+            return False
+        slot_text, _, mac = nonce.partition(".")
+        if not slot_text.isdigit() or not slot_text.isascii():
+            return False
+        slot = int(slot_text)
+        if abs(slot - int(now // self.period)) > 1:
+            return False
+        return hmac.compare_digest(mac.encode(), self._mac(slot).encode())
+
+    def _mac(self, slot: int) -> str:
+        return _b64(hmac.new(self.key, str(slot).encode(), hashlib.sha256).digest()[:18])
+
+
 def check(
     values: Sequence[str],
     *,
@@ -78,6 +120,7 @@ def check(
     window: Window,
     holds: Holds,
     now: float,
+    nonces: Nonces | None = None,
 ) -> str | Refusal:
     """The thumbprint of the key that signed the request's one valid, unused proof; or why not."""
     if len(values) != 1:
@@ -96,6 +139,9 @@ def check(
         return _refusal("The proof's htm is not this request's method.")
     if not isinstance(htu, str) or normalised_url(htu) != normalised_url(url):
         return _refusal("The proof's htu is not the token endpoint's URL.")
+    if nonces is not None and not nonces.fresh(claims.get("nonce"), now):
+        description = f"The proof must carry the server's nonce (the {NONCE_HEADER} header)."
+        return Refusal(Error.USE_DPOP_NONCE, description)
     if not isinstance(iat, int) or isinstance(iat, bool):
         return _refusal("The proof's iat must be an integer (seconds since the epoch).")
     if iat < now - window.max_age:

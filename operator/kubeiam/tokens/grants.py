@@ -46,6 +46,8 @@ class Error(StrEnum):
     INVALID_TARGET = "invalid_target"
     # RFC 9449 §5: a token request without a valid DPoP proof where one is needed.
     INVALID_DPOP_PROOF = "invalid_dpop_proof"
+    # RFC 9449 §8: the proof must carry a nonce from the server (sent in DPoP-Nonce).
+    USE_DPOP_NONCE = "use_dpop_nonce"
 
 
 @dataclass(frozen=True)

@@ -70,6 +70,7 @@ class TokenService:
         self.settings = settings.tokens
         # The DPoP proofs this server has seen (RFC 9449 §11.1): one memory for its workers.
         self.holds: Holds = LocalHolds() if holds is None else holds
+        self._nonces_of: tuple[str, dpop.Nonces] | None = None
         self.dpop_window = dpop.Window(
             max_age=self.settings.dpop_max_age.total_seconds(),
             skew=self.settings.dpop_clock_skew.total_seconds(),
@@ -215,9 +216,12 @@ class TokenService:
         )
         if isinstance(decision, grants.Refusal):
             return _refuse(decision, basic=basic is not None)
-        decision = self._bound(decision, request, now)
+        nonces = self._nonces()
+        # RFC 9449 §8: a nonce to put in the next proof, with every answer from here on.
+        fresh = {} if nonces is None else {dpop.NONCE_HEADER: nonces.issue(now.timestamp())}
+        decision = self._bound(decision, request, now, nonces)
         if isinstance(decision, grants.Refusal):
-            return _refuse(decision, basic=basic is not None)
+            return _refuse(decision, basic=basic is not None, headers=fresh)
         issued = tokens.issue(
             decision,
             self.keys.active,
@@ -246,10 +250,27 @@ class TokenService:
         }
         if issued.scope:
             answer["scope"] = issued.scope
-        return aiohttp.web.json_response(answer, headers=NO_STORE)
+        return aiohttp.web.json_response(answer, headers={**NO_STORE, **fresh})
+
+    def _nonces(self) -> dpop.Nonces | None:
+        """The DPoP nonces when the setting asks for them, keyed from the active signing key,
+        which every replica reads from the same Secret (so each accepts the others' nonces)."""
+        if not self.settings.dpop_nonces:
+            return None
+        assert self.keys is not None  # ready
+        active = self.keys.active
+        if self._nonces_of is None or self._nonces_of[0] != active.kid:
+            material = active.private.private_numbers().private_value.to_bytes(32, "big")
+            period = self.settings.dpop_max_age.total_seconds()
+            self._nonces_of = (active.kid, dpop.Nonces.derived(material, period))
+        return self._nonces_of[1]
 
     def _bound(
-        self, grant: grants.Grant, request: aiohttp.web.Request, now: datetime.datetime
+        self,
+        grant: grants.Grant,
+        request: aiohttp.web.Request,
+        now: datetime.datetime,
+        nonces: dpop.Nonces | None,
     ) -> grants.Grant | grants.Refusal:
         """The grant bound to the request's DPoP proof, if it sends one (RFC 9449 §5)."""
         proofs = request.headers.getall(dpop.HEADER, [])
@@ -262,6 +283,7 @@ class TokenService:
             window=self.dpop_window,
             holds=self.holds,
             now=now.timestamp(),
+            nonces=nonces,
         )
         return jkt if isinstance(jkt, grants.Refusal) else grants.bind(grant, jkt)
 
@@ -337,11 +359,14 @@ def _client(form: dict[str, str], basic: str | None) -> tuple[str, str] | grants
     return form["client_id"], form["client_secret"]
 
 
-def _refuse(refusal: grants.Refusal, *, basic: bool) -> aiohttp.web.Response:
+def _refuse(
+    refusal: grants.Refusal, *, basic: bool, headers: dict[str, str] | None = None
+) -> aiohttp.web.Response:
     logger.info("Refused a token request: %s.", refusal.error.value)
     if refusal.error == grants.Error.INVALID_CLIENT and basic:
-        return _error(refusal.error, refusal.description, 401, {"WWW-Authenticate": REALM})
-    return _error(refusal.error, refusal.description)
+        challenge = {"WWW-Authenticate": REALM, **(headers or {})}
+        return _error(refusal.error, refusal.description, 401, challenge)
+    return _error(refusal.error, refusal.description, headers=headers)
 
 
 def _error(
