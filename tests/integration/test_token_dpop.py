@@ -9,6 +9,7 @@ with the suite's leak scan, and none may reach the token server's log.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import secrets
@@ -71,6 +72,30 @@ def token_server(
         settings=lambda issuer: settings,
     ) as server:
         yield server
+
+
+@pytest.fixture(scope="module")
+def replicas(
+    cluster: ClusterHandle,
+    session_operator: OperatorProcess,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[TokenServer, TokenServer]]:
+    """Two more replicas, each its own process and port, both asking for server nonces."""
+    settings = {"KUBEIAM_TOKEN_ADDRESS": "127.0.0.1", "KUBEIAM_TOKEN_DPOP_NONCES": "true"}
+    with contextlib.ExitStack() as stack:
+        first, second = (
+            stack.enter_context(
+                token_server_on_loopback(
+                    cluster,
+                    session_operator,
+                    tmp_path_factory.mktemp(f"token-server-dpop-{name}"),
+                    log_name=f"token-server-dpop-{name}.log",
+                    settings=lambda issuer: settings,
+                )
+            )
+            for name in ("a", "b")
+        )
+        yield first, second
 
 
 @pytest.fixture(scope="module")
@@ -284,35 +309,99 @@ def test_two_dpop_headers_are_refused(token_server: TokenServer, world: World) -
     assert "exactly one DPoP header" in refusal["error_description"]
 
 
+# -- server nonces (§8) and replicas ---------------------------------------------------------------
+
+
+def test_with_nonces_a_proof_without_one_gets_a_nonce_that_another_replica_accepts(
+    replicas: tuple[TokenServer, TokenServer], world: World
+) -> None:
+    first, second = replicas
+    key = ProofKey()
+    asked = _ask(first, world.bound, _proof(first, key))
+    assert "nonce" in _refused(asked, "use_dpop_nonce")
+    nonce = asked.headers["DPoP-Nonce"]
+    # The second replica's own URL is its htu; the nonce is the first replica's.
+    answer = _ask(second, world.bound, _proof(second, key, claims={"nonce": nonce}))
+    token = _granted(answer, "DPoP")
+    assert "DPoP-Nonce" in answer.headers
+    assert verify(second, token, second.issuer)["cnf"] == {"jkt": _rfc7638(key)}
+
+
+def test_with_nonces_a_forged_nonce_is_use_dpop_nonce(
+    replicas: tuple[TokenServer, TokenServer], world: World
+) -> None:
+    first, _ = replicas
+    slot = int(time.time()) // 60
+    proof = _proof(first, claims={"nonce": f"{slot}.{'A' * 24}"})
+    _refused(_ask(first, world.bound, proof), "use_dpop_nonce")
+
+
+def test_the_same_key_and_jti_at_another_replica_get_only_a_token_bound_to_that_key(
+    token_server: TokenServer, replicas: tuple[TokenServer, TokenServer], world: World
+) -> None:
+    """RFC 9449 §11.1: replicas share no replay memory (docs/tokens.md says so); what a replay
+    to another replica yields is useless without the private key."""
+    first, second = replicas
+    key = ProofKey()
+    nonce = _ask(first, world.bound, _proof(first, key)).headers["DPoP-Nonce"]
+    # Both replicas serve the same issuer in a real deployment; here each has its own URL, so
+    # the "same" proof is one per URL with the same jti, key and nonce.
+    jti = secrets.token_urlsafe(16)
+    proofs = [_proof(s, key, jti=jti, claims={"nonce": nonce}) for s in (first, second)]
+    tokens = [
+        _granted(_ask(s, world.bound, p), "DPoP") for s, p in zip(replicas, proofs, strict=True)
+    ]
+    assert "used before" in _refused(_ask(first, world.bound, proofs[0]))
+    for server, token in zip(replicas, tokens, strict=True):
+        assert verify(server, token, server.issuer)["cnf"] == {"jkt": _rfc7638(key)}
+
+
 # -- what the server counted and wrote -----------------------------------------------------------
 
 
-def test_refused_proofs_are_counted_by_their_error_code(
-    cluster: ClusterHandle, token_server: TokenServer, world: World
-) -> None:
-    _refused(_ask(token_server, world.bound))
-    page = Page(
-        requests.get(f"http://127.0.0.1:{token_server.metrics_port}/metrics", timeout=10).text
-    )
-    kept = cluster.log_dir / "metrics" / "token-server-dpop.prom"
+def _scrape(cluster: ClusterHandle, server: TokenServer, name: str) -> Page:
+    """The server's metrics page, kept where the suite's leak scan reads."""
+    page = Page(requests.get(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10).text)
+    kept = cluster.log_dir / "metrics" / f"{name}.prom"
     kept.parent.mkdir(parents=True, exist_ok=True)
-    kept.write_text(page.text)  # where the suite's leak scan reads
-    assert page.value("kubeiam_token_requests_refused_total", error="invalid_dpop_proof") >= 1
+    kept.write_text(page.text)
+    return page
 
 
-def test_the_token_server_log_holds_no_proof_no_secret_and_no_token(
-    token_server: TokenServer, world: World
+def test_refused_proofs_are_counted_by_their_error_code(
+    cluster: ClusterHandle,
+    token_server: TokenServer,
+    replicas: tuple[TokenServer, TokenServer],
+    world: World,
+) -> None:
+    refused = "kubeiam_token_requests_refused_total"
+    before = _scrape(cluster, token_server, "token-server-dpop").value(
+        refused, error="invalid_dpop_proof"
+    )
+    _refused(_ask(token_server, world.bound))  # requireDpop, no proof
+    after = _scrape(cluster, token_server, "token-server-dpop")
+    assert after.value(refused, error="invalid_dpop_proof") == before + 1
+    first = replicas[0]
+    before = _scrape(cluster, first, "token-server-dpop-a").value(refused, error="use_dpop_nonce")
+    _refused(_ask(first, world.bound, _proof(first)), "use_dpop_nonce")  # no nonce
+    after = _scrape(cluster, first, "token-server-dpop-a")
+    assert after.value(refused, error="use_dpop_nonce") == before + 1
+
+
+def test_the_token_server_logs_hold_no_proof_no_secret_and_no_token(
+    token_server: TokenServer, replicas: tuple[TokenServer, TokenServer], world: World
 ) -> None:
     assert len(SENT_PROOFS) >= 10, "the tests above must have sent proofs"
-    log = token_server.log()
+    log = "\n".join(server.log() for server in (token_server, *replicas))
     assert "Refused a token request: invalid_dpop_proof." in log
+    assert "Refused a token request: use_dpop_nonce." in log
     proofs_found = sum(1 for proof in SENT_PROOFS if proof in log)
-    assert proofs_found == 0, f"{proofs_found} DPoP proofs in the token server's log"
+    assert proofs_found == 0, f"{proofs_found} DPoP proofs in the token servers' logs"
     # A proof's signature alone is as telling as the proof.
     signatures = [proof.rsplit(".", 1)[1] for proof in SENT_PROOFS]
     signatures_found = sum(1 for signature in signatures if signature and signature in log)
-    assert signatures_found == 0, f"{signatures_found} proof signatures in the log"
-    assert world.bound.secret not in log, "a client secret is in the token server's log"
-    assert world.plain.secret not in log, "a client secret is in the token server's log"
+    assert signatures_found == 0, f"{signatures_found} proof signatures in the logs"
+    assert world.bound.secret not in log, "a client secret is in a token server's log"
+    assert world.plain.secret not in log, "a client secret is in a token server's log"
     tokens_found = sum(1 for token in ISSUED_TOKENS if token in log)
-    assert tokens_found == 0, f"{tokens_found} tokens in the token server's log"
+    assert tokens_found == 0, f"{tokens_found} tokens in the token servers' logs"
