@@ -182,9 +182,10 @@ def bind(grant: Grant, jkt: str | None) -> Grant | Refusal:
     """Step 6: the grant bound to the key of the request's checked DPoP proof (dpop.check), or
     refused when its credential requires one and none was sent.
 
-    RFC 9449 §5.2 says such a request MUST be rejected but names no code for it; §5 answers a
+    RFC 9449 §5.2 says a client registered with `dpop_bound_access_tokens` (what requireDpop is
+    here) MUST be refused a token without a proof, but names no code for it; §5 answers a
     token request whose proof is not valid with `invalid_dpop_proof`, and a missing proof is
-    one, so that is the code (what a DPoP client already handles).
+    not a valid one, so that is the code (one a DPoP client already handles).
     """
     if jkt is None:
         if grant.credential.require_dpop:
