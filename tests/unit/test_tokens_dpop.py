@@ -159,6 +159,13 @@ def test_a_symmetric_jwk_is_refused() -> None:
     refused(check(proof(header={"jwk": {"kty": "oct", "k": "c2VjcmV0"}})), "private members")
 
 
+@pytest.mark.parametrize("change", [{"y": None}, {"x": 12345}])
+def test_a_jwk_without_a_member_its_thumbprint_needs_is_refused(change: dict[str, Any]) -> None:
+    jwk = {**KEY.public_jwk(), **change}
+    jwk = {name: value for name, value in jwk.items() if value is not None}
+    refused(check(proof(header={"jwk": jwk})), "lacks a member its key type needs")
+
+
 def test_a_missing_jwk_is_refused() -> None:
     refused(check(proof(header={"jwk": None})), "carry its public key as jwk")
 
