@@ -372,3 +372,40 @@ def test_with_nonces_a_proof_without_a_fresh_one_is_use_dpop_nonce() -> None:
         assert "DPoP-Nonce" in result.description
     # None of those used up the jti: the same jti with the server's nonce is accepted.
     assert isinstance(check_nonced(proof(jti="j", claims={"nonce": NONCES.issue(T)}), holds), str)
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+HEADER_FIELDS = st.fixed_dictionaries(
+    {},
+    optional={
+        "typ": st.sampled_from(["dpop+jwt", "JWT"]) | JSON,
+        "alg": st.sampled_from([*dpop.ALGORITHMS, "none", "HS256"]) | JSON,
+        "jwk": st.just(KEY.public_jwk()) | JSON,
+    },
+)
+
+
+def _segment(value: object) -> str:
+    raw = value if isinstance(value, bytes) else json.dumps(value).encode()
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+@given(header=HEADER_FIELDS, claims=JSON, signature=st.binary(max_size=80))
+def test_any_crafted_proof_is_refused_and_never_raises(
+    header: dict[str, Any], claims: object, signature: bytes
+) -> None:
+    """Whatever a client puts in the three parts, the answer is a refusal, not an exception (a
+    signature of random bytes never verifies)."""
+    crafted = f"{_segment(header)}.{_segment(claims)}.{_segment(signature)}"
+    assert isinstance(check(crafted), Refusal)
+
+
+@given(st.text(max_size=200))
+def test_any_text_is_refused_and_never_raises(text: str) -> None:
+    assert isinstance(check(text), Refusal)

@@ -200,7 +200,7 @@ def _verified(proof: str) -> tuple[dict[str, Any], dict[str, Any]] | Refusal:
     if header.get("typ") != TYPE:
         return _refusal(f"The proof's typ must be {TYPE}.")
     alg = header.get("alg")
-    if alg not in KEY_TYPES:
+    if not isinstance(alg, str) or alg not in KEY_TYPES:  # a list would not even hash
         return _refusal(f"The proof's alg must be one of {', '.join(ALGORITHMS)}.")
     jwk = header.get("jwk")
     if not isinstance(jwk, dict):
