@@ -21,7 +21,6 @@ a refusal with `invalid_dpop_proof` (§5) whose description names the rule, neve
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import json
@@ -268,7 +267,7 @@ def _remove_dot_segments(path: str) -> str:
 
 
 def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+    return jwt.utils.base64url_encode(data).decode()
 
 
 def _refusal(description: str) -> Refusal:
