@@ -3,7 +3,8 @@
 BENCH_SCALE (default 1) sizes the run: 0.1 is a quick one of a couple of minutes.
 BENCH_ONLY=issuance,burst runs only those (and nothing that needs what they skip).
 BENCH_PROFILE=1 samples the operator with py-spy during the issuance, burst and restart
-scenarios and writes the raw stacks beside the JSON.
+scenarios (and the token server during each token scenario) and writes the raw stacks beside
+the JSON. The token scenarios (bench/tokens.py, names tokens_*) come last.
 Only loopback traffic; every wait has a deadline.
 """
 
