@@ -59,8 +59,10 @@ FORM = "application/x-www-form-urlencoded"
 SYSTEMS = ("kube-iam", "floor", "hydra", "hydra-cheapest")
 # The scenarios measured on every system, by BENCH_ONLY name.
 LOAD_SCENARIOS = ("tokens_cc_basic", "tokens_cc_body", "tokens_introspect", "tokens_jwks")
-# HOOKS for the lead, once DPoP and token exchange are merged: a scenario that builds its
-# kube-iam (and Hydra, where it has one) Target goes into `_target` under these names.
+# HOOKS for the lead, once DPoP and token exchange are merged: give `target` a branch for the
+# name (a DPoP proof is single-use, so that one needs a vegeta targets stream of fresh proofs;
+# an exchange needs a trust and a subject token), and in `run` replace `_not_yet(hook)` with
+# `bench.scenario(hook)` (over the SYSTEMS that have the grant: Hydra has no RFC 8693 exchange).
 DPOP_SCENARIO = "tokens_dpop"  # HOOK: client_credentials with a DPoP proof (RFC 9449)
 EXCHANGE_SCENARIO = "tokens_exchange"  # HOOK: token exchange through a trust (RFC 8693)
 HOOKS = (DPOP_SCENARIO, EXCHANGE_SCENARIO)
