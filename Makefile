@@ -73,7 +73,7 @@ lint: install ## ruff (lint and format check) and the import layering contract
 	$(RUN) lint-imports
 
 .PHONY: typecheck
-typecheck: install ## mypy --strict over the package
+typecheck: install ## mypy --strict over the package and the bench
 	$(RUN) mypy
 
 .PHONY: unit

@@ -20,8 +20,8 @@ import sys
 
 import aiohttp.web
 
-from kubeiam.settings import get_settings
-from kubeiam.tokens.server import INTROSPECT_PATH, JWKS_PATH, NO_STORE, TOKEN_PATH, tls_context
+from kubeiam.settings import TOKEN_PATH, get_settings
+from kubeiam.tokens.server import INTROSPECT_PATH, JWKS_PATH, NO_STORE, tls_context
 
 
 def fixed_body(size: int) -> bytes:

@@ -52,7 +52,8 @@ from kubeiam.devcluster import install
 from kubeiam.devcluster.cluster import free_port, terminate
 from kubeiam.domain import credentials as rules
 from kubeiam.domain.secret_format import credential_id
-from kubeiam.tokens.server import INTROSPECT_PATH, JWKS_PATH, TOKEN_PATH
+from kubeiam.settings import TOKEN_PATH
+from kubeiam.tokens.server import INTROSPECT_PATH, JWKS_PATH
 
 LEVELS = (16, 64, 256)
 FORM = "application/x-www-form-urlencoded"
