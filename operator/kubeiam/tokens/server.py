@@ -25,18 +25,22 @@ import aiohttp.web
 from kubeiam.kube import api
 from kubeiam.kube import metrics as served_metrics
 from kubeiam.kube.bodies import read_bounded
-from kubeiam.kube.resources import CREDENTIALS
+from kubeiam.kube.resources import CREDENTIALS, TRUSTS
 from kubeiam.settings import Settings
-from kubeiam.tokens import grants, introspection, keys, tokens, usage
+from kubeiam.tokens import exchange, grants, introspection, keys, tokens, usage
 from kubeiam.tokens import metrics as token_metrics
 from kubeiam.tokens.cache import Cache
 from kubeiam.tokens.keys import ALGORITHM, SigningKeys
+from kubeiam.tokens.trust_material import TrustMaterial
 
 logger = logging.getLogger(__name__)
 
 READ_SECONDS = 5.0
 FORM = "application/x-www-form-urlencoded"
 CLIENT_CREDENTIALS = "client_credentials"
+TOKEN_EXCHANGE = "token_exchange"  # the grant's label in metrics (its URN is exchange.GRANT_TYPE)
+# Where the grant a request used is kept on it, for the metrics.
+GRANT_KEY = "kubeiam.grant"
 REALM = 'Basic realm="kube-iam", charset="UTF-8"'
 TOKEN_PATH = "/oauth2/token"
 JWKS_PATH = "/oauth2/jwks"
@@ -62,8 +66,11 @@ class TokenService:
         *,
         clock: Clock = _now,
         usage_writer: usage.Writer | None = None,
+        trust_material: TrustMaterial | None = None,
     ) -> None:
         self.settings = settings.tokens
+        self.org = settings  # every group: token exchange verifies by the trust settings too
+        self.trusts = trust_material or TrustMaterial(settings)
         self.usage = usage_writer
         self.cache = cache
         self.keys: SigningKeys | None = None
@@ -106,7 +113,7 @@ class TokenService:
             "issuer": issuer,
             "token_endpoint": issuer + TOKEN_PATH,
             "jwks_uri": issuer + JWKS_PATH,
-            "grant_types_supported": [CLIENT_CREDENTIALS],
+            "grant_types_supported": [CLIENT_CREDENTIALS, exchange.GRANT_TYPE],
             "token_endpoint_auth_methods_supported": AUTH_METHODS,
             "introspection_endpoint": issuer + INTROSPECT_PATH,
             "introspection_endpoint_auth_methods_supported": AUTH_METHODS,
@@ -133,7 +140,7 @@ class TokenService:
         with token_metrics.SECONDS.time():
             answer = await self._token(request)
         if answer.status == 200:
-            token_metrics.ISSUED.labels(CLIENT_CREDENTIALS).inc()
+            token_metrics.ISSUED.labels(request.get(GRANT_KEY, CLIENT_CREDENTIALS)).inc()
         elif answer.status in (408, 413, 503):
             token_metrics.REFUSED.labels(str(answer.status)).inc()
         return answer
@@ -144,10 +151,15 @@ class TokenService:
             return form
         if "grant_type" not in form:
             return _error(grants.Error.INVALID_REQUEST, "The grant_type parameter is missing.")
-        if form["grant_type"] != CLIENT_CREDENTIALS:
-            return _error(grants.Error.UNSUPPORTED_GRANT_TYPE, "Only client_credentials here.")
+        if form["grant_type"] not in (CLIENT_CREDENTIALS, exchange.GRANT_TYPE):
+            return _error(
+                grants.Error.UNSUPPORTED_GRANT_TYPE, "Only client_credentials and token-exchange."
+            )
         if not self.ready:
             return aiohttp.web.Response(status=503, text="not ready", headers={"Retry-After": "1"})
+        if form["grant_type"] == exchange.GRANT_TYPE:
+            request[GRANT_KEY] = TOKEN_EXCHANGE
+            return await self._token_exchange(form, request)
         return self._client_credentials(form, request.headers.get("Authorization"), request)
 
     async def _read_form(
@@ -215,7 +227,9 @@ class TokenService:
         if self.usage is not None:
             address = asked.client_address
             where = None if address is None else str(address)
-            self.usage.note((credential.namespace, credential.name), usage.Use(now, where))
+            self.usage.note(
+                (CREDENTIALS, credential.namespace, credential.name), usage.Use(now, where)
+            )
             token_metrics.USAGE_NOTED.inc()
         logger.info(
             "Issued a token to credential %s/%s (id %s) for %s, expiring in %ds.",
@@ -227,6 +241,72 @@ class TokenService:
         )
         answer: dict[str, Any] = {
             "access_token": issued.token,
+            "token_type": "Bearer",
+            "expires_in": issued.expires_in,
+        }
+        if issued.scope:
+            answer["scope"] = issued.scope
+        return aiohttp.web.json_response(answer, headers=NO_STORE)
+
+    # -- token exchange (RFC 8693) ----------------------------------------------------------
+
+    async def _token_exchange(
+        self, form: dict[str, str], request: aiohttp.web.Request
+    ) -> aiohttp.web.Response:
+        """An external token through one of the account's trusts: exchange.py decides, with
+        each candidate trust's policy and keys prepared here (the only awaits on this path)."""
+        malformed = _exchange_malformed(form, request.headers.get("Authorization"))
+        if malformed is not None:
+            return _refuse(malformed, basic=False)
+        assert self.keys is not None  # ready
+        now = self.clock()
+        asked = exchange.ExchangeRequest(
+            client_id=form["client_id"],
+            subject_token=form["subject_token"],
+            subject_token_type=form["subject_token_type"],
+            scope=form.get("scope"),
+            audience=form.get("audience") or form.get("resource"),
+            client_address=self._address(request),
+        )
+        tried = exchange.candidates(
+            asked,
+            account_by_client_id=self.cache.account_by_client_id,
+            trusts_of=self.cache.trusts_of,
+            own_issuer=self.settings.issuer,
+        )
+        if isinstance(tried, exchange.Denied):
+            return _deny(tried)
+        prepared = {
+            trust.uid: await self.trusts.prepare(trust)
+            for trust in tried.trusts
+            if exchange.unusable_because(trust) is None
+        }
+        decision = exchange.decide(asked, tried, prepared=prepared, settings=self.org, now=now)
+        if isinstance(decision, exchange.Denied):
+            return _deny(decision)
+        issued = tokens.issue(
+            decision,
+            self.keys.active,
+            issuer=self.settings.issuer,
+            lifetime=self.settings.lifetime,
+            now=now,
+        )
+        trust = decision.trust
+        if self.usage is not None:
+            address = asked.client_address
+            where = None if address is None else str(address)
+            self.usage.note((TRUSTS, trust.namespace, trust.name), usage.Use(now, where))
+            token_metrics.USAGE_NOTED.inc()
+        logger.info(
+            "Exchanged a token through trust %s/%s for account %s, expiring in %ds.",
+            trust.namespace,
+            trust.name,
+            trust.account,
+            issued.expires_in,
+        )
+        answer: dict[str, Any] = {
+            "access_token": issued.token,
+            "issued_token_type": exchange.ACCESS_TOKEN_TYPE,
             "token_type": "Bearer",
             "expires_in": issued.expires_in,
         }
@@ -266,6 +346,7 @@ class TokenService:
             credential_by_id=self.cache.credential_by_id,
             account_of=self.cache.account_of,
             now=now,
+            trust_by_uid=self.cache.trust_by_uid,
         )
         token_metrics.INTROSPECTED.labels("true" if answer["active"] else "false").inc()
         return aiohttp.web.json_response(answer, headers=NO_STORE)
@@ -304,6 +385,36 @@ def _client(form: dict[str, str], basic: str | None) -> tuple[str, str] | grants
     if not in_body or not form.get("client_id"):
         return grants.Refusal(grants.Error.INVALID_CLIENT, "Client authentication is required.")
     return form["client_id"], form["client_secret"]
+
+
+def _exchange_malformed(form: dict[str, str], basic: str | None) -> grants.Refusal | None:
+    """What makes a token-exchange request invalid before anything is looked up (RFC 8693 §2.1):
+    a missing parameter, a client secret (the subject token is the proof), an actor token, two
+    targets, or a token type we do not issue."""
+    for name in ("client_id", "subject_token", "subject_token_type"):
+        if not form.get(name):
+            return grants.Refusal(grants.Error.INVALID_REQUEST, f"The {name} parameter is missing.")
+    if basic is not None or "client_secret" in form:
+        return grants.Refusal(
+            grants.Error.INVALID_REQUEST,
+            "A token exchange takes no client secret: the subject token is the proof.",
+        )
+    if "actor_token" in form or "actor_token_type" in form:
+        return grants.Refusal(grants.Error.INVALID_REQUEST, "Actor tokens are not supported.")
+    if "audience" in form and "resource" in form:
+        return grants.Refusal(grants.Error.INVALID_REQUEST, "Give audience or resource, not both.")
+    if form.get("requested_token_type", exchange.ACCESS_TOKEN_TYPE) != exchange.ACCESS_TOKEN_TYPE:
+        return grants.Refusal(
+            grants.Error.INVALID_REQUEST,
+            "The requested_token_type must be urn:ietf:params:oauth:token-type:access_token.",
+        )
+    return None
+
+
+def _deny(denied: exchange.Denied) -> aiohttp.web.Response:
+    """A refused exchange: the log says what failed (never the token), the answer does not."""
+    logger.info("Refused a token exchange (%s).", denied.cause)
+    return _refuse(denied.refusal, basic=False)
 
 
 def _refuse(refusal: grants.Refusal, *, basic: bool) -> aiohttp.web.Response:
@@ -369,15 +480,17 @@ async def serve(settings: Settings) -> None:
     await served_metrics.serve(settings.observability.metrics_port)
 
     async def write_usage(key: usage.Key, status: dict[str, str | None]) -> None:
-        await api.merge_patch_status(CREDENTIALS, key[0], key[1], status)
+        await api.merge_patch_status(*key, status)
 
     writer = usage.Writer(settings.tokens.usage_interval, write_usage, _now)
-    service = TokenService(settings, cache, usage_writer=writer)
+    material = TrustMaterial(settings)
+    service = TokenService(settings, cache, usage_writer=writer, trust_material=material)
     context = tls_context(settings)
     runner = aiohttp.web.AppRunner(service.app(), handle_signals=True, access_log=None)
     await runner.setup()
     cache.start(asyncio.get_running_loop())
     usage_task = asyncio.create_task(writer.run(), name="usage-writer")
+    keys_task = asyncio.create_task(material.store.run(), name="issuer-refresh")
     try:
         site = aiohttp.web.TCPSite(
             runner, settings.tokens.address, settings.tokens.port, ssl_context=context
@@ -395,5 +508,6 @@ async def serve(settings: Settings) -> None:
         await asyncio.Event().wait()
     finally:
         usage_task.cancel()
+        keys_task.cancel()
         cache.stop()
         await runner.cleanup()
