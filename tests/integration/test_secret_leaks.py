@@ -13,7 +13,7 @@ import json
 
 import pytest
 
-from .credentials_support import ISSUED, ISSUED_TOKENS, MANAGED_BY
+from .credentials_support import ISSUED, ISSUED_TOKENS, MANAGED_BY, SUBJECT_TOKENS
 from .support import ClusterHandle, OperatorProcess
 
 
@@ -70,3 +70,8 @@ def test_no_issued_secret_is_found_in_logs_events_status_annotations_or_metrics(
         where for where, text in places.items() for token in ISSUED_TOKENS if token in text
     )
     assert token_leaks == [], f"{len(token_leaks)} places hold an issued access token"
+    # Subject tokens presented to token exchange: an external identity's proof, never kept.
+    subject_leaks = sorted(
+        where for where, text in places.items() for token in SUBJECT_TOKENS if token in text
+    )
+    assert subject_leaks == [], f"{len(subject_leaks)} places hold a subject token"
