@@ -290,6 +290,21 @@ def test_the_condition_is_compiled_once_per_trust_generation() -> None:
     asyncio.run(main())
 
 
+def test_a_deleted_trusts_policy_is_forgotten_and_compiled_afresh_if_it_returns() -> None:
+    material = TrustMaterial(SETTINGS, clock=lambda: NOW)
+
+    async def main() -> None:
+        await material.prepare(TRUST)
+        material.forget({TRUST.uid})
+        await material.prepare(TRUST)
+        assert material.compiled == 1  # still there: kept
+        material.forget(set())
+        await material.prepare(TRUST)
+        assert material.compiled == 2  # forgotten, then compiled again
+
+    asyncio.run(main())
+
+
 def test_a_trust_and_a_credential_of_one_name_are_coalesced_apart() -> None:
     rule = usage.Coalescer(datetime.timedelta(seconds=60))
     credential_key = ("serviceaccountcredentials", "team-a", "ci")

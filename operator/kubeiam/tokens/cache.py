@@ -164,6 +164,10 @@ class Cache:
     def trust_by_uid(self, uid: str) -> Trust | None:
         return self._trusts_by_uid.get(uid)
 
+    def trust_uids(self) -> set[str]:
+        """The uids of every trust in the cache (what the token server may forget the rest by)."""
+        return set(self._trusts_by_uid)
+
     def sizes(self) -> dict[str, int]:
         return {
             SERVICE_ACCOUNTS: len(self.accounts),

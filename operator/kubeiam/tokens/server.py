@@ -36,6 +36,7 @@ from kubeiam.tokens.trust_material import TrustMaterial
 logger = logging.getLogger(__name__)
 
 READ_SECONDS = 5.0
+FORGET_SECONDS = 60.0  # how often the token server drops what deleted trusts held
 FORM = "application/x-www-form-urlencoded"
 CLIENT_CREDENTIALS = "client_credentials"
 TOKEN_EXCHANGE = "token_exchange"  # the grant's label in metrics (its URN is exchange.GRANT_TYPE)
@@ -472,6 +473,14 @@ async def _until_keys(
     logger.info("Loaded the signing keys (active key %s).", service.keys.active.kid)
 
 
+async def _forget_deleted_trusts(material: TrustMaterial, cache: Cache) -> None:
+    """Now and then, drop the policies of deleted trusts and stop refreshing issuers no trust
+    names any more (the cache's watch says which trusts remain)."""
+    while True:
+        await asyncio.sleep(FORGET_SECONDS)
+        material.forget(cache.trust_uids())
+
+
 async def serve(settings: Settings) -> None:
     """Run the token server until cancelled: the watches, the keys, then HTTPS."""
     api.connect()
@@ -491,6 +500,7 @@ async def serve(settings: Settings) -> None:
     cache.start(asyncio.get_running_loop())
     usage_task = asyncio.create_task(writer.run(), name="usage-writer")
     keys_task = asyncio.create_task(material.store.run(), name="issuer-refresh")
+    forget_task = asyncio.create_task(_forget_deleted_trusts(material, cache), name="forget")
     try:
         site = aiohttp.web.TCPSite(
             runner, settings.tokens.address, settings.tokens.port, ssl_context=context
@@ -509,5 +519,6 @@ async def serve(settings: Settings) -> None:
     finally:
         usage_task.cancel()
         keys_task.cancel()
+        forget_task.cancel()
         cache.stop()
         await runner.cleanup()
