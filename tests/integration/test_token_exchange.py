@@ -40,9 +40,12 @@ from .oidc_issuer import DEFAULT_AUDIENCE, LocalIssuer, github_claims
 from .support import ClusterHandle, OperatorProcess, wait_for
 from .test_token_authn import ISSUER_FOUND_TIMEOUT, Kubectl, issuer, kubectl
 from .test_token_server import _verify
+from .test_trusts import trust_operator
 from .token_support import Client, TokenServer, client_of, running_token_server
 
-__all__ = ["issuer", "kubectl"]  # the API server's expectations, shared with test_token_authn
+# Fixtures shared with the modules that define them: the API server's expectations
+# (test_token_authn) and the operator run with the issuer settings (test_trusts).
+__all__ = ["issuer", "kubectl", "trust_operator"]
 
 GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
 JWT_TYPE = "urn:ietf:params:oauth:token-type:jwt"
@@ -103,9 +106,10 @@ def _service_account_issuer(cluster: ClusterHandle) -> tuple[str, dict[str, Any]
 
 
 @pytest.fixture(scope="module")
-def settings(cluster: ClusterHandle, issuers: Issuers, issuer: TokenIssuer) -> dict[str, str]:
-    """What a platform team would give both the operator and the token server: the test CA
-    trusted (never verification off), loopback allowed explicitly, the allowed issuers."""
+def issuer_env(cluster: ClusterHandle, issuers: Issuers, issuer: TokenIssuer) -> dict[str, str]:
+    """What a platform team would give both the operator (test_trusts' `trust_operator` runs
+    it with these) and the token server: the test CA trusted (never verification off),
+    loopback allowed explicitly, the allowed issuers."""
     service_accounts, _ = _service_account_issuer(cluster)
     return {
         "KUBEIAM_ORGANIZATION": ORGANIZATION,
@@ -128,30 +132,16 @@ def settings(cluster: ClusterHandle, issuers: Issuers, issuer: TokenIssuer) -> d
 
 
 @pytest.fixture(scope="module")
-def exchange_operator(
-    cluster: ClusterHandle, session_operator: OperatorProcess, settings: dict[str, str]
-) -> Iterator[OperatorProcess]:
-    """An operator with the issuer settings, in place of the session's for this module."""
-    session_operator.stop()
-    process = OperatorProcess(cluster, name="exchange", env=settings)
-    process.start()
-    try:
-        yield process
-    finally:
-        process.stop()
-
-
-@pytest.fixture(scope="module")
 def token_server(
     cluster: ClusterHandle,
-    exchange_operator: OperatorProcess,
+    trust_operator: OperatorProcess,
     issuer: TokenIssuer,
-    settings: dict[str, str],
+    issuer_env: dict[str, str],
 ) -> Iterator[TokenServer]:
     """The token server where the API server expects kube-iam's issuer, under its own
     ServiceAccount when the suite has one (so RBAC decides whether it may write trust usage)."""
     kubeconfig = cluster.token_server_kubeconfig or cluster.operator_kubeconfig
-    assert kubeconfig is not None  # exchange_operator skipped otherwise
+    assert kubeconfig is not None  # trust_operator skipped otherwise
     with running_token_server(
         cluster,
         kubeconfig=kubeconfig,
@@ -159,7 +149,7 @@ def token_server(
         ca=Path(issuer.ca_file),
         log_name="token-server-exchange.log",
         settings={
-            **settings,
+            **issuer_env,
             "KUBEIAM_TOKEN_PORT": str(issuer.port),
             "KUBEIAM_TOKEN_ADDRESS": "127.0.0.1",
             "KUBEIAM_TOKEN_CERT_DIR": issuer.cert_dir,
