@@ -25,6 +25,9 @@ from kubeiam.tokens.grants import Account, Error
 from kubeiam.tokens.introspection import introspect
 from kubeiam.tokens.trust_material import TrustMaterial
 
+from .test_tokens_server import run as serve_one
+from .test_tokens_server import service
+
 NOW = datetime.datetime(2026, 12, 7, 12, 0, tzinfo=datetime.UTC)
 ISSUER = "https://iam.example.test"
 EXTERNAL = "https://ci.example.test"
@@ -323,3 +326,42 @@ def test_spec_and_readiness_are_read_from_the_trust() -> None:
     assert TRUST.effective_roles == ("compute.deployer", "storage.reader")
     assert trust_view(trust_body(audiences="not a list")).spec is None
     assert Candidates(ACCOUNT, EXTERNAL, (TRUST,)).trusts == (TRUST,)
+
+
+EXCHANGE_FORM = {
+    "grant_type": exchange.GRANT_TYPE,
+    "client_id": "pipeline@team-a.acme.iam",
+    "subject_token": "a.b.c",
+    "subject_token_type": JWT,
+}
+
+
+@pytest.mark.parametrize(
+    ("change", "headers", "says"),
+    [
+        ({"subject_token": None}, {}, "subject_token parameter is missing"),
+        ({"subject_token_type": None}, {}, "subject_token_type parameter is missing"),
+        ({"client_id": None}, {}, "client_id parameter is missing"),
+        ({"client_secret": "kiam_x"}, {}, "no client secret"),
+        ({}, {"Authorization": "Basic eDp5"}, "no client secret"),
+        ({"actor_token": "a.b.c", "actor_token_type": JWT}, {}, "Actor tokens"),
+        ({"audience": ISSUER, "resource": ISSUER}, {}, "not both"),
+        ({"requested_token_type": "urn:ietf:params:oauth:token-type:refresh_token"}, {},
+         "requested_token_type"),
+        ({}, {}, "not accepted by any trust"),
+    ],
+)  # fmt: skip
+def test_the_token_endpoint_refuses_a_malformed_exchange_before_any_lookup(
+    change: dict[str, str | None], headers: dict[str, str], says: str
+) -> None:
+    form = {**EXCHANGE_FORM, **change}
+    data = {name: value for name, value in form.items() if value is not None}
+
+    async def call(client: Any) -> None:
+        answer = await client.post("/prefix/oauth2/token", data=data, headers=headers)
+        assert answer.status == 400
+        body = await answer.json()
+        assert body["error"] == "invalid_request"
+        assert says in body["error_description"]
+
+    serve_one(service(), call)

@@ -41,7 +41,7 @@ FORM = "application/x-www-form-urlencoded"
 CLIENT_CREDENTIALS = "client_credentials"
 TOKEN_EXCHANGE = "token_exchange"  # the grant's label in metrics (its URN is exchange.GRANT_TYPE)
 # Where the grant a request used is kept on it, for the metrics.
-GRANT_KEY = "kubeiam.grant"
+GRANT_KEY = aiohttp.web.RequestKey("kubeiam.grant", str)
 REALM = 'Basic realm="kube-iam", charset="UTF-8"'
 TOKEN_PATH = "/oauth2/token"
 JWKS_PATH = "/oauth2/jwks"
