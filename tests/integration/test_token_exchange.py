@@ -198,6 +198,7 @@ def world(
                     trust_manifest("gh", github, pinned("acme/api")),
                     trust_manifest("toggle", github, pinned("acme/toggle")),
                     trust_manifest("doomed", github, pinned("acme/doomed")),
+                    trust_manifest("widened", github, pinned("acme/widened")),
                     trust_manifest(
                         "fenced", github, pinned("acme/fenced"), allowSourceCidrs=["192.0.2.0/24"]
                     ),
@@ -222,7 +223,8 @@ def world(
             ),
             namespace,
         )
-        for name in ("gh", "toggle", "doomed", "fenced", "rotating", "self", "cluster", "other-gh"):
+        trusts = ("gh", "toggle", "doomed", "widened", "fenced", "rotating", "self", "cluster")
+        for name in (*trusts, "other-gh"):
             cluster.wait_condition("iamtrust", name, namespace)
         yield World(
             namespace,
@@ -514,6 +516,36 @@ def test_a_deleted_trust_stops_exchanges_and_ends_its_tokens(
     cluster.kubectl("delete", "iamtrust", "doomed", "-n", world.namespace)
     wait_for(lambda: not introspect(world, earlier), what="the earlier token to turn inactive")
     refused(world, github(issuers, "acme/doomed"), "condition ConditionFalse")
+
+
+def test_a_trust_no_longer_ready_stops_exchanges_and_ends_its_tokens(
+    cluster: ClusterHandle, world: World, issuers: Issuers
+) -> None:
+    """Its condition widened to pin no repository: the operator turns it Ready=False
+    (ConditionTooBroad), although the new condition itself would admit the token."""
+    earlier = accepted(world, github(issuers, "acme/widened"))["access_token"]
+    cluster.kubectl(
+        "patch", "iamtrust", "widened", "-n", world.namespace, "--type=merge",
+        "-p", json.dumps({"spec": {"condition": "claims.ref == 'refs/heads/main'"}}),
+    )  # fmt: skip
+    wait_for(lambda: not introspect(world, earlier), what="the earlier token to turn inactive")
+    refused(world, github(issuers, "acme/widened"), "widened: not Ready")
+
+
+def test_a_disabled_account_stops_exchanges_through_its_trusts_and_ends_their_tokens(
+    cluster: ClusterHandle, world: World, issuers: Issuers
+) -> None:
+    earlier = accepted(world, github(issuers, "acme/other"), client_id=world.other)
+    assert introspect(world, earlier["access_token"])
+    cluster.kubectl(
+        "patch", "iamsa", "other", "-n", world.namespace, "--type=merge",
+        "-p", '{"spec": {"disabled": true}}',
+    )  # fmt: skip
+    wait_for(
+        lambda: not introspect(world, earlier["access_token"]),
+        what="the earlier token to turn inactive",
+    )
+    refused(world, github(issuers, "acme/other"), "is disabled", client_id=world.other)
 
 
 # -- workload identity: the local API server's own ServiceAccount tokens --------------------
