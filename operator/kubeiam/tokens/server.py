@@ -26,11 +26,12 @@ from kubeiam.kube import api
 from kubeiam.kube import metrics as served_metrics
 from kubeiam.kube.bodies import read_bounded
 from kubeiam.kube.resources import CREDENTIALS, TRUSTS
-from kubeiam.settings import Settings
+from kubeiam.settings import TOKEN_PATH, Settings
 from kubeiam.tokens import exchange, grants, introspection, keys, tokens, usage
 from kubeiam.tokens import metrics as token_metrics
 from kubeiam.tokens.cache import Cache
 from kubeiam.tokens.keys import ALGORITHM, SigningKeys
+from kubeiam.tokens.refusal_log import RefusalLog
 from kubeiam.tokens.trust_material import TrustMaterial
 
 logger = logging.getLogger(__name__)
@@ -43,7 +44,6 @@ TOKEN_EXCHANGE = "token_exchange"  # the grant's label in metrics (its URN is ex
 # Where the grant a request used is kept on it, for the metrics.
 GRANT_KEY = aiohttp.web.RequestKey("kubeiam.grant", str)
 REALM = 'Basic realm="kube-iam", charset="UTF-8"'
-TOKEN_PATH = "/oauth2/token"
 JWKS_PATH = "/oauth2/jwks"
 INTROSPECT_PATH = "/oauth2/introspect"
 AUTH_METHODS = ["client_secret_post", "client_secret_basic"]
@@ -418,8 +418,12 @@ def _deny(denied: exchange.Denied) -> aiohttp.web.Response:
     return _refuse(denied.refusal, basic=False)
 
 
+# One INFO line per kind of refusal a minute, the rest at DEBUG (refusal_log.py says why).
+_REFUSALS = RefusalLog()
+
+
 def _refuse(refusal: grants.Refusal, *, basic: bool) -> aiohttp.web.Response:
-    logger.info("Refused a token request: %s.", refusal.error.value)
+    logger.log(*_REFUSALS.line(refusal.error.value, refusal.description, _now()))
     if refusal.error == grants.Error.INVALID_CLIENT and basic:
         return _error(refusal.error, refusal.description, 401, {"WWW-Authenticate": REALM})
     return _error(refusal.error, refusal.description)
