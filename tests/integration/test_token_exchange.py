@@ -148,6 +148,9 @@ def token_server(
         issuer=issuer.url,
         ca=Path(issuer.ca_file),
         log_name="token-server-exchange.log",
+        # Refusals are paced at INFO; each one's cause is at DEBUG at least, which the tests
+        # read (and the leak scan then reads the DEBUG lines too).
+        verbose=True,
         settings={
             **issuer_env,
             "KUBEIAM_TOKEN_PORT": str(issuer.port),

@@ -8,6 +8,7 @@ import asyncio
 import dataclasses
 import datetime
 import ipaddress
+import logging
 from typing import Any
 
 import jwt
@@ -365,3 +366,26 @@ def test_the_token_endpoint_refuses_a_malformed_exchange_before_any_lookup(
         assert says in body["error_description"]
 
     serve_one(service(), call)
+
+
+def test_refused_exchanges_are_logged_once_a_minute_per_kind_at_info_the_rest_at_debug(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A flood of bad subject tokens cannot flood the log; each line says why, never the token."""
+    from kubeiam.tokens import server
+    from kubeiam.tokens.refusal_log import RefusalLog
+
+    monkeypatch.setattr(server, "_REFUSALS", RefusalLog())
+    token = subject()
+
+    async def call(client: Any) -> None:
+        for client_id in ("nobody@team-a.acme.iam", "nobody@team-a.acme.iam", "pipeline@x"):
+            form = {**EXCHANGE_FORM, "client_id": client_id, "subject_token": token}
+            assert (await client.post("/prefix/oauth2/token", data=form)).status == 400
+
+    with caplog.at_level(logging.DEBUG, logger="kubeiam.tokens.server"):
+        serve_one(service(), call)
+    lines = [r for r in caplog.records if r.getMessage().startswith("Refused a token exchange")]
+    assert [r.levelno for r in lines] == [logging.INFO, logging.DEBUG, logging.DEBUG]
+    assert all("no account has this client id" in r.getMessage() for r in lines)
+    assert all(token not in r.getMessage() for r in caplog.records)

@@ -119,10 +119,12 @@ class Exchanged:
 
 @dataclass(frozen=True)
 class Denied:
-    """A refusal, and what caused it for the log (never the token)."""
+    """A refusal, and what caused it for the log (never the token): `cause` in detail (which
+    trusts, which checks), `kind` in one of a few fixed words, by which the log is paced."""
 
     refusal: Refusal
     cause: str
+    kind: str
 
 
 @dataclass(frozen=True)
@@ -150,6 +152,7 @@ def candidates(
                 "urn:ietf:params:oauth:token-type:id_token.",
             ),
             "subject_token_type",
+            "subject_token_type",
         )
     if len(request.subject_token) > MAX_TOKEN_LENGTH:
         return Denied(
@@ -158,17 +161,19 @@ def candidates(
                 f"The subject token is longer than {MAX_TOKEN_LENGTH} characters.",
             ),
             "subject token size",
+            "size",
         )
     account = account_by_client_id(request.client_id)
     if account is None:
-        return Denied(NOT_ACCEPTED, "no account has this client id")
+        return Denied(NOT_ACCEPTED, "no account has this client id", "unknown client")
     if account.disabled:
-        return Denied(NOT_ACCEPTED, f"account {account.namespace}/{account.name} is disabled")
+        cause = f"account {account.namespace}/{account.name} is disabled"
+        return Denied(NOT_ACCEPTED, cause, "account disabled")
     issuer = _unverified_issuer(request.subject_token)
     if issuer is None:
-        return Denied(NOT_ACCEPTED, "the subject token is not a JWT with an iss")
+        return Denied(NOT_ACCEPTED, "the subject token is not a JWT with an iss", "not a JWT")
     if issuer == own_issuer:
-        return Denied(NOT_ACCEPTED, "the subject token is kube-iam's own")
+        return Denied(NOT_ACCEPTED, "the subject token is kube-iam's own", "own token")
     trusts = tuple(
         sorted(
             (trust for trust in trusts_of(account) if trust.issuer == issuer),
@@ -177,7 +182,9 @@ def candidates(
     )
     if not trusts:
         return Denied(
-            NOT_ACCEPTED, f"no trust of {account.namespace}/{account.name} on {issuer[:100]!r}"
+            NOT_ACCEPTED,
+            f"no trust of {account.namespace}/{account.name} on {issuer[:100]!r}",
+            "no trust on the issuer",
         )
     return Candidates(account, issuer, trusts)
 
@@ -203,6 +210,7 @@ def decide(
             return Denied(
                 Refusal(Error.INVALID_SCOPE, "The scope asked for exceeds the trust's roles."),
                 f"trust {trust.namespace}/{trust.name}: scope",
+                "scope",
             )
         allowed = settings.tokens.allowed_audiences()
         audience = request.audience or allowed[0]
@@ -210,6 +218,7 @@ def decide(
             return Denied(
                 Refusal(Error.INVALID_TARGET, "The audience asked for is not allowed."),
                 f"trust {trust.namespace}/{trust.name}: audience",
+                "audience",
             )
         return Exchanged(
             account=tried.account,
@@ -220,7 +229,7 @@ def decide(
             audience=audience,
             not_after=_expiry(admitted),
         )
-    return Denied(NOT_ACCEPTED, "; ".join(causes))
+    return Denied(NOT_ACCEPTED, "; ".join(causes), "no trust accepted")
 
 
 def _through(

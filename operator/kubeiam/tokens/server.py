@@ -413,9 +413,13 @@ def _exchange_malformed(form: dict[str, str], basic: str | None) -> grants.Refus
 
 
 def _deny(denied: exchange.Denied) -> aiohttp.web.Response:
-    """A refused exchange: the log says what failed (never the token), the answer does not."""
-    logger.info("Refused a token exchange (%s).", denied.cause)
-    return _refuse(denied.refusal, basic=False)
+    """A refused exchange: the log says what failed (never the token), the answer does not.
+    Paced like every refusal (refusal_log.py), by the denial's fixed kind: one INFO line per
+    kind a minute, the rest at DEBUG, so a flood of bad subject tokens cannot flood the log."""
+    refusal = denied.refusal
+    level, _ = _REFUSALS.line(refusal.error.value, f"token exchange: {denied.kind}", _now())
+    logger.log(level, "Refused a token exchange: %s (%s).", refusal.error.value, denied.cause)
+    return _error(refusal.error, refusal.description)
 
 
 # One INFO line per kind of refusal a minute, the rest at DEBUG (refusal_log.py says why).
