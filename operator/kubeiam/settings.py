@@ -410,6 +410,13 @@ class WatchingSettings(_Group):
         "kopf_toggles.py): a restart over thousands of objects resumes them in seconds, not "
         "minutes. false keeps kopf's own, for comparing.",
     )
+    slim_watch_events: bool = Field(
+        validation_alias="KUBEIAM_SLIM_WATCH_EVENTS",
+        default=True,
+        description="Drop metadata.managedFields (half of a credential) from watched objects "
+        "before kopf keeps them (kube/kopf_bodies.py): a restart holds every object at once. "
+        "false keeps kopf's events whole.",
+    )
 
 
 class MemorySettings(_Group):

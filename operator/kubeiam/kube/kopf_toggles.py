@@ -105,12 +105,15 @@ class CountingToggleSet(aiotoggles.ToggleSet):
             self._condition.notify_all()
 
 
+def version_mismatch() -> str:
+    """What differs from kopf's pinned version; empty when nothing does."""
+    version = importlib.metadata.version("kopf")
+    return "" if version == KOPF_VERSION else f"kopf is {version}, not {KOPF_VERSION}"
+
+
 def mismatches() -> list[str]:
     """What differs from the kopf this module was written against; empty when nothing does."""
-    found = []
-    version = importlib.metadata.version("kopf")
-    if version != KOPF_VERSION:
-        found.append(f"kopf is {version}, not {KOPF_VERSION}")
+    found = [version_mismatch()] if version_mismatch() else []
     source = inspect.getsource(aiotoggles).encode()
     if hashlib.sha256(source).hexdigest() != AIOTOGGLES_SHA256:
         found.append("kopf's _cogs/aiokits/aiotoggles.py has changed")
