@@ -9,6 +9,8 @@ and by traceback once every object is resumed); then a plain restart (RSS, and R
 difference between two sizes, divided by the objects added, is the cost of one object; the
 sites printed are where it goes. With BENCH_PROFILE=1 py-spy samples each plain restart
 (profile-restart-<objects>.txt beside the snapshots; `python -m bench.profile` reads it).
+BENCH_TRACEMALLOC_FRAMES (default 12) is the depth of the tracebacks; 0 skips the traced
+restarts (RSS only: quicker at 10,000 objects).
 """
 
 from __future__ import annotations
@@ -43,10 +45,15 @@ def sizes_from_env() -> list[int]:
 
 
 def _operator(
-    cluster: BenchCluster, operators: list[Operator], name: str, snapshot: Path, frames: int
+    cluster: BenchCluster,
+    operators: list[Operator],
+    name: str,
+    snapshot: Path,
+    frames: int,
+    **env: str,
 ) -> Operator:
     """Started, and in `operators` first, so that the bench stops it whatever happens."""
-    env = {"BENCH_SNAPSHOT": str(snapshot), "BENCH_TRACEMALLOC_FRAMES": str(frames)}
+    env |= {"BENCH_SNAPSHOT": str(snapshot), "BENCH_TRACEMALLOC_FRAMES": str(frames)}
     operator = Operator(cluster, name=name, module="bench.memtrace", env=env)
     operators.append(operator)
     # Traced, a process starts several times slower.
@@ -101,6 +108,9 @@ async def slope(
 ) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once, before any process
     frames = int(os.environ.get("BENCH_TRACEMALLOC_FRAMES") or 12)
+    # Another tree's operator/ (e.g. `git archive main`), restarted beside ours at each size:
+    # before and after a change, on the same objects and the same machine at the same time.
+    baseline = os.environ.get("BENCH_MEMORY_BASELINE") or ""
     points: list[dict[str, Any]] = []
     accounts = 0
     issuer = _operator(cluster, operators, "bench-memory-0", out / "issuer-0", 0)
@@ -110,26 +120,62 @@ async def slope(
         point: dict[str, Any] = {"objects": objects}
         point["issuing_process"] = await facts(issuer)
         issuer.stop()
-        traced_snapshot = out / f"traced-{objects}.snapshot"
-        traced = _operator(cluster, operators, f"bench-memory-traced-{i}", traced_snapshot, frames)
-        point["traced_resumed_s"] = await resumed(traced, objects)
-        await scenarios.quiet(api, seconds=5)
-        point["traced_restart"] = await facts(traced)
-        point["snapshot"] = str(traced_snapshot)
-        traced.stop()
+        if baseline:
+            name = f"bench-memory-baseline-{i}"
+            other = _operator(cluster, operators, name, out / name, 0, PYTHONPATH=baseline)
+            point["baseline_restart"] = await _restarted(api, other, objects, out, "baseline")
+            other.stop()
         issuer = _operator(cluster, operators, f"bench-memory-{i + 1}", out / f"issuer-{i + 1}", 0)
-        if os.environ.get("BENCH_PROFILE"):
-            issuer.profile(out / f"profile-restart-{objects}.txt")
-        point["restart_resumed_s"] = await resumed(issuer, objects)
-        issuer.stop_profile()
-        await scenarios.quiet(api, seconds=5)
-        point["restart"] = await facts(issuer)
+        point["restart"] = await _restarted(api, issuer, objects, out, "restart")
         points.append(point)
+        if frames:
+            # Last at each size: under tracemalloc a restart is several times slower.
+            issuer.stop()
+            point.update(await _traced_restart(api, cluster, operators, out, objects, frames, i))
+            issuer = _operator(
+                cluster, operators, f"bench-memory-{i + 1}b", out / f"issuer-{i}b", 0
+            )
     issuer.stop()
     result: dict[str, Any] = {"points": points, "frames": frames}
-    if len(points) >= 2:
+    if len(points) >= 2 and all("snapshot" in p for p in points):
         result["sites"] = sites(points[0], points[-1])
     return result
+
+
+async def _restarted(
+    api: Api, operator: Operator, objects: int, out: Path, what: str
+) -> dict[str, Any]:
+    """A process started over `objects` settled: seconds to resume them all, then its RSS."""
+    if os.environ.get("BENCH_PROFILE"):
+        operator.profile(out / f"profile-{what}-{objects}.txt")
+    resumed_s = await resumed(operator, objects)
+    operator.stop_profile()
+    await scenarios.quiet(api, seconds=5)
+    return {"resumed_s": resumed_s, **await facts(operator)}
+
+
+async def _traced_restart(
+    api: Api,
+    cluster: BenchCluster,
+    operators: list[Operator],
+    out: Path,
+    objects: int,
+    frames: int,
+    i: int,
+) -> dict[str, Any]:
+    """A restart under tracemalloc: its snapshot once every object is resumed. One that does
+    not finish in time is recorded as such; the figures before it stand."""
+    snapshot = out / f"traced-{objects}.snapshot"
+    traced = _operator(cluster, operators, f"bench-memory-traced-{i}", snapshot, frames)
+    try:
+        resumed_s = await resumed(traced, objects)
+        await scenarios.quiet(api, seconds=5)
+        figures = await facts(traced)
+    except TimeoutError as error:
+        return {"traced_error": str(error)}
+    finally:
+        traced.stop()
+    return {"traced_resumed_s": resumed_s, "traced_restart": figures, "snapshot": str(snapshot)}
 
 
 def _load(point: dict[str, Any]) -> tracemalloc.Snapshot:
@@ -182,20 +228,30 @@ def report(result: dict[str, Any]) -> str:
             f" (trimmed {p['issuing_process']['rss_mb_after_trim']:.1f}),"
             f" restart {p['restart']['rss_mb']:.1f} MB"
             f" (trimmed {p['restart']['rss_mb_after_trim']:.1f}) resumed in"
-            f" {p['restart_resumed_s']:.1f} s; traced {p['traced_restart']['traced_mb']:.1f} MB"
+            f" {p['restart']['resumed_s']:.1f} s"
+            + (f"; traced {p['traced_restart']['traced_mb']:.1f} MB" if "snapshot" in p else "")
         )
+        if "baseline_restart" in p:
+            b = p["baseline_restart"]
+            lines.append(
+                f"          baseline restart {b['rss_mb']:.1f} MB (trimmed"
+                f" {b['rss_mb_after_trim']:.1f}) resumed in {b['resumed_s']:.1f} s"
+            )
     if len(points) >= 2:
         low, high = points[0], points[-1]
         lines.append(
             f"  issuing process RSS: {_per_object(low, high, 'issuing_process', 'rss_mb')}"
         )
         lines.append(f"  restart RSS:         {_per_object(low, high, 'restart', 'rss_mb')}")
+        if "baseline_restart" in low and "baseline_restart" in high:
+            before = _per_object(low, high, "baseline_restart", "rss_mb")
+            lines.append(f"  baseline restart:    {before}")
         lines.append(
             f"  restart RSS trimmed: {_per_object(low, high, 'restart', 'rss_mb_after_trim')}"
         )
-        lines.append(
-            f"  traced (Python):     {_per_object(low, high, 'traced_restart', 'traced_mb')}"
-        )
+        if "snapshot" in low and "snapshot" in high:
+            traced = _per_object(low, high, "traced_restart", "traced_mb")
+            lines.append(f"  traced (Python):     {traced}")
     found = result.get("sites")
     if found:
         lines.append(f"Top sites by line, bytes per object added ({found['objects_added']}):")
