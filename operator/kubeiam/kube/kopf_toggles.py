@@ -113,7 +113,8 @@ def version_mismatch() -> str:
 
 def mismatches() -> list[str]:
     """What differs from the kopf this module was written against; empty when nothing does."""
-    found = [version_mismatch()] if version_mismatch() else []
+    version = version_mismatch()
+    found = [version] if version else []
     source = inspect.getsource(aiotoggles).encode()
     if hashlib.sha256(source).hexdigest() != AIOTOGGLES_SHA256:
         found.append("kopf's _cogs/aiokits/aiotoggles.py has changed")
