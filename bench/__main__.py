@@ -2,6 +2,7 @@
 
 BENCH_SCALE (default 1) sizes the run: 0.1 is a quick one of a couple of minutes.
 BENCH_ONLY=issuance,burst runs only those (and nothing that needs what they skip).
+BENCH_ONLY=memory_slope runs the memory slope alone (bench/memory.py).
 BENCH_PROFILE=1 samples the operator with py-spy during the issuance, burst and restart
 scenarios (and the token server during each token scenario) and writes the raw stacks beside
 the JSON. The token scenarios (bench/tokens.py, names tokens_*) come last.
@@ -21,7 +22,7 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
-from bench import scenarios, tokens
+from bench import memory, scenarios, tokens
 from bench.client import Api
 from bench.processes import BenchCluster, Operator, admission_only
 from bench.report import table
@@ -91,6 +92,10 @@ async def _scenarios(
             results[key]["webhook_retries"] = api.webhook_retries - retries
         return results[key]
 
+    if "memory_slope" in only:  # a run of its own: the operator's memory by object count
+        out = OUT_DIR / f"memory-{time.strftime('%Y%m%dT%H%M%S')}"
+        await step("memory_slope", "memory slope", memory.slope(api, cluster, out, operators))
+        return
     await step(
         "floor_issuance", "floor: issuance by a bare client", scenarios.floor_issuance(api, sizes)
     )
@@ -178,6 +183,8 @@ def main() -> int:
     (OUT_DIR / "latest.json").write_text(text + "\n")
     print()
     print(table(results))
+    if "memory_slope" in results:
+        print(memory.report(results["memory_slope"]))
     print()
     print(tokens.table(results))
     print()

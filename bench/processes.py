@@ -62,6 +62,9 @@ class Operator:
     cluster: BenchCluster
     name: str
     args: tuple[str, ...] = ()
+    # The module run in place of kubeiam.cli (bench/memtrace.py wraps it), and its environment.
+    module: str = "kubeiam.cli"
+    env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
     started_at: float = 0.0
@@ -79,6 +82,7 @@ class Operator:
             **self.cluster.operator_env,
             "KUBEIAM_METRICS_PORT": str(self.metrics_port),
             "KUBECONFIG": str(self.cluster.operator_kubeconfig),
+            **self.env,
         }
         if "--admission-only" not in self.args:
             # As in deploy/: admission is the webhook process's, never the reconciling one's.
@@ -87,7 +91,7 @@ class Operator:
         health = f"http://127.0.0.1:{health_port}/healthz"
         self.started_at = time.monotonic()
         self.process = spawn(
-            [sys.executable, "-m", "kubeiam.cli", "run", "--liveness", health, *args],
+            [sys.executable, "-m", self.module, "run", "--liveness", health, *args],
             env,
             self.log_path,
         )

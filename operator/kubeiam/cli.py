@@ -15,7 +15,7 @@ def _run(args: argparse.Namespace) -> int:
     import kopf
 
     from kubeiam import runtime  # (importing it registers the handlers)
-    from kubeiam.kube import kopf_toggles
+    from kubeiam.kube import kopf_bodies, kopf_toggles
     from kubeiam.settings import get_settings
 
     settings = get_settings()  # fail here, with the variable's name, on a bad KUBEIAM_* value
@@ -30,6 +30,7 @@ def _run(args: argparse.Namespace) -> int:
     # Before kopf.run builds its toggle sets; refuses to start against a kopf it was not
     # written for (kube/kopf_toggles.py says why it exists).
     kopf_toggles.install(enabled=settings.watching.counted_kopf_toggles)
+    kopf_bodies.install(enabled=settings.watching.slim_watch_events)
     liveness = args.liveness or settings.observability.liveness_endpoint
     try:
         if args.admission_only:

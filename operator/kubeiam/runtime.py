@@ -18,7 +18,7 @@ from kubeiam.controllers import (  # noqa: F401
     signing_keys,
     trusts,
 )
-from kubeiam.kube import bookkeeping, metrics, peering
+from kubeiam.kube import bookkeeping, memory, metrics, peering
 from kubeiam.kube import webhook_server as webhook_server_module
 from kubeiam.settings import Settings, get_settings
 
@@ -101,6 +101,8 @@ def admission_only_registry() -> kopf.OperatorRegistry:
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     """Apply kube-iam's choices to kopf before any watch starts."""
     ours = get_settings()
+    # Before the API client starts its threads: each would otherwise get a C heap of its own.
+    memory.limit_arenas(ours.memory.malloc_arena_max)
     configure_admission(settings, ours)
     # Replicas meet in kube-iam's own peering object, not kopf's "default", which another kopf
     # operator in the cluster may use. Unless `--peering` named one, it is optional: without

@@ -437,6 +437,32 @@ class WatchingSettings(_Group):
         "kopf_toggles.py): a restart over thousands of objects resumes them in seconds, not "
         "minutes. false keeps kopf's own, for comparing.",
     )
+    slim_watch_events: bool = Field(
+        validation_alias="KUBEIAM_SLIM_WATCH_EVENTS",
+        default=True,
+        description="Drop metadata.managedFields (half of a credential) from watched objects "
+        "before kopf keeps them (kube/kopf_bodies.py): a restart holds every object at once. "
+        "false keeps kopf's events whole.",
+    )
+
+
+class MemorySettings(_Group):
+    """The process's C heap (glibc's malloc; elsewhere these do nothing)."""
+
+    model_config = SettingsConfigDict(env_prefix="KUBEIAM_MEMORY_")
+
+    malloc_arena_max: int = Field(
+        default=2,
+        ge=0,
+        le=64,
+        description="The most malloc arenas the operator's threads share (mallopt M_ARENA_MAX); "
+        "0 keeps glibc's default of 8 per core, each keeping what a burst freed in it.",
+    )
+    trim: bool = Field(
+        default=True,
+        description="Hand memory freed after a burst back to the OS (malloc_trim) at every sweep "
+        "of the credentials (30 s), so the pod's RSS falls back after a burst.",
+    )
 
 
 class ObservabilitySettings(_Group):
@@ -491,6 +517,7 @@ class Settings(_Group):
     webhook: WebhookSettings = Field(default_factory=WebhookSettings)
     tokens: TokenSettings = Field(default_factory=TokenSettings)
     watching: WatchingSettings = Field(default_factory=WatchingSettings)
+    memory: MemorySettings = Field(default_factory=MemorySettings)
     observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)
 
     @model_validator(mode="after")

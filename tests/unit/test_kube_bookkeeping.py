@@ -11,6 +11,8 @@ from typing import Any
 
 import kopf
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from kopf._cogs.structs import diffs
 from kopf._core.intents.causes import Reason, detect_changing_cause
 
@@ -155,3 +157,69 @@ def test_a_failing_handler_still_keeps_its_retry_count_in_our_annotations() -> N
     annotations = dict(stored_progress(record, purged=False).metadata.annotations)
     assert list(annotations) == [f"{PREFIX}/reconcile_credential"]
     assert '"retries":2' in annotations[f"{PREFIX}/reconcile_credential"]
+
+
+# -- the essence, built without deep-copying what kopf drops ------------------------------------
+
+_texts = st.text(alphabet="abcxyz./-", min_size=1, max_size=6)
+_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | _texts,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_texts, inner, max_size=3),
+    max_leaves=8,
+)
+_annotation_keys = st.sampled_from(
+    [
+        "team",
+        f"{PREFIX}/reconcile_credential",
+        "kopf.zalando.org/last-handled-configuration",
+        "kubectl.kubernetes.io/last-applied-configuration",
+        "example.com/owner",
+    ]
+)
+_bodies = st.fixed_dictionaries(
+    {
+        "apiVersion": st.just("iam.kubeiam.io/v1alpha1"),
+        "kind": st.just("ServiceAccountCredential"),
+        "metadata": st.fixed_dictionaries(
+            {"name": _texts, "generation": st.integers(1, 3)},
+            optional={
+                "labels": st.dictionaries(_texts, _texts, max_size=3),
+                "annotations": st.dictionaries(_annotation_keys, _texts, max_size=4),
+                "managedFields": st.lists(st.dictionaries(_texts, _values, max_size=3), max_size=3),
+            },
+        ),
+        "spec": st.dictionaries(_texts, _values, max_size=4),
+    },
+    optional={"status": st.dictionaries(_texts, _values, max_size=3), "data": _values},
+)
+_extra_fields = st.lists(
+    st.sampled_from(["spec", "spec.a", ("spec", "b"), "status.state", "metadata.generation"]),
+    max_size=2,
+)
+
+
+@given(raw=_bodies, extra_fields=_extra_fields)
+@settings(max_examples=300, deadline=None)
+def test_the_essence_is_kopfs_own_for_every_body(raw: dict[str, Any], extra_fields: Any) -> None:
+    storage = ObservedGenerationDiffBase(UnmarkedProgressStorage(prefix=PREFIX))
+    stock = kopf.AnnotationsDiffBaseStorage(prefix=PREFIX)
+    body = kopf.Body(raw)
+    assert storage.build(body=body, extra_fields=extra_fields) == stock.build(
+        body=body, extra_fields=extra_fields
+    )
+
+
+def test_the_essence_copies_nothing_kopf_drops(monkeypatch: pytest.MonkeyPatch) -> None:
+    import copy
+
+    copied: list[Any] = []
+    deepcopy = copy.deepcopy
+    monkeypatch.setattr(
+        copy, "deepcopy", lambda value, *a: copied.append(value) or deepcopy(value, *a)
+    )
+    body = credential(2, 1, managedFields=[{"manager": "kubectl", "fieldsV1": {"f:spec": {}}}])
+    ObservedGenerationDiffBase(UnmarkedProgressStorage(prefix=PREFIX)).build(body=body)
+    everything = repr(copied)
+    assert copied
+    assert "managedFields" not in everything
+    assert "observedGeneration" not in everything

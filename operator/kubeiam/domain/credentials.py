@@ -37,7 +37,7 @@ TERMINAL = frozenset({State.EXPIRED, State.REVOKED, State.FAILED})
 EXPIRING_SOON = "ExpiringSoon"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class CredentialView:
     """The little the operator keeps in memory about every credential (an index value)."""
 

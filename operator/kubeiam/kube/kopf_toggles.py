@@ -105,12 +105,16 @@ class CountingToggleSet(aiotoggles.ToggleSet):
             self._condition.notify_all()
 
 
+def version_mismatch() -> str:
+    """What differs from kopf's pinned version; empty when nothing does."""
+    version = importlib.metadata.version("kopf")
+    return "" if version == KOPF_VERSION else f"kopf is {version}, not {KOPF_VERSION}"
+
+
 def mismatches() -> list[str]:
     """What differs from the kopf this module was written against; empty when nothing does."""
-    found = []
-    version = importlib.metadata.version("kopf")
-    if version != KOPF_VERSION:
-        found.append(f"kopf is {version}, not {KOPF_VERSION}")
+    version = version_mismatch()
+    found = [version] if version else []
     source = inspect.getsource(aiotoggles).encode()
     if hashlib.sha256(source).hexdigest() != AIOTOGGLES_SHA256:
         found.append("kopf's _cogs/aiokits/aiotoggles.py has changed")

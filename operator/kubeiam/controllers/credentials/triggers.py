@@ -28,7 +28,7 @@ from kubeiam.controllers.credentials.state import (
 from kubeiam.controllers.credentials.views import IssuedSecret
 from kubeiam.domain import credentials as rules
 from kubeiam.domain import upkeep
-from kubeiam.kube import api, metrics, peering, status
+from kubeiam.kube import api, memory, metrics, peering, status
 from kubeiam.kube.key_secret import KeySecretError, load_or_create
 from kubeiam.kube.logs import about
 from kubeiam.kube.resources import CREDENTIALS
@@ -158,6 +158,9 @@ async def _sweep() -> None:
         )
     for view, roles in runtime.stale_roles():
         await _logged(_refresh_roles(view, roles), "Updating the roles of {}", view)
+    if get_settings().memory.trim:
+        # What a burst freed goes back to the OS within a sweep of it (kube/memory.py).
+        memory.trim()
     SWEEPS.inc()
 
 

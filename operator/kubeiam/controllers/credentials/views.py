@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from sys import intern
+from typing import Any, overload
 
 from kubeiam.domain import credentials as rules
 from kubeiam.domain import upkeep
@@ -14,7 +15,7 @@ from kubeiam.kube.secrets import Issued
 from kubeiam.settings import get_settings
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class IssuedSecret:
     """What the Secret audit needs of one issued credential (an index value; never the data)."""
 
@@ -33,22 +34,32 @@ class IssuedSecret:
         return Issued(self.namespace, self.secret_name, self.uid, self.secret_uid, self.secret_hash)
 
 
+@overload
+def shared(text: str) -> str: ...
+@overload
+def shared(text: str | None) -> str | None: ...
+def shared(text: str | None) -> str | None:
+    """One copy of a text many index values repeat (a namespace, an account, a state), where
+    each body parsed would otherwise give every value its own."""
+    return None if text is None else intern(text)
+
+
 def view_of(body: Mapping[str, Any]) -> rules.CredentialView:
     """The index value of one credential."""
     metadata, spec, status = body["metadata"], body.get("spec") or {}, body.get("status") or {}
     return rules.CredentialView(
-        namespace=metadata["namespace"],
+        namespace=shared(metadata["namespace"]),
         name=metadata["name"],
         uid=metadata["uid"],
-        account=spec.get("serviceAccountName", ""),
+        account=shared(spec.get("serviceAccountName", "")),
         created_at=metadata.get("creationTimestamp", ""),
-        state=status.get("state"),
+        state=shared(status.get("state")),
         revoked=bool(spec.get("revoked")),
         issued=bool(status.get("secretHash")),
         expires_at=status.get("expiresAt"),
         scoped_roles=None if spec.get("scopedRoles") is None else tuple(spec["scopedRoles"]),
         effective_roles=tuple(status.get("effectiveRoles") or ()),
-        reason=rules.ready_reason(status),
+        reason=shared(rules.ready_reason(status)),
         warned=rules.has_condition(status, rules.EXPIRING_SOON),
         account_uid=status.get("accountUid"),
     )
@@ -78,7 +89,7 @@ def issued_secret_of(body: Mapping[str, Any]) -> IssuedSecret | None:
     if not status.get("secretHash"):
         return None
     return IssuedSecret(
-        namespace=metadata["namespace"],
+        namespace=shared(metadata["namespace"]),
         credential=metadata["name"],
         uid=metadata["uid"],
         secret_name=upkeep.secret_name(metadata, spec, status),
