@@ -15,6 +15,7 @@ from typing import Any
 
 import requests
 
+from kubeiam.devcluster.certs import KeyPair, create_ca, issue_certificate
 from kubeiam.devcluster.cluster import free_port, terminate
 
 from .credentials_support import read_secret, wait_state
@@ -34,6 +35,20 @@ def client_of(cluster: ClusterHandle, namespace: str, name: str) -> Client:
     status = wait_state(cluster, namespace, name, "Active")["status"]
     mounted = read_secret(cluster, namespace, status["secretName"])
     return Client(mounted.data["client-id"], mounted.client_secret())
+
+
+def loopback_certificate(directory: Path) -> Path:
+    """A CA of the test's own and, signed by it, tls.crt and tls.key in `directory` for the
+    loopback addresses (the token server's KUBEIAM_TOKEN_CERT_DIR); returns the CA's cert."""
+    ca = create_ca(KeyPair(directory / "ca.crt", directory / "ca.key"), "kube-iam test token CA")
+    issue_certificate(
+        ca,
+        KeyPair(directory / "tls.crt", directory / "tls.key"),
+        "127.0.0.1",
+        server_names=("localhost",),
+        server_ips=("127.0.0.1", "::1"),
+    )
+    return ca.cert
 
 
 @dataclass

@@ -342,21 +342,28 @@ async def get_own_secret(namespace: str, name: str) -> dict[str, Any] | None:
     )
 
 
-async def replace_secret(namespace: str, name: str, secret: dict[str, Any]) -> None:
-    """Replace a Secret of kube-iam's own if it is still at the body's resourceVersion:
-    `Conflict` when another writer came first, `Gone` when it was deleted. The body is never
-    logged and the answer's data never comes back."""
+async def _write_secret(
+    method: str, verb: str, namespace: str, name: str, body: dict[str, Any]
+) -> None:
+    """One write of a named Secret; the answer is asked for as metadata, so no data returns."""
 
     def call() -> Any:
         return _raw(
-            "PUT",
+            method,
             f"/api/v1/namespaces/{namespace}/secrets/{name}",
-            body=secret,
+            body=body,
             accept=PARTIAL_METADATA,
         )
 
+    await _call(verb, "secrets", call)
+
+
+async def replace_secret(namespace: str, name: str, secret: dict[str, Any]) -> None:
+    """Replace a Secret of kube-iam's own if it is still at the body's resourceVersion:
+    `Conflict` when another writer came first, `Gone` when it was deleted. The body is never
+    logged."""
     try:
-        await _call("update", "secrets", call)
+        await _write_secret("PUT", "update", namespace, name, secret)
     except ApiException as error:
         if error.status in (404, 409):
             raise _translate(error) from None
@@ -368,17 +375,8 @@ async def replace_secret(namespace: str, name: str, secret: dict[str, Any]) -> N
 async def delete_secret(namespace: str, name: str, uid: str) -> None:
     """Delete the Secret if it is still the one with `uid`; gone already is fine."""
     options = {"kind": "DeleteOptions", "apiVersion": "v1", "preconditions": {"uid": uid}}
-
-    def call() -> Any:
-        return _raw(
-            "DELETE",
-            f"/api/v1/namespaces/{namespace}/secrets/{name}",
-            body=options,
-            accept=PARTIAL_METADATA,
-        )
-
     try:
-        await _call("delete", "secrets", call)
+        await _write_secret("DELETE", "delete", namespace, name, options)
     except ApiException as error:
         if error.status not in (404, 409):
             raise
