@@ -124,6 +124,10 @@ def test_the_service_account_is_refused_what_it_was_not_granted(cluster: Cluster
     assert not _can(cluster, "list", "secrets", "--all-namespaces")
     assert not _can(cluster, "watch", "secrets", "--all-namespaces")
     assert not _can(cluster, "update", "secrets", "-n", "default")
+    # Rotation updates the signing keys Secret, that one only, in its own namespace only.
+    assert not _can(cluster, "update", f"secrets/{PROOF_KEY_SECRET}", "-n", install.NAMESPACE)
+    assert not _can(cluster, "update", f"secrets/{SIGNING_KEY_SECRET}", "-n", "default")
+    assert not _can(cluster, "patch", f"secrets/{SIGNING_KEY_SECRET}", "-n", install.NAMESPACE)
     assert not _can(cluster, "create", "serviceaccountcredentials.iam.kubeiam.io", "-n", "x")
     assert not _can(cluster, "delete", "serviceaccounts.iam.kubeiam.io", "-n", "x")
     assert not _can(cluster, "list", "configmaps", "--all-namespaces")
@@ -132,6 +136,7 @@ def test_the_service_account_is_refused_what_it_was_not_granted(cluster: Cluster
     assert _can(cluster, "create", "secrets", "-n", "default")
     assert _can(cluster, "get", "secrets", "-n", "default")
     assert _can(cluster, "delete", "secrets", "-n", "default")
+    assert _can(cluster, "update", f"secrets/{SIGNING_KEY_SECRET}", "-n", install.NAMESPACE)
     assert _can(
         cluster,
         "patch",
