@@ -37,6 +37,7 @@ from kubeiam.tokens import keys
 from kubeiam.tokens.key_store import HANDOVER_SECRET, RING_ENTRY
 
 from .credentials_support import ISSUED_TOKENS, account_manifest, credential_manifest, many
+from .metrics_support import Page
 from .support import ClusterHandle, KubectlWatch, OperatorProcess, wait_for
 from .token_support import (
     Client,
@@ -214,6 +215,13 @@ class RingHistory(KubectlWatch):
             return [ring for kind, ring in self.versions if kind != "DELETED"]
 
 
+def _key_age(server: TokenServer) -> float:
+    url = f"http://127.0.0.1:{server.metrics_port}/metrics"
+    page = Page(requests.get(url, timeout=10).text)
+    (age,) = page.samples("kubeiam_token_signing_key_age_seconds").values()
+    return age
+
+
 def _log(process: OperatorProcess) -> str:
     """What the process logged (not what earlier runs of the test left in the same file)."""
     assert process.log_path is not None
@@ -241,9 +249,11 @@ def test_two_replicas_rotate_one_ring_and_a_caching_verifier_never_meets_an_unkn
             gone: dict[str, float] = {}  # kid -> wall clock when a fresh JWKS first lacked it
             deadline = time.monotonic() + 180
             at_start: set[str] | None = None  # kids already served when the party starts
+            ages: list[float] = []  # kubeiam_token_signing_key_age_seconds, each round
             while time.monotonic() < deadline:
                 published = {key["kid"] for key in server.get("/oauth2/jwks").json()["keys"]}
                 at_start = published if at_start is None else at_start
+                ages.append(_key_age(server))
                 now = time.time()
                 for kid in published:
                     first_published.setdefault(kid, time.monotonic())
@@ -277,6 +287,8 @@ def test_two_replicas_rotate_one_ring_and_a_caching_verifier_never_meets_an_unkn
     expiries = [exp for _, kid, exp in issued if kid == retired]
     assert gone[retired] >= max(expiries), "a key was dropped while a token it signed lived"
     print(f"{len(issued)} tokens, {verifier.fetches} JWKS fetches by the caching verifier")
+    # The key-age gauge fell back at each rotation.
+    assert sum(later < earlier for earlier, later in itertools.pairwise(ages)) >= 2, ages
 
     # One ring: a key leaves the Secret only once retired (never replaced by another replica's
     # next key), each version has one key that is not retired, and each published kid was
