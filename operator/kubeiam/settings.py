@@ -336,7 +336,8 @@ class TokenSettings(_Group):
     )
     jwks_max_age: datetime.timedelta = Field(
         default=datetime.timedelta(minutes=5),
-        description="How long a verifier may cache the JWKS (its Cache-Control max-age).",
+        description="How long a verifier may cache the JWKS (its Cache-Control max-age); part "
+        "of the lead a next signing key is published with.",
     )
     key_rotation_period: datetime.timedelta = Field(
         default=datetime.timedelta(days=30),

@@ -187,3 +187,23 @@ def test_two_replicas_deciding_at_once_write_one_ring(server: FakeApiServer, sta
     made = [key.kid for key in stored.ring if key.kid.startswith("from-")]
     assert len(made) == 1, stored.ring
     assert key_store.HANDOVER_SECRET not in server.stored
+
+
+def test_a_handover_left_after_the_new_secret_was_made_is_removed_at_start(
+    server: FakeApiServer,
+) -> None:
+    ring = (KeyTimes("old1", T0, T0),)
+    for name in (keys.SIGNING_KEY_SECRET, key_store.HANDOVER_SECRET):
+        server._keep(key_store.manifest("ns", name, ring, {"old1": PEMS[0]}))
+    asyncio.run(key_store.clean_up_handover("ns"))
+    assert list(server.stored) == [keys.SIGNING_KEY_SECRET]
+
+
+def test_a_handover_beside_the_old_immutable_secret_is_left_to_the_replica_midway(
+    server: FakeApiServer,
+) -> None:
+    server._keep(legacy_secret("old1", PEMS[0]))
+    ring = (KeyTimes("old1", T0, T0),)
+    server._keep(key_store.manifest("ns", key_store.HANDOVER_SECRET, ring, {"old1": PEMS[0]}))
+    asyncio.run(key_store.clean_up_handover("ns"))
+    assert key_store.HANDOVER_SECRET in server.stored
