@@ -13,8 +13,10 @@ no signing keys Secret and leaves none, so the session's operator makes a fresh 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
+import datetime
 import itertools
 import json
 import re
@@ -26,14 +28,16 @@ from pathlib import Path
 from typing import Any
 
 import jwt
+import kubernetes
 import pytest
 import requests
 
 from kubeiam.devcluster import install
 from kubeiam.devcluster.cluster import free_port
 from kubeiam.domain.conditions import parse_time
-from kubeiam.kube import key_secret
-from kubeiam.tokens import keys
+from kubeiam.kube import api, key_secret
+from kubeiam.settings import TokenSettings
+from kubeiam.tokens import key_store, keys
 from kubeiam.tokens.key_store import HANDOVER_SECRET, RING_ENTRY
 
 from .credentials_support import ISSUED_TOKENS, account_manifest, credential_manifest, many
@@ -359,3 +363,69 @@ def _secret(cluster: ClusterHandle, name: str = keys.SIGNING_KEY_SECRET) -> dict
         "get", "secret", name, "-n", install.NAMESPACE, "-o", "json", "--ignore-not-found"
     ).stdout
     return json.loads(found) if found.strip() else None
+
+
+def test_two_writers_that_read_the_same_version_add_one_next_key(
+    cluster: ClusterHandle,
+    replicas: Callable[..., OperatorProcess],  # no operator of the session runs meanwhile
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The race the replicas above rarely meet, made certain: two rotations in this process,
+    against the real API server under the operator's own ServiceAccount, both read the Secret
+    before either writes (the reads are real; they only wait for each other)."""
+    if cluster.operator_kubeconfig is None:
+        pytest.skip("the operator's token lives in the cluster")
+    _reset_keys(cluster)
+    # This process's API client, as the operator's ServiceAccount (the operator's own kubeconfig).
+    client = kubernetes.config.new_client_from_config(str(cluster.operator_kubeconfig))
+    monkeypatch.setattr(api, "_api_client", client)
+    policy = TokenSettings(**_settings_of(SHORT)).rotation_policy()
+    read_secret, replace_secret = api.get_own_secret, api.replace_secret
+    first_reads = asyncio.Barrier(2)
+    reads = 0
+    conflicts: list[str] = []
+
+    async def reads_meet(namespace: str, name: str) -> dict[str, Any] | None:
+        nonlocal reads
+        found = await read_secret(namespace, name)
+        reads += 1
+        if reads <= 2:
+            await first_reads.wait()
+        return found
+
+    async def replace_noting_conflicts(namespace: str, name: str, body: dict[str, Any]) -> None:
+        try:
+            await replace_secret(namespace, name, body)
+        except api.Conflict:
+            conflicts.append(name)
+            raise
+
+    async def race() -> list[keys.SigningKeys]:
+        await key_store.rotate(install.NAMESPACE, policy, now=lambda: start)  # the first key
+        monkeypatch.setattr(api, "get_own_secret", reads_meet)
+        monkeypatch.setattr(api, "replace_secret", replace_noting_conflicts)
+        due = start + policy.period - policy.lead
+        return list(
+            await asyncio.gather(
+                key_store.rotate(install.NAMESPACE, policy, now=lambda: due, new_kid=lambda: "aa"),
+                key_store.rotate(install.NAMESPACE, policy, now=lambda: due, new_kid=lambda: "bb"),
+            )
+        )
+
+    start = datetime.datetime.now(datetime.UTC)
+    first, second = asyncio.run(race())
+    # One write over the version both read met a 409 (a blind write would meet none).
+    assert conflicts == [keys.SIGNING_KEY_SECRET]
+    stored = _secret(cluster)
+    assert stored is not None
+    ring = json.loads(base64.b64decode(stored["data"][RING_ENTRY]))["keys"]
+    assert len([key for key in ring if key["kid"] in ("aa", "bb")]) == 1, ring
+    assert first.jwks() == second.jwks()
+
+
+def _settings_of(variables: dict[str, str]) -> dict[str, Any]:
+    """The TokenSettings fields the KUBEIAM_TOKEN_* variables set."""
+    return {
+        name.removeprefix("KUBEIAM_TOKEN_").lower(): datetime.timedelta(seconds=float(value))
+        for name, value in variables.items()
+    }
