@@ -7,7 +7,8 @@ Secret 4 + 2 + 3 = 9 s before it signs (JWKS max-age, refresh interval, margin),
 
 Two operator replicas run side by side, both working (--standalone), so every rotation is
 decided twice at once: a kubectl watch records every version of the Secret (its ring of kids
-and times only; no key ever reaches the test) to show they wrote one ring. Each test starts from
+and times only; no key ever reaches the test) to show they wrote one ring. They seldom decide
+in the same instant, so a third test makes that race certain in this process. Each test starts from
 no signing keys Secret and leaves none, so the session's operator makes a fresh one afterwards.
 """
 
