@@ -8,8 +8,8 @@ Secret 4 + 2 + 3 = 9 s before it signs (JWKS max-age, refresh interval, margin),
 Two operator replicas run side by side, both working (--standalone), so every rotation is
 decided twice at once: a kubectl watch records every version of the Secret (its ring of kids
 and times only; no key ever reaches the test) to show they wrote one ring. They seldom decide
-in the same instant, so a third test makes that race certain in this process. Each test starts from
-no signing keys Secret and leaves none, so the session's operator makes a fresh one afterwards.
+in the same instant, so a third test makes that race certain in this process. Each test starts
+from no signing keys Secret and leaves a fresh one, as the session's operator would make it.
 """
 
 from __future__ import annotations
@@ -77,11 +77,22 @@ def _reset_keys(cluster: ClusterHandle) -> None:
 
 
 @pytest.fixture
-def no_keys_after(cluster: ClusterHandle) -> Iterator[None]:
-    """Set up before the operators (so torn down after they stop): no rotated ring is left for
-    the session's operator, which makes a fresh one at its next start."""
+def fresh_keys_after(cluster: ClusterHandle) -> Iterator[None]:
+    """Set up before the operators (so torn down after they stop): what a test leaves is a
+    fresh one-key ring with the default settings, as the session's operator makes it (later
+    tests count the Secrets an operator creates, and expect this one to be there)."""
     yield
     _reset_keys(cluster)
+    if cluster.operator_kubeconfig is None:
+        return
+    saved = api._api_client
+    api._api_client = kubernetes.config.new_client_from_config(str(cluster.operator_kubeconfig))
+    try:
+        policy = TokenSettings().rotation_policy()
+        now = datetime.datetime.now(datetime.UTC)
+        asyncio.run(key_store.rotate(install.NAMESPACE, policy, now=lambda: now))
+    finally:
+        api._api_client = saved
 
 
 # Where each operator's log stood when the test started it: logs are appended to across runs.
@@ -92,7 +103,7 @@ _LOG_STARTS: dict[Path, int] = {}
 def replicas(
     cluster: ClusterHandle,
     request: pytest.FixtureRequest,
-    no_keys_after: None,
+    fresh_keys_after: None,
     operators: Callable[..., OperatorProcess],  # stops the session's operator; skips in-cluster
 ) -> Callable[..., OperatorProcess]:
     def start(name: str, **extra: str) -> OperatorProcess:
