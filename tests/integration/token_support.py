@@ -5,6 +5,7 @@ them."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -13,13 +14,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
 import requests
 
 from kubeiam.devcluster.certs import KeyPair, create_ca, issue_certificate
 from kubeiam.devcluster.cluster import free_port, terminate
+from kubeiam.devcluster.token_authn import TokenIssuer
 
 from .credentials_support import read_secret, wait_state
-from .support import ClusterHandle, wait_for
+from .support import ClusterHandle, OperatorProcess, wait_for
 
 
 @dataclass
@@ -121,3 +124,32 @@ def running_token_server(
         yield server
     finally:
         terminate(process, timeout=10)
+
+
+@contextlib.contextmanager
+def running_for_the_apiserver(
+    cluster: ClusterHandle, operator: OperatorProcess, issuer: TokenIssuer, *, log_name: str
+) -> Iterator[TokenServer]:
+    """The token server where the local API server expects kube-iam's issuer (the port and
+    certificate devcluster/token_authn.py chose), so the API server accepts its tokens. The
+    issuer stays the default audience: a token for it does not open the cluster, which accepts
+    only its own audience."""
+    if cluster.operator_kubeconfig is None:
+        pytest.skip("the operator runs in the cluster; the token server is not deployed there yet")
+    if not operator.running:
+        operator.start()  # it creates the signing key Secret at start
+    settings = {
+        "KUBEIAM_TOKEN_PORT": str(issuer.port),
+        "KUBEIAM_TOKEN_ADDRESS": "127.0.0.1",
+        "KUBEIAM_TOKEN_CERT_DIR": issuer.cert_dir,
+        "KUBEIAM_TOKEN_AUDIENCES": json.dumps([issuer.url, issuer.audience]),
+    }
+    with running_token_server(
+        cluster,
+        kubeconfig=cluster.operator_kubeconfig,
+        issuer=issuer.url,
+        ca=Path(issuer.ca_file),
+        log_name=log_name,
+        settings=settings,
+    ) as running:
+        yield running

@@ -27,11 +27,12 @@ from kubeiam.kube import api
 from kubeiam.kube import metrics as served_metrics
 from kubeiam.kube.bodies import read_bounded
 from kubeiam.kube.resources import CREDENTIALS
-from kubeiam.settings import Settings
+from kubeiam.settings import TOKEN_PATH, Settings
 from kubeiam.tokens import grants, introspection, key_store, tokens, usage
 from kubeiam.tokens import metrics as token_metrics
 from kubeiam.tokens.cache import Cache
 from kubeiam.tokens.keys import ALGORITHM, SigningKeys
+from kubeiam.tokens.refusal_log import RefusalLog
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +40,6 @@ READ_SECONDS = 5.0
 FORM = "application/x-www-form-urlencoded"
 CLIENT_CREDENTIALS = "client_credentials"
 REALM = 'Basic realm="kube-iam", charset="UTF-8"'
-TOKEN_PATH = "/oauth2/token"
 JWKS_PATH = "/oauth2/jwks"
 INTROSPECT_PATH = "/oauth2/introspect"
 AUTH_METHODS = ["client_secret_post", "client_secret_basic"]
@@ -315,8 +315,12 @@ def _client(form: dict[str, str], basic: str | None) -> tuple[str, str] | grants
     return form["client_id"], form["client_secret"]
 
 
+# One INFO line per kind of refusal a minute, the rest at DEBUG (refusal_log.py says why).
+_REFUSALS = RefusalLog()
+
+
 def _refuse(refusal: grants.Refusal, *, basic: bool) -> aiohttp.web.Response:
-    logger.info("Refused a token request: %s.", refusal.error.value)
+    logger.log(*_REFUSALS.line(refusal.error.value, refusal.description, _now()))
     if refusal.error == grants.Error.INVALID_CLIENT and basic:
         return _error(refusal.error, refusal.description, 401, {"WWW-Authenticate": REALM})
     return _error(refusal.error, refusal.description)
