@@ -368,6 +368,23 @@ class TokenSettings(_Group):
         description="At most one write of a credential's status.lastUsedAt and lastUsedIp per "
         "this interval, however many tokens it gets (the latest use is written).",
     )
+    dpop_max_age: datetime.timedelta = Field(
+        default=datetime.timedelta(seconds=60),
+        description="Oldest a DPoP proof may be, by its iat (RFC 9449 §4.3); its jti is "
+        "remembered this long, so a replayed proof is refused.",
+    )
+    dpop_clock_skew: datetime.timedelta = Field(
+        default=datetime.timedelta(seconds=5),
+        description="How far in the future a DPoP proof's iat may be (the client's clock ahead "
+        "of the token server's).",
+    )
+    dpop_nonces: bool = Field(
+        default=False,
+        description="Require a server nonce in every DPoP proof (RFC 9449 §8): a proof without "
+        "a fresh one is answered use_dpop_nonce with a DPoP-Nonce header. Nonces are stateless "
+        "(a time slot of KUBEIAM_TOKEN_DPOP_MAX_AGE and its HMAC, keyed from the signing key), "
+        "so every replica accepts every replica's.",
+    )
 
     @field_validator("issuer")
     @classmethod
@@ -394,6 +411,10 @@ class TokenSettings(_Group):
             raise ValueError("KUBEIAM_TOKEN_LIFETIME must be positive")
         if self.usage_interval <= datetime.timedelta(0):
             raise ValueError("KUBEIAM_TOKEN_USAGE_INTERVAL must be positive")
+        if self.dpop_max_age <= datetime.timedelta(0):
+            raise ValueError("KUBEIAM_TOKEN_DPOP_MAX_AGE must be positive")
+        if self.dpop_clock_skew < datetime.timedelta(0):
+            raise ValueError("KUBEIAM_TOKEN_DPOP_CLOCK_SKEW must not be negative")
         return self
 
     @model_validator(mode="after")

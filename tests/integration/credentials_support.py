@@ -21,6 +21,8 @@ from .support import ClusterHandle, KubectlWatch, wait_for
 ISSUED: set[str] = set()
 # Every access token the token server's tests obtained, looked for by the same leak scan.
 ISSUED_TOKENS: set[str] = set()
+# Every DPoP proof the tests sent, looked for by the same leak scan.
+SENT_PROOFS: set[str] = set()
 FORMAT = re.compile(r"kiam_[a-z2-7]{20}_[0-9A-Za-z]{49}")
 # The label kube-iam puts on every Secret it generates.
 MANAGED_BY = "app.kubernetes.io/managed-by=kube-iam"

@@ -48,8 +48,8 @@ from .token_support import (
     Client,
     TokenServer,
     client_of,
-    loopback_certificate,
     running_token_server,
+    serving_certificate,
 )
 
 JWKS_MAX_AGE = 4
@@ -124,7 +124,7 @@ def short_token_server(cluster: ClusterHandle, tmp_path: Path) -> StartServer:
     if cluster.token_server_kubeconfig is None:
         pytest.skip("the operator runs in the cluster; the token server is not deployed there yet")
     kubeconfig = cluster.token_server_kubeconfig
-    ca = loopback_certificate(tmp_path)
+    ca = serving_certificate(tmp_path)
 
     def start(**extra: str) -> contextlib.AbstractContextManager[TokenServer]:
         port = free_port()

@@ -17,9 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from kubeiam.api.credential import CREDENTIAL_ID_ANNOTATION
 from kubeiam.devcluster.token_authn import ROLE_GROUP_PREFIX, USERNAME_PREFIX, TokenIssuer
+from kubeiam.tokens.client import public_jwk
+from kubeiam.tokens.dpop import thumbprint
 
 from . import test_token_authn
 from .conftest import TEST_STATE_DIR
@@ -32,8 +36,8 @@ from .credentials_support import (
     wait_state,
 )
 from .support import ClusterHandle, OperatorProcess, wait_for
-from .test_token_server import _verify
 from .token_support import Client, TokenServer, client_of, running_for_the_apiserver
+from .token_support import verify as _verify
 
 ROLES = ("compute.deployer", "storage.reader")
 # A credential whose Secret names its keys as a workload expects (spec.secretTemplate.keys).
@@ -72,6 +76,7 @@ def world(cluster: ClusterHandle, token_server: TokenServer) -> Iterator[World]:
                     account_manifest("pipeline"),
                     credential_manifest("key"),
                     credential_manifest("renamed", secretTemplate={"keys": RENAMED}),
+                    credential_manifest("bound", requireDpop=True),
                 ]
             ),
             namespace,
@@ -247,3 +252,30 @@ def test_the_token_works_with_kubectl_against_the_api_server(
         *(ROLE_GROUP_PREFIX + role for role in ROLES),
         "system:authenticated",
     }
+
+
+def test_dpop_key_gets_a_token_bound_to_that_key_where_the_credential_requires_dpop(
+    cluster: ClusterHandle, token_server: TokenServer, world: World, tmp_path: Path
+) -> None:
+    """`--dpop-key` proves possession (RFC 9449): the server binds the token to the key's
+    thumbprint; without the key the same credential gets nothing."""
+    bound = wait_state(cluster, world.namespace, "bound", "Active")["status"]["secretName"]
+    key = ec.generate_private_key(ec.SECP256R1())
+    key_file = tmp_path / "dpop.pem"
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    bound_world = World(world.namespace, bound, client_of(cluster, world.namespace, "bound"))
+
+    refused = from_secret(cluster, bound_world, token_server)
+    assert refused.returncode == 1
+    assert "invalid_dpop_proof" in refused.stderr
+
+    token = printed_token(from_secret(cluster, bound_world, token_server, f"--dpop-key={key_file}"))
+    claims = _verify(token_server, token, token_server.issuer)
+    assert claims["sub"] == bound_world.client.client_id
+    assert claims["cnf"] == {"jkt": thumbprint(public_jwk(key))}

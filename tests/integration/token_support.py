@@ -7,13 +7,15 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import ssl
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import jwt
 import pytest
 import requests
 
@@ -40,9 +42,9 @@ def client_of(cluster: ClusterHandle, namespace: str, name: str) -> Client:
     return Client(mounted.data["client-id"], mounted.client_secret())
 
 
-def loopback_certificate(directory: Path) -> Path:
-    """A CA of the test's own and, signed by it, tls.crt and tls.key in `directory` for the
-    loopback addresses (the token server's KUBEIAM_TOKEN_CERT_DIR); returns the CA's cert."""
+def serving_certificate(directory: Path) -> Path:
+    """A test CA and the token server's certificate from it, for 127.0.0.1, ::1 and localhost,
+    as tls.crt and tls.key in `directory` (KUBEIAM_TOKEN_CERT_DIR); the CA's certificate."""
     ca = create_ca(KeyPair(directory / "ca.crt", directory / "ca.key"), "kube-iam test token CA")
     issue_certificate(
         ca,
@@ -52,6 +54,21 @@ def loopback_certificate(directory: Path) -> Path:
         server_ips=("127.0.0.1", "::1"),
     )
     return ca.cert
+
+
+def verify(server: TokenServer, token: str, audience: str) -> dict[str, Any]:
+    """Verify as any relying party would: the issuer's discovery names the keys, nothing else."""
+    discovery = server.get("/.well-known/openid-configuration").json()
+    context = ssl.create_default_context(cafile=str(server.ca))
+    keys = jwt.PyJWKClient(discovery["jwks_uri"], ssl_context=context)
+    claims: dict[str, Any] = jwt.decode(
+        token,
+        keys.get_signing_key_from_jwt(token).key,
+        algorithms=discovery["id_token_signing_alg_values_supported"],
+        audience=audience,
+        issuer=discovery["issuer"],
+    )
+    return claims
 
 
 @dataclass
@@ -134,7 +151,7 @@ def running_for_the_apiserver(
     certificate devcluster/token_authn.py chose), so the API server accepts its tokens. The
     issuer stays the default audience: a token for it does not open the cluster, which accepts
     only its own audience."""
-    if cluster.operator_kubeconfig is None:
+    if cluster.token_server_kubeconfig is None:
         pytest.skip("the operator runs in the cluster; the token server is not deployed there yet")
     if not operator.running:
         operator.start()  # it creates the signing key Secret at start
@@ -146,10 +163,42 @@ def running_for_the_apiserver(
     }
     with running_token_server(
         cluster,
-        kubeconfig=cluster.operator_kubeconfig,
+        kubeconfig=cluster.token_server_kubeconfig,
         issuer=issuer.url,
         ca=Path(issuer.ca_file),
         log_name=log_name,
         settings=settings,
     ) as running:
         yield running
+
+
+@contextlib.contextmanager
+def token_server_on_loopback(
+    cluster: ClusterHandle,
+    operator: OperatorProcess,
+    directory: Path,
+    *,
+    log_name: str,
+    settings: Callable[[str], Mapping[str, str]],
+) -> Iterator[TokenServer]:
+    """The token server as deploy/ runs it (under its own ServiceAccount), on a free loopback
+    port with a certificate from a test CA made in `directory`; `settings` gets the issuer URL
+    and gives the settings besides port and certificate. Skips where the operator runs in the
+    cluster (no token server deployed there yet)."""
+    if cluster.token_server_kubeconfig is None:
+        pytest.skip("the operator runs in the cluster; the token server is not deployed there yet")
+    if not operator.running:
+        operator.start()  # it creates the signing key Secret at start
+    ca = serving_certificate(directory)
+    port = free_port()
+    issuer = f"https://127.0.0.1:{port}"
+    chosen = {"KUBEIAM_TOKEN_PORT": str(port), "KUBEIAM_TOKEN_CERT_DIR": str(directory)}
+    with running_token_server(
+        cluster,
+        kubeconfig=cluster.token_server_kubeconfig,
+        issuer=issuer,
+        ca=ca,
+        log_name=log_name,
+        settings={**chosen, **settings(issuer)},
+    ) as server:
+        yield server

@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from kubeiam.tokens import client
+from kubeiam.tokens.dpop import thumbprint
 
 NOW = datetime.datetime(2026, 12, 7, 12, 0, tzinfo=datetime.UTC)
 URL = "https://iam.example.test/prefix/oauth2/token"
@@ -23,19 +24,6 @@ VALUES = {
     "client-secret": SECRET + "\n",
     "token-url": URL,
 }
-
-# RFC 7638 §3.1: the example RSA key and its SHA-256 thumbprint.
-RFC7638_JWK = {
-    "kty": "RSA",
-    "n": "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_B"
-    "JECPebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2Q"
-    "vzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6We"
-    "Zu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw",
-    "e": "AQAB",
-    "alg": "RS256",
-    "kid": "2011-04-29",
-}
-RFC7638_THUMBPRINT = "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
 
 
 def _pem(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> bytes:
@@ -145,15 +133,6 @@ def test_an_answer_is_granted_or_refused_as_rfc_6749_says() -> None:
 # -- DPoP --------------------------------------------------------------------------------------
 
 
-def test_the_thumbprint_is_rfc_7638s_example() -> None:
-    assert client.jwk_thumbprint(RFC7638_JWK) == RFC7638_THUMBPRINT
-
-
-def test_the_thumbprint_needs_the_members_of_its_key_type() -> None:
-    with pytest.raises(ValueError, match="RFC 7638"):
-        client.jwk_thumbprint({"kty": "EC", "crv": "P-256", "x": "AA"})
-
-
 def test_a_proof_verifies_with_its_own_public_jwk_and_says_what_rfc_9449_asks(
     key: ec.EllipticCurvePrivateKey,
 ) -> None:
@@ -185,7 +164,7 @@ def test_the_proofs_key_thumbprint_is_that_of_its_jwk(key: ec.EllipticCurvePriva
     assert other.key.public_numbers() == key.public_key().public_numbers()
     canonical = json.dumps({m: jwk[m] for m in ("crv", "kty", "x", "y")}, separators=(",", ":"))
     assert canonical.startswith('{"crv":"P-256","kty":"EC","x":')
-    assert len(client.jwk_thumbprint(jwk)) == 43
+    assert len(thumbprint(jwk)) == 43
 
 
 @pytest.mark.parametrize(
@@ -209,7 +188,7 @@ def _bound_token(jkt: str) -> str:
 def test_a_token_asked_with_a_proof_must_come_bound_to_its_key(
     key: ec.EllipticCurvePrivateKey,
 ) -> None:
-    jkt = client.jwk_thumbprint(client.public_jwk(key))
+    jkt = thumbprint(client.public_jwk(key))
     bound = client.Granted({"access_token": _bound_token(jkt), "token_type": "DPoP"})
     assert client.binding_problem(bound, key) is None
     bearer = client.Granted({"access_token": _bound_token(jkt), "token_type": "Bearer"})

@@ -77,6 +77,7 @@ def credential_view(body: dict[str, Any]) -> Credential | None:
         expires_at=parse_time(expires) if expires else None,
         effective_roles=tuple(status.get("effectiveRoles") or ()),
         allow_source_cidrs=networks(spec.get("allowSourceCidrs")),
+        require_dpop=bool(spec.get("requireDpop")),
     )
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import datetime
-import hashlib
 import json
 import secrets
 import ssl
@@ -27,6 +26,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from kubeiam.api.credential import CA_BUNDLE_KEY, DEFAULT_SECRET_KEYS, SecretKeys
+from kubeiam.tokens.dpop import THUMBPRINT_MEMBERS, thumbprint
 
 # Where a pod mounts its credential's Secret in our examples (docs/tokens.md); `--dir` default.
 DEFAULT_DIRECTORY = Path("/var/run/kube-iam")
@@ -38,12 +38,6 @@ KeyNames = Mapping[str, str]
 MAX_ANSWER_BYTES = 1024 * 1024
 DPOP_TYPE = "dpop+jwt"
 DPOP_ALGORITHM = "ES256"
-# RFC 7638 §3.2: the members a thumbprint hashes, by key type.
-THUMBPRINT_MEMBERS = {
-    "EC": ("crv", "kty", "x", "y"),
-    "RSA": ("e", "kty", "n"),
-    "OKP": ("crv", "kty", "x"),
-}
 
 
 class CredentialError(Exception):
@@ -199,16 +193,6 @@ def public_jwk(key: ec.EllipticCurvePrivateKey) -> dict[str, str]:
     return {member: str(full[member]) for member in THUMBPRINT_MEMBERS["EC"]}
 
 
-def jwk_thumbprint(jwk: Mapping[str, Any]) -> str:
-    """RFC 7638's SHA-256 thumbprint, base64url without padding: DPoP's `jkt`."""
-    members = THUMBPRINT_MEMBERS.get(str(jwk.get("kty")))
-    if members is None or any(member not in jwk for member in members):
-        raise ValueError("the JWK lacks a member RFC 7638 hashes for its kty")
-    canonical = json.dumps({m: jwk[m] for m in members}, separators=(",", ":"), sort_keys=True)
-    digest = hashlib.sha256(canonical.encode("utf-8")).digest()
-    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
-
-
 def dpop_proof(
     key: ec.EllipticCurvePrivateKey,
     *,
@@ -248,7 +232,7 @@ def binding_problem(granted: Granted, key: ec.EllipticCurvePrivateKey) -> str | 
     except jwt.InvalidTokenError:
         return "the DPoP-bound token is not a JWT whose cnf.jkt can be read"
     bound = claims.get("cnf", {}).get("jkt") if isinstance(claims.get("cnf"), dict) else None
-    if bound != jwk_thumbprint(public_jwk(key)):
+    if bound != thumbprint(public_jwk(key)):
         return "the token's cnf.jkt is not the thumbprint of the DPoP key"
     return None
 

@@ -24,11 +24,18 @@ import jwt
 
 from kubeiam.tokens.grants import Account, Credential
 from kubeiam.tokens.keys import ALGORITHM, SigningKeys
-from kubeiam.tokens.tokens import ACCOUNT_CLAIM, CREDENTIAL_CLAIM, NAMESPACE_CLAIM, TYPE
+from kubeiam.tokens.tokens import (
+    ACCOUNT_CLAIM,
+    BEARER,
+    CREDENTIAL_CLAIM,
+    DPOP,
+    NAMESPACE_CLAIM,
+    TYPE,
+)
 
 INACTIVE: dict[str, Any] = {"active": False}
 # What an active token's answer tells the caller (RFC 7662 §2.2), from the token's claims.
-SHOWN = ("scope", "client_id", "sub", "aud", "iss", "exp", "iat")
+SHOWN = ("scope", "client_id", "sub", "aud", "iss", "exp", "iat", "cnf")
 
 
 def introspect(
@@ -46,7 +53,8 @@ def introspect(
         return dict(INACTIVE)
     answer: dict[str, Any] = {"active": True}
     answer.update({name: claims[name] for name in SHOWN if name in claims})
-    answer["token_type"] = "Bearer"
+    # RFC 9449 §6.2: a bound token's answer names its key (cnf, above) and its type.
+    answer["token_type"] = DPOP if "cnf" in claims else BEARER
     return answer
 
 

@@ -1,6 +1,6 @@
 """The token server's metrics: tokens issued and refused, request latency, the cache's sizes.
 
-Labels come from fixed sets (the grant, RFC 6749's error codes, the three kinds): never a
+Labels come from fixed sets (the grant, the error codes of grants.Error, the three kinds): never a
 client id, a credential or anything a request carries.
 """
 
@@ -14,7 +14,8 @@ from kubeiam.tokens.cache import Cache
 ISSUED = metrics.counter("kubeiam_tokens_issued", "Access tokens issued, by grant type.", ["grant"])
 REFUSED = metrics.counter(
     "kubeiam_token_requests_refused",
-    "Token requests refused, by RFC 6749 error code (invalid_client, invalid_scope, ...), or "
+    "Token requests refused, by RFC 6749, RFC 8707 or RFC 9449 error code (invalid_client, "
+    "invalid_scope, invalid_dpop_proof, ...), or "
     "by HTTP status for a request refused before it was read (413, 408, 503).",
     ["error"],
 )

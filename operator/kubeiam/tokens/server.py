@@ -4,8 +4,10 @@ Served with aiohttp under the issuer URL's path. A token request's body is bound
 reading when declared too large, or as soon as it grows past the bound), must be form-encoded
 (else 400), and gets `READ_SECONDS` to arrive. The client authenticates with
 `client_secret_post` or HTTP Basic (`client_secret_basic`), not both; a Basic failure is
-answered 401 with `WWW-Authenticate`. The access log is off and no line names a secret or a
-token: a refusal is logged by its error code and, once the secret was proven, the credential.
+answered 401 with `WWW-Authenticate`. A `DPoP` proof (RFC 9449) is checked once the client is
+authenticated (dpop.py) and binds the token it gets; `requireDpop` makes one necessary. The
+access log is off and no line names a secret, a token or a proof: a refusal is logged by its
+error code and, once the secret was proven, the credential.
 """
 
 from __future__ import annotations
@@ -28,9 +30,10 @@ from kubeiam.kube import metrics as served_metrics
 from kubeiam.kube.bodies import read_bounded
 from kubeiam.kube.resources import CREDENTIALS
 from kubeiam.settings import TOKEN_PATH, Settings
-from kubeiam.tokens import grants, introspection, key_store, tokens, usage
+from kubeiam.tokens import dpop, grants, introspection, key_store, tokens, usage
 from kubeiam.tokens import metrics as token_metrics
 from kubeiam.tokens.cache import Cache
+from kubeiam.tokens.holds import Holds, LocalHolds
 from kubeiam.tokens.keys import ALGORITHM, SigningKeys
 from kubeiam.tokens.refusal_log import RefusalLog
 
@@ -63,8 +66,16 @@ class TokenService:
         *,
         clock: Clock = _now,
         usage_writer: usage.Writer | None = None,
+        holds: Holds | None = None,
     ) -> None:
         self.settings = settings.tokens
+        # The DPoP proofs this server has seen (RFC 9449 §11.1): one memory for its workers.
+        self.holds: Holds = LocalHolds() if holds is None else holds
+        self._nonces_of: tuple[str, dpop.Nonces] | None = None
+        self.dpop_window = dpop.Window(
+            max_age=self.settings.dpop_max_age.total_seconds(),
+            skew=self.settings.dpop_clock_skew.total_seconds(),
+        )
         self.usage = usage_writer
         self.cache = cache
         self.keys: SigningKeys | None = None
@@ -125,6 +136,7 @@ class TokenService:
             "id_token_signing_alg_values_supported": [ALGORITHM],
             "token_endpoint_auth_signing_alg_values_supported": [ALGORITHM],
             "scopes_supported": [],
+            "dpop_signing_alg_values_supported": list(dpop.ALGORITHMS),
         }
         return aiohttp.web.json_response(document, headers={"Cache-Control": "max-age=300"})
 
@@ -213,6 +225,12 @@ class TokenService:
         )
         if isinstance(decision, grants.Refusal):
             return _refuse(decision, basic=basic is not None)
+        nonces = self._nonces()
+        # RFC 9449 §8: a nonce to put in the next proof, with every answer from here on.
+        fresh = {} if nonces is None else {dpop.NONCE_HEADER: nonces.issue(now.timestamp())}
+        decision = self._bound(decision, request, now, nonces)
+        if isinstance(decision, grants.Refusal):
+            return _refuse(decision, basic=basic is not None, headers=fresh)
         issued = tokens.issue(
             decision,
             self.keys.active_at(now),
@@ -236,12 +254,49 @@ class TokenService:
         )
         answer: dict[str, Any] = {
             "access_token": issued.token,
-            "token_type": "Bearer",
+            "token_type": issued.token_type,
             "expires_in": issued.expires_in,
         }
         if issued.scope:
             answer["scope"] = issued.scope
-        return aiohttp.web.json_response(answer, headers=NO_STORE)
+        return aiohttp.web.json_response(answer, headers={**NO_STORE, **fresh})
+
+    def _nonces(self) -> dpop.Nonces | None:
+        """The DPoP nonces when the setting asks for them, keyed from the active signing key,
+        which every replica reads from the same Secret and switches at the same instant (so
+        each accepts the others' nonces; at a rotation, a nonce of the key before is answered
+        use_dpop_nonce with a new one)."""
+        if not self.settings.dpop_nonces:
+            return None
+        assert self.keys is not None  # ready
+        active = self.keys.active_at(self.clock())
+        if self._nonces_of is None or self._nonces_of[0] != active.kid:
+            material = active.private.private_numbers().private_value.to_bytes(32, "big")
+            period = self.settings.dpop_max_age.total_seconds()
+            self._nonces_of = (active.kid, dpop.Nonces.derived(material, period))
+        return self._nonces_of[1]
+
+    def _bound(
+        self,
+        grant: grants.Grant,
+        request: aiohttp.web.Request,
+        now: datetime.datetime,
+        nonces: dpop.Nonces | None,
+    ) -> grants.Grant | grants.Refusal:
+        """The grant bound to the request's DPoP proof, if it sends one (RFC 9449 §5)."""
+        proofs = request.headers.getall(dpop.HEADER, [])
+        if not proofs:
+            return grants.bind(grant, None)
+        jkt = dpop.check(
+            proofs,
+            method=request.method,
+            url=self.settings.issuer + TOKEN_PATH,
+            window=self.dpop_window,
+            holds=self.holds,
+            now=now.timestamp(),
+            nonces=nonces,
+        )
+        return jkt if isinstance(jkt, grants.Refusal) else grants.bind(grant, jkt)
 
     # -- introspection (RFC 7662) ------------------------------------------------------------
 
@@ -319,11 +374,14 @@ def _client(form: dict[str, str], basic: str | None) -> tuple[str, str] | grants
 _REFUSALS = RefusalLog()
 
 
-def _refuse(refusal: grants.Refusal, *, basic: bool) -> aiohttp.web.Response:
+def _refuse(
+    refusal: grants.Refusal, *, basic: bool, headers: dict[str, str] | None = None
+) -> aiohttp.web.Response:
     logger.log(*_REFUSALS.line(refusal.error.value, refusal.description, _now()))
     if refusal.error == grants.Error.INVALID_CLIENT and basic:
-        return _error(refusal.error, refusal.description, 401, {"WWW-Authenticate": REALM})
-    return _error(refusal.error, refusal.description)
+        challenge = {"WWW-Authenticate": REALM, **(headers or {})}
+        return _error(refusal.error, refusal.description, 401, challenge)
+    return _error(refusal.error, refusal.description, headers=headers)
 
 
 def _error(

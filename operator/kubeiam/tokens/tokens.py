@@ -3,7 +3,8 @@
 Besides the registered claims (`iss`, `sub` = the account's clientId, `aud`, `exp`, `iat`,
 `jti`, `client_id`, `scope`), each token names where it came from under kube-iam's own claims:
 `kubeiam.io/namespace`, `kubeiam.io/account` and `kubeiam.io/credential_id` (names with a
-domain, so they collide with no registered claim).
+domain, so they collide with no registered claim). A DPoP-bound token (RFC 9449 §6.1) carries
+`cnf: {"jkt": <the key's thumbprint>}` and is answered with `token_type: DPoP`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from kubeiam.tokens.grants import Grant
 from kubeiam.tokens.keys import ALGORITHM, SigningKey
 
 TYPE = "at+jwt"
+BEARER = "Bearer"
+DPOP = "DPoP"  # RFC 9449 §5: the token_type of a DPoP-bound token
 NAMESPACE_CLAIM = "kubeiam.io/namespace"
 ACCOUNT_CLAIM = "kubeiam.io/account"
 CREDENTIAL_CLAIM = "kubeiam.io/credential_id"
@@ -31,6 +34,7 @@ class Issued:
     token: str
     expires_in: int
     scope: str
+    token_type: str = BEARER
 
     def __repr__(self) -> str:  # never show the token, even in a traceback
         return f"Issued(expires_in={self.expires_in}, scope={self.scope!r})"
@@ -50,6 +54,7 @@ def claims(
     if grant.not_after is not None:
         expires = min(expires, int(grant.not_after.timestamp()))
     credential = grant.credential
+    bound = {} if grant.jkt is None else {"cnf": {"jkt": grant.jkt}}
     return {
         "iss": issuer,
         "sub": grant.account.client_id,
@@ -63,6 +68,7 @@ def claims(
         NAMESPACE_CLAIM: credential.namespace,
         ACCOUNT_CLAIM: credential.account,
         CREDENTIAL_CLAIM: credential.credential_id,
+        **bound,
     }
 
 
@@ -78,4 +84,5 @@ def issue(
     body = claims(grant, issuer=issuer, lifetime=lifetime, now=now, jti=secrets.token_urlsafe(16))
     headers = {"typ": TYPE, "kid": key.kid}
     token = jwt.encode(body, key.private, algorithm=ALGORITHM, headers=headers)
-    return Issued(token, max(0, body["exp"] - body["iat"]), body["scope"])
+    token_type = BEARER if grant.jkt is None else DPOP
+    return Issued(token, max(0, body["exp"] - body["iat"]), body["scope"], token_type)
