@@ -14,7 +14,7 @@ import json
 
 import pytest
 
-from .credentials_support import ISSUED, ISSUED_TOKENS, MANAGED_BY, SENT_PROOFS
+from .credentials_support import ISSUED, ISSUED_TOKENS, MANAGED_BY, SENT_PROOFS, SUBJECT_TOKENS
 from .support import ClusterHandle, OperatorProcess
 
 
@@ -75,3 +75,8 @@ def test_no_issued_secret_is_found_in_logs_events_status_annotations_or_metrics(
         where for where, text in places.items() for proof in SENT_PROOFS if proof in text
     )
     assert proof_leaks == [], f"{len(proof_leaks)} places hold a DPoP proof a test sent"
+    # Subject tokens presented to token exchange: an external identity's proof, never kept.
+    subject_leaks = sorted(
+        where for where, text in places.items() for token in SUBJECT_TOKENS if token in text
+    )
+    assert subject_leaks == [], f"{len(subject_leaks)} places hold a subject token"

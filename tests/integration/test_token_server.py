@@ -205,7 +205,10 @@ def test_discovery_names_the_endpoints_and_the_jwks_may_be_cached(
         metadata = token_server.get(path).json()
         assert metadata["issuer"] == token_server.issuer
         assert metadata["token_endpoint"] == token_server.token_url
-        assert metadata["grant_types_supported"] == ["client_credentials"]
+        assert metadata["grant_types_supported"] == [
+            "client_credentials",
+            "urn:ietf:params:oauth:grant-type:token-exchange",
+        ]
         assert "client_secret_post" in metadata["token_endpoint_auth_methods_supported"]
     jwks = token_server.get("/oauth2/jwks")
     assert jwks.headers["Cache-Control"] == "public, max-age=300"

@@ -113,9 +113,11 @@ def running_token_server(
     ca: Path,
     log_name: str,
     settings: Mapping[str, str],
+    verbose: bool = False,
 ) -> Iterator[TokenServer]:
     """Start `kube-iam token-server` with the operator's settings plus `settings`, wait until it
-    answers /healthz, and stop it afterwards. Its log goes where the suite's leak scan reads."""
+    answers /healthz, and stop it afterwards. Its log goes where the suite's leak scan reads;
+    `verbose` logs at DEBUG too (refusals past the paced INFO lines, for tests that read them)."""
     metrics_port = free_port()
     log_path = cluster.log_dir / "operators" / log_name
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -129,7 +131,7 @@ def running_token_server(
     }
     with log_path.open("ab") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "kubeiam.cli", "token-server"],
+            [sys.executable, "-m", "kubeiam.cli", "token-server", *(["-v"] if verbose else [])],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,

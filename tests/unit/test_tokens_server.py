@@ -296,6 +296,6 @@ def test_an_issued_token_notes_its_use_for_write_back() -> None:
         ).status == 400
 
     run(made, call)
-    assert [key for key, _ in noted] == [("team-a", "key")]
+    assert [key for key, _ in noted] == [("serviceaccountcredentials", "team-a", "key")]
     assert noted[0][1].at == NOW
     assert noted[0][1].address == "127.0.0.1"

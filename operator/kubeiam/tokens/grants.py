@@ -169,7 +169,7 @@ def decide(
     if isinstance(client, Refusal):
         return client
     credential, account = client
-    scopes = _scopes(request.scope, credential.effective_roles)
+    scopes = scopes_of(request.scope, credential.effective_roles)
     if isinstance(scopes, Refusal):
         return scopes
     audience = request.audience or allowed_audiences[0]
@@ -249,7 +249,8 @@ def _unmapped(address: Address) -> Address:
     return address
 
 
-def _scopes(asked: str | None, roles: tuple[str, ...]) -> tuple[str, ...] | Refusal:
+def scopes_of(asked: str | None, roles: tuple[str, ...]) -> tuple[str, ...] | Refusal:
+    """The roles asked for with `scope`, each one of `roles`; none asked: all of `roles`."""
     if asked is None or not asked.strip():
         return roles
     wanted = tuple(dict.fromkeys(asked.split()))  # in the order asked, once each

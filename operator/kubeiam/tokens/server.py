@@ -15,12 +15,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import dataclasses
 import datetime
 import logging
 import ssl
 import urllib.parse
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp.web
 
@@ -28,20 +29,25 @@ from kubeiam.domain import key_rotation
 from kubeiam.kube import api
 from kubeiam.kube import metrics as served_metrics
 from kubeiam.kube.bodies import read_bounded
-from kubeiam.kube.resources import CREDENTIALS
+from kubeiam.kube.resources import CREDENTIALS, TRUSTS
 from kubeiam.settings import TOKEN_PATH, Settings
-from kubeiam.tokens import dpop, grants, introspection, key_store, tokens, usage
+from kubeiam.tokens import dpop, exchange, grants, introspection, key_store, tokens, usage
 from kubeiam.tokens import metrics as token_metrics
 from kubeiam.tokens.cache import Cache
 from kubeiam.tokens.holds import Holds, LocalHolds
 from kubeiam.tokens.keys import ALGORITHM, SigningKeys
 from kubeiam.tokens.refusal_log import RefusalLog
+from kubeiam.tokens.trust_material import TrustMaterial
 
 logger = logging.getLogger(__name__)
 
 READ_SECONDS = 5.0
+FORGET_SECONDS = 60.0  # how often the token server drops what deleted trusts held
 FORM = "application/x-www-form-urlencoded"
 CLIENT_CREDENTIALS = "client_credentials"
+TOKEN_EXCHANGE = "token_exchange"  # the grant's label in metrics (its URN is exchange.GRANT_TYPE)
+# Where the grant a request used is kept on it, for the metrics.
+GRANT_KEY = aiohttp.web.RequestKey("kubeiam.grant", str)
 REALM = 'Basic realm="kube-iam", charset="UTF-8"'
 JWKS_PATH = "/oauth2/jwks"
 INTROSPECT_PATH = "/oauth2/introspect"
@@ -50,6 +56,8 @@ AUTH_METHODS = ["client_secret_post", "client_secret_basic"]
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 Clock = Callable[[], datetime.datetime]
+# What a grant decided, by either way in; bound to a DPoP key before it is signed.
+Decided = TypeVar("Decided", grants.Grant, exchange.Exchanged)
 
 
 def _now() -> datetime.datetime:
@@ -67,8 +75,11 @@ class TokenService:
         clock: Clock = _now,
         usage_writer: usage.Writer | None = None,
         holds: Holds | None = None,
+        trust_material: TrustMaterial | None = None,
     ) -> None:
         self.settings = settings.tokens
+        self.org = settings  # every group: token exchange verifies by the trust settings too
+        self.trusts = trust_material or TrustMaterial(settings)
         # The DPoP proofs this server has seen (RFC 9449 §11.1): one memory for its workers.
         self.holds: Holds = LocalHolds() if holds is None else holds
         self._nonces_of: tuple[str, dpop.Nonces] | None = None
@@ -126,7 +137,7 @@ class TokenService:
             "issuer": issuer,
             "token_endpoint": issuer + TOKEN_PATH,
             "jwks_uri": issuer + JWKS_PATH,
-            "grant_types_supported": [CLIENT_CREDENTIALS],
+            "grant_types_supported": [CLIENT_CREDENTIALS, exchange.GRANT_TYPE],
             "token_endpoint_auth_methods_supported": AUTH_METHODS,
             "introspection_endpoint": issuer + INTROSPECT_PATH,
             "introspection_endpoint_auth_methods_supported": AUTH_METHODS,
@@ -154,7 +165,7 @@ class TokenService:
         with token_metrics.SECONDS.time():
             answer = await self._token(request)
         if answer.status == 200:
-            token_metrics.ISSUED.labels(CLIENT_CREDENTIALS).inc()
+            token_metrics.ISSUED.labels(request.get(GRANT_KEY, CLIENT_CREDENTIALS)).inc()
         elif answer.status in (408, 413, 503):
             token_metrics.REFUSED.labels(str(answer.status)).inc()
         return answer
@@ -165,10 +176,15 @@ class TokenService:
             return form
         if "grant_type" not in form:
             return _error(grants.Error.INVALID_REQUEST, "The grant_type parameter is missing.")
-        if form["grant_type"] != CLIENT_CREDENTIALS:
-            return _error(grants.Error.UNSUPPORTED_GRANT_TYPE, "Only client_credentials here.")
+        if form["grant_type"] not in (CLIENT_CREDENTIALS, exchange.GRANT_TYPE):
+            return _error(
+                grants.Error.UNSUPPORTED_GRANT_TYPE, "Only client_credentials and token-exchange."
+            )
         if not self.ready:
             return aiohttp.web.Response(status=503, text="not ready", headers={"Retry-After": "1"})
+        if form["grant_type"] == exchange.GRANT_TYPE:
+            request[GRANT_KEY] = TOKEN_EXCHANGE
+            return await self._token_exchange(form, request)
         return self._client_credentials(form, request.headers.get("Authorization"), request)
 
     async def _read_form(
@@ -231,19 +247,9 @@ class TokenService:
         decision = self._bound(decision, request, now, nonces)
         if isinstance(decision, grants.Refusal):
             return _refuse(decision, basic=basic is not None, headers=fresh)
-        issued = tokens.issue(
-            decision,
-            self.keys.active_at(now),
-            issuer=self.settings.issuer,
-            lifetime=self.settings.lifetime,
-            now=now,
-        )
         credential = decision.credential
-        if self.usage is not None:
-            address = asked.client_address
-            where = None if address is None else str(address)
-            self.usage.note((credential.namespace, credential.name), usage.Use(now, where))
-            token_metrics.USAGE_NOTED.inc()
+        where = (CREDENTIALS, credential.namespace, credential.name)
+        issued, answer = self._granted(decision, where, asked.client_address, now, fresh)
         logger.info(
             "Issued a token to credential %s/%s (id %s) for %s, expiring in %ds.",
             credential.namespace,
@@ -252,14 +258,40 @@ class TokenService:
             decision.audience,
             issued.expires_in,
         )
+        return answer
+
+    def _granted(
+        self,
+        decision: grants.Grant | exchange.Exchanged,
+        used: usage.Key,
+        address: grants.Address | None,
+        now: datetime.datetime,
+        headers: dict[str, str],
+        extra: dict[str, str] | None = None,
+    ) -> tuple[tokens.Issued, aiohttp.web.Response]:
+        """Sign the decided token, note the use of what it came through (a credential or a
+        trust) for write-back, and answer it (RFC 6749 §5.1; RFC 8693 §2.2.1 adds `extra`)."""
+        assert self.keys is not None  # ready
+        issued = tokens.issue(
+            decision,
+            self.keys.active_at(now),
+            issuer=self.settings.issuer,
+            lifetime=self.settings.lifetime,
+            now=now,
+        )
+        if self.usage is not None:
+            where = None if address is None else str(address)
+            self.usage.note(used, usage.Use(now, where))
+            token_metrics.USAGE_NOTED.inc()
         answer: dict[str, Any] = {
             "access_token": issued.token,
+            **(extra or {}),
             "token_type": issued.token_type,
             "expires_in": issued.expires_in,
         }
         if issued.scope:
             answer["scope"] = issued.scope
-        return aiohttp.web.json_response(answer, headers={**NO_STORE, **fresh})
+        return issued, aiohttp.web.json_response(answer, headers={**NO_STORE, **headers})
 
     def _nonces(self) -> dpop.Nonces | None:
         """The DPoP nonces when the setting asks for them, keyed from the active signing key,
@@ -278,25 +310,85 @@ class TokenService:
 
     def _bound(
         self,
-        grant: grants.Grant,
+        grant: Decided,
         request: aiohttp.web.Request,
         now: datetime.datetime,
         nonces: dpop.Nonces | None,
-    ) -> grants.Grant | grants.Refusal:
-        """The grant bound to the request's DPoP proof, if it sends one (RFC 9449 §5)."""
+    ) -> Decided | grants.Refusal:
+        """The grant bound to the request's DPoP proof, if it sends one (RFC 9449 §5); a
+        credential that requires a proof is refused without one (grants.bind)."""
         proofs = request.headers.getall(dpop.HEADER, [])
-        if not proofs:
-            return grants.bind(grant, None)
-        jkt = dpop.check(
-            proofs,
-            method=request.method,
-            url=self.settings.issuer + TOKEN_PATH,
-            window=self.dpop_window,
-            holds=self.holds,
-            now=now.timestamp(),
-            nonces=nonces,
+        jkt = None
+        if proofs:
+            checked = dpop.check(
+                proofs,
+                method=request.method,
+                url=self.settings.issuer + TOKEN_PATH,
+                window=self.dpop_window,
+                holds=self.holds,
+                now=now.timestamp(),
+                nonces=nonces,
+            )
+            if isinstance(checked, grants.Refusal):
+                return checked
+            jkt = checked
+        if isinstance(grant, exchange.Exchanged):
+            return grant if jkt is None else dataclasses.replace(grant, jkt=jkt)
+        return grants.bind(grant, jkt)
+
+    # -- token exchange (RFC 8693) ----------------------------------------------------------
+
+    async def _token_exchange(
+        self, form: dict[str, str], request: aiohttp.web.Request
+    ) -> aiohttp.web.Response:
+        """An external token through one of the account's trusts: exchange.py decides, with
+        each candidate trust's policy and keys prepared here (the only awaits on this path)."""
+        malformed = _exchange_malformed(form, request.headers.get("Authorization"))
+        if malformed is not None:
+            return _refuse(malformed, basic=False)
+        assert self.keys is not None  # ready
+        now = self.clock()
+        asked = exchange.ExchangeRequest(
+            client_id=form["client_id"],
+            subject_token=form["subject_token"],
+            subject_token_type=form["subject_token_type"],
+            scope=form.get("scope"),
+            audience=form.get("audience") or form.get("resource"),
+            client_address=self._address(request),
         )
-        return jkt if isinstance(jkt, grants.Refusal) else grants.bind(grant, jkt)
+        tried = exchange.candidates(
+            asked,
+            account_by_client_id=self.cache.account_by_client_id,
+            trusts_of=self.cache.trusts_of,
+            own_issuer=self.settings.issuer,
+        )
+        if isinstance(tried, exchange.Denied):
+            return _deny(tried)
+        prepared = {
+            trust.uid: await self.trusts.prepare(trust)
+            for trust in tried.trusts
+            if exchange.unusable_because(trust) is None
+        }
+        decision = exchange.decide(asked, tried, prepared=prepared, settings=self.org, now=now)
+        if isinstance(decision, exchange.Denied):
+            return _deny(decision)
+        nonces = self._nonces()
+        fresh = {} if nonces is None else {dpop.NONCE_HEADER: nonces.issue(now.timestamp())}
+        bound = self._bound(decision, request, now, nonces)
+        if isinstance(bound, grants.Refusal):
+            return _refuse(bound, basic=False, headers=fresh)
+        trust = bound.trust
+        where = (TRUSTS, trust.namespace, trust.name)
+        extra = {"issued_token_type": exchange.ACCESS_TOKEN_TYPE}
+        issued, answer = self._granted(bound, where, asked.client_address, now, fresh, extra)
+        logger.info(
+            "Exchanged a token through trust %s/%s for account %s, expiring in %ds.",
+            trust.namespace,
+            trust.name,
+            trust.account,
+            issued.expires_in,
+        )
+        return answer
 
     # -- introspection (RFC 7662) ------------------------------------------------------------
 
@@ -330,6 +422,7 @@ class TokenService:
             credential_by_id=self.cache.credential_by_id,
             account_of=self.cache.account_of,
             now=now,
+            trust_by_uid=self.cache.trust_by_uid,
         )
         token_metrics.INTROSPECTED.labels("true" if answer["active"] else "false").inc()
         return aiohttp.web.json_response(answer, headers=NO_STORE)
@@ -368,6 +461,40 @@ def _client(form: dict[str, str], basic: str | None) -> tuple[str, str] | grants
     if not in_body or not form.get("client_id"):
         return grants.Refusal(grants.Error.INVALID_CLIENT, "Client authentication is required.")
     return form["client_id"], form["client_secret"]
+
+
+def _exchange_malformed(form: dict[str, str], basic: str | None) -> grants.Refusal | None:
+    """What makes a token-exchange request invalid before anything is looked up (RFC 8693 §2.1):
+    a missing parameter, a client secret (the subject token is the proof), an actor token, two
+    targets, or a token type we do not issue."""
+    for name in ("client_id", "subject_token", "subject_token_type"):
+        if not form.get(name):
+            return grants.Refusal(grants.Error.INVALID_REQUEST, f"The {name} parameter is missing.")
+    if basic is not None or "client_secret" in form:
+        return grants.Refusal(
+            grants.Error.INVALID_REQUEST,
+            "A token exchange takes no client secret: the subject token is the proof.",
+        )
+    if "actor_token" in form or "actor_token_type" in form:
+        return grants.Refusal(grants.Error.INVALID_REQUEST, "Actor tokens are not supported.")
+    if "audience" in form and "resource" in form:
+        return grants.Refusal(grants.Error.INVALID_REQUEST, "Give audience or resource, not both.")
+    if form.get("requested_token_type", exchange.ACCESS_TOKEN_TYPE) != exchange.ACCESS_TOKEN_TYPE:
+        return grants.Refusal(
+            grants.Error.INVALID_REQUEST,
+            "The requested_token_type must be urn:ietf:params:oauth:token-type:access_token.",
+        )
+    return None
+
+
+def _deny(denied: exchange.Denied) -> aiohttp.web.Response:
+    """A refused exchange: the log says what failed (never the token), the answer does not.
+    Paced like every refusal (refusal_log.py), by the denial's fixed kind: one INFO line per
+    kind a minute, the rest at DEBUG, so a flood of bad subject tokens cannot flood the log."""
+    refusal = denied.refusal
+    level, _ = _REFUSALS.line(refusal.error.value, f"token exchange: {denied.kind}", _now())
+    logger.log(level, "Refused a token exchange: %s (%s).", refusal.error.value, denied.cause)
+    return _error(refusal.error, refusal.description)
 
 
 # One INFO line per kind of refusal a minute, the rest at DEBUG (refusal_log.py says why).
@@ -445,6 +572,14 @@ async def _follow_keys(
         await asyncio.sleep(every if service.keys is not None else min(every, 2.0))
 
 
+async def _forget_deleted_trusts(material: TrustMaterial, cache: Cache) -> None:
+    """Now and then, drop the policies of deleted trusts and stop refreshing issuers no trust
+    names any more (the cache's watch says which trusts remain)."""
+    while True:
+        await asyncio.sleep(FORGET_SECONDS)
+        material.forget(cache.trust_uids())
+
+
 async def serve(settings: Settings) -> None:
     """Run the token server until cancelled: the watches, the keys, then HTTPS."""
     api.connect()
@@ -453,17 +588,20 @@ async def serve(settings: Settings) -> None:
     await served_metrics.serve(settings.observability.metrics_port)
 
     async def write_usage(key: usage.Key, status: dict[str, str | None]) -> None:
-        await api.merge_patch_status(CREDENTIALS, key[0], key[1], status)
+        await api.merge_patch_status(*key, status)
 
     writer = usage.Writer(settings.tokens.usage_interval, write_usage, _now)
-    service = TokenService(settings, cache, usage_writer=writer)
+    material = TrustMaterial(settings)
+    service = TokenService(settings, cache, usage_writer=writer, trust_material=material)
     token_metrics.watch_signing_key(service.signing_key_age)
     context = tls_context(settings)
     runner = aiohttp.web.AppRunner(service.app(), handle_signals=True, access_log=None)
     await runner.setup()
     cache.start(asyncio.get_running_loop())
     usage_task = asyncio.create_task(writer.run(), name="usage-writer")
-    keys_task: asyncio.Task[None] | None = None
+    keys_task = asyncio.create_task(material.store.run(), name="issuer-refresh")
+    forget_task = asyncio.create_task(_forget_deleted_trusts(material, cache), name="forget")
+    signing_keys_task: asyncio.Task[None] | None = None
     try:
         site = aiohttp.web.TCPSite(
             runner, settings.tokens.address, settings.tokens.port, ssl_context=context
@@ -477,7 +615,7 @@ async def serve(settings: Settings) -> None:
         )
         every = settings.tokens.key_refresh_interval.total_seconds()
         loaded = asyncio.Event()
-        keys_task = asyncio.create_task(
+        signing_keys_task = asyncio.create_task(
             _follow_keys(service, settings.operator_namespace, key_store.load, every, loaded),
             name="signing-keys",
         )
@@ -487,7 +625,9 @@ async def serve(settings: Settings) -> None:
         await asyncio.Event().wait()
     finally:
         usage_task.cancel()
-        if keys_task is not None:
-            keys_task.cancel()
+        keys_task.cancel()
+        forget_task.cancel()
+        if signing_keys_task is not None:
+            signing_keys_task.cancel()
         cache.stop()
         await runner.cleanup()
