@@ -108,7 +108,8 @@ def decision_rate(seconds: float) -> dict[str, Any]:
         if isinstance(decided, exchange.Denied):
             refused += 1
         else:
-            tokens.issue(decided, signing.active, issuer=ISSUER, lifetime=settings.tokens.lifetime,
+            signer = signing.active_at(at)
+            tokens.issue(decided, signer, issuer=ISSUER, lifetime=settings.tokens.lifetime,
                          now=at)  # fmt: skip
         latencies.append(time.perf_counter() - begin)
     elapsed = time.perf_counter() - started

@@ -14,6 +14,8 @@ from typing import Any, Literal, cast
 from pydantic import Field, TypeAdapter, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from kubeiam.domain import key_rotation
+
 DEFAULT_ORGANIZATION = "example"
 # Issuers whose tokens are minted for every customer alike: any repository on GitHub, any
 # project on gitlab.com, any Google account, any Buildkite organisation. A trust that does not
@@ -334,7 +336,26 @@ class TokenSettings(_Group):
     )
     jwks_max_age: datetime.timedelta = Field(
         default=datetime.timedelta(minutes=5),
-        description="How long a verifier may cache the JWKS (its Cache-Control max-age).",
+        description="How long a verifier may cache the JWKS (its Cache-Control max-age); part "
+        "of the lead a next signing key is published with.",
+    )
+    key_rotation_period: datetime.timedelta = Field(
+        default=datetime.timedelta(days=30),
+        description="How long one signing key signs before the next one takes over (the "
+        "operator rotates them; docs/tokens.md). Must exceed the lead a next key needs: "
+        "KUBEIAM_TOKEN_JWKS_MAX_AGE + KUBEIAM_TOKEN_KEY_REFRESH_INTERVAL + "
+        "KUBEIAM_TOKEN_KEY_MARGIN. The operator's KUBEIAM_TOKEN_LIFETIME must be at least the "
+        "token server's: it keeps a retired key that long.",
+    )
+    key_refresh_interval: datetime.timedelta = Field(
+        default=datetime.timedelta(seconds=30),
+        description="How often the token server rereads its signing keys Secret, and the "
+        "operator checks whether a key is due to be added or dropped.",
+    )
+    key_margin: datetime.timedelta = Field(
+        default=datetime.timedelta(seconds=60),
+        description="Clock skew allowed between the operator, token servers and verifiers in "
+        "key rotation: added to the next key's lead and to a retired key's stay.",
     )
     trusted_proxies: list[str] = Field(
         default_factory=list,
@@ -395,6 +416,21 @@ class TokenSettings(_Group):
         if self.dpop_clock_skew < datetime.timedelta(0):
             raise ValueError("KUBEIAM_TOKEN_DPOP_CLOCK_SKEW must not be negative")
         return self
+
+    @model_validator(mode="after")
+    def _rotation_fits(self) -> TokenSettings:
+        self.rotation_policy().check()
+        return self
+
+    def rotation_policy(self) -> key_rotation.Policy:
+        """The signing-key rotation's timings, as the pure rule takes them."""
+        return key_rotation.Policy(
+            period=self.key_rotation_period,
+            jwks_max_age=self.jwks_max_age,
+            refresh=self.key_refresh_interval,
+            token_lifetime=self.lifetime,
+            margin=self.key_margin,
+        )
 
     @property
     def token_url(self) -> str:

@@ -68,10 +68,12 @@ def test_no_rule_has_a_wildcard_and_secrets_are_never_listed_or_watched(
         assert "nonResourceURLs" not in rule, rule
     for rule in rules:
         if "" in rule["apiGroups"] and "secrets" in rule["resources"]:
-            assert not {"list", "watch", "update", "patch"} & set(rule["verbs"]), rule
-            # The operator's (any Secret it writes), or the token server's: one Secret, read.
+            assert not {"list", "watch", "patch"} & set(rule["verbs"]), rule
+            # The operator's (any Secret it writes, and the signing keys it rotates), or the
+            # token server's: one Secret, read.
             assert (sorted(rule["verbs"]), rule.get("resourceNames")) in (
                 (["create", "delete", "get"], None),
+                (["update"], [SIGNING_KEY_SECRET]),
                 (["get"], [SIGNING_KEY_SECRET]),
             ), rule
     bindings = [
@@ -80,9 +82,10 @@ def test_no_rule_has_a_wildcard_and_secrets_are_never_listed_or_watched(
         if doc["kind"] in ("ClusterRoleBinding", "RoleBinding")
     ]
     # Each of deploy/'s three identities is bound to its own roles, and to nothing else; the
-    # only namespaced one is the token server's, in the operator's namespace.
+    # namespaced ones (the signing keys Secret) are in the operator's namespace.
     expected = {
         ("ClusterRole", "kube-iam-operator"): install.SERVICE_ACCOUNT,
+        ("Role", "kube-iam-operator"): install.SERVICE_ACCOUNT,
         ("ClusterRole", "kube-iam-webhook"): install.WEBHOOK_SERVICE_ACCOUNT,
         ("ClusterRole", "kube-iam-token-server"): install.TOKEN_SERVER_SERVICE_ACCOUNT,
         ("Role", "kube-iam-token-server"): install.TOKEN_SERVER_SERVICE_ACCOUNT,
@@ -121,6 +124,10 @@ def test_the_service_account_is_refused_what_it_was_not_granted(cluster: Cluster
     assert not _can(cluster, "list", "secrets", "--all-namespaces")
     assert not _can(cluster, "watch", "secrets", "--all-namespaces")
     assert not _can(cluster, "update", "secrets", "-n", "default")
+    # Rotation updates the signing keys Secret, that one only, in its own namespace only.
+    assert not _can(cluster, "update", f"secrets/{PROOF_KEY_SECRET}", "-n", install.NAMESPACE)
+    assert not _can(cluster, "update", f"secrets/{SIGNING_KEY_SECRET}", "-n", "default")
+    assert not _can(cluster, "patch", f"secrets/{SIGNING_KEY_SECRET}", "-n", install.NAMESPACE)
     assert not _can(cluster, "create", "serviceaccountcredentials.iam.kubeiam.io", "-n", "x")
     assert not _can(cluster, "delete", "serviceaccounts.iam.kubeiam.io", "-n", "x")
     assert not _can(cluster, "list", "configmaps", "--all-namespaces")
@@ -129,6 +136,7 @@ def test_the_service_account_is_refused_what_it_was_not_granted(cluster: Cluster
     assert _can(cluster, "create", "secrets", "-n", "default")
     assert _can(cluster, "get", "secrets", "-n", "default")
     assert _can(cluster, "delete", "secrets", "-n", "default")
+    assert _can(cluster, "update", f"secrets/{SIGNING_KEY_SECRET}", "-n", install.NAMESPACE)
     assert _can(
         cluster,
         "patch",

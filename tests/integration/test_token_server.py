@@ -219,7 +219,7 @@ def test_discovery_names_the_endpoints_and_the_jwks_may_be_cached(
     assert "d" not in key
 
 
-def test_the_operator_created_the_signing_key_secret_once_immutable(
+def test_the_operator_created_the_signing_key_secret_once(
     cluster: ClusterHandle, token_server: TokenServer
 ) -> None:
     columns = (
@@ -228,7 +228,7 @@ def test_the_operator_created_the_signing_key_secret_once_immutable(
     shown = cluster.kubectl(
         "get", "secret", SIGNING_KEY_SECRET, "-n", install.NAMESPACE, "--no-headers", "-o", columns
     ).stdout.split(maxsplit=2)
-    assert shown[0] == "true"
+    assert shown[0] == "false"  # rotated in place (test_key_rotation.py)
     assert shown[1] == "iam.kubeiam.io/operator-keys"
     assert shown[2].startswith("Signs the token server's access tokens")
     kid = token_server.get("/oauth2/jwks").json()["keys"][0]["kid"]

@@ -95,30 +95,3 @@ def test_a_start_over_an_existing_key_writes_nothing(fake: FakeSecrets) -> None:
     again = asyncio.run(key_secret.load_or_create("ns", "keys", purpose="test"))
     assert fake.creates == creates
     assert again.keys == first.keys
-
-
-def test_two_replicas_creating_the_signing_key_hold_the_same_p256_key(fake: FakeSecrets) -> None:
-    from kubeiam.tokens import keys
-
-    async def both() -> list[keys.SigningKeys]:
-        return list(await asyncio.gather(keys.ensure("ns"), keys.ensure("ns")))
-
-    first, second = asyncio.run(both())
-    assert first.jwks() == second.jwks()
-    assert first.active.kid == second.active.kid
-    assert list(fake.stored) == [keys.SIGNING_KEY_SECRET]
-    # What the token server reads (one GET) is what the operator made; nothing is created.
-    creates = fake.creates
-    loaded = asyncio.run(keys.load("ns"))
-    assert loaded is not None
-    assert loaded.jwks() == first.jwks()
-    assert fake.creates == creates
-
-
-def test_the_token_server_finds_no_signing_key_until_the_operator_made_one(
-    fake: FakeSecrets,
-) -> None:
-    from kubeiam.tokens import keys
-
-    assert asyncio.run(keys.load("ns")) is None
-    assert fake.creates == 0

@@ -43,6 +43,9 @@ def test_environment_variables_with_the_prefix_set_fields(monkeypatch: pytest.Mo
         ("KUBEIAM_MAX_ACTIVE_CREDENTIALS", "0", "max_active_credentials"),
         ("KUBEIAM_TOKEN_ISSUER", "http://insecure.example", "KUBEIAM_TOKEN_ISSUER"),
         ("KUBEIAM_DEFAULT_CREDENTIAL_LIFETIME", "P400D", "KUBEIAM_DEFAULT_CREDENTIAL_LIFETIME"),
+        # A next signing key could not be published its lead (390 s) before it signs.
+        ("KUBEIAM_TOKEN_KEY_ROTATION_PERIOD", "300", "KUBEIAM_TOKEN_KEY_ROTATION_PERIOD (300 s)"),
+        ("KUBEIAM_TOKEN_JWKS_MAX_AGE", "P31D", "KUBEIAM_TOKEN_JWKS_MAX_AGE"),
     ],
 )
 def test_a_bad_value_is_refused_naming_the_setting(

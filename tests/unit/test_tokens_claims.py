@@ -63,7 +63,7 @@ def test_a_token_never_outlives_its_credential() -> None:
 
 def test_a_signed_token_verifies_with_the_published_key_and_says_at_jwt() -> None:
     signing = signing_keys()
-    issued = tokens.issue(grant(), signing.active, issuer=ISSUER, lifetime=HOUR, now=NOW)
+    issued = tokens.issue(grant(), signing.active_at(NOW), issuer=ISSUER, lifetime=HOUR, now=NOW)
     header = jwt.get_unverified_header(issued.token)
     assert header == {"alg": "ES256", "typ": "at+jwt", "kid": "k1"}
     (public,) = signing.jwks()["keys"]

@@ -311,7 +311,7 @@ def test_a_proof_binds_any_credentials_token_and_none_leaves_it_bearer() -> None
     assert bind(plain, None) == plain
     bound = bind(plain, "thumb")
     assert not isinstance(bound, Refusal)
-    key = signing_keys().active
+    key = signing_keys().active_at(NOW)
     issued = tokens.issue(bound, key, issuer=ISSUER, lifetime=HOUR, now=NOW)
     assert issued.token_type == "DPoP"
     claims = jwt.decode(issued.token, options={"verify_signature": False})

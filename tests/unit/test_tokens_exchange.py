@@ -249,7 +249,9 @@ def _introspect(token: str, trust: Trust | None, account: Account | None = ACCOU
 def test_introspection_ends_an_exchanged_token_with_its_trust_or_account() -> None:
     outcome = run(request(subject()))
     assert isinstance(outcome, Exchanged)
-    token = tokens.issue(outcome, SIGNING.active, issuer=ISSUER, lifetime=HOUR, now=NOW).token
+    token = tokens.issue(
+        outcome, SIGNING.active_at(NOW), issuer=ISSUER, lifetime=HOUR, now=NOW
+    ).token
     assert _introspect(token, TRUST)
     assert not _introspect(token, None)  # deleted
     assert not _introspect(token, trust_view(trust_body(disabled=True)))

@@ -37,7 +37,7 @@ def token(signing: keys.SigningKeys = KEYS, issuer: str = ISSUER, jkt: str | Non
     grant = Grant(
         CREDENTIAL, ACCOUNT, CREDENTIAL.effective_roles, ISSUER, CREDENTIAL.expires_at, jkt
     )
-    return tokens.issue(grant, signing.active, issuer=issuer, lifetime=HOUR, now=NOW).token
+    return tokens.issue(grant, signing.active_at(NOW), issuer=issuer, lifetime=HOUR, now=NOW).token
 
 
 def ask(
@@ -88,7 +88,7 @@ def _forged() -> str:
     claims = jwt.decode(token(), options={"verify_signature": False})
     return jwt.encode(
         {**claims, "scope": "admin"},
-        KEYS.active.private,
+        KEYS.active_at(NOW).private,
         algorithm="ES256",
         headers={"typ": "JWT", "kid": "k1"},  # our key, but not an access token's type
     )

@@ -334,20 +334,49 @@ async def get_secret_data(namespace: str, name: str) -> dict[str, str] | None:
     return await _get_whole_secret(namespace, name, lambda whole: dict(whole.get("data") or {}))
 
 
-async def delete_secret(namespace: str, name: str, uid: str) -> None:
-    """Delete the Secret if it is still the one with `uid`; gone already is fine."""
-    options = {"kind": "DeleteOptions", "apiVersion": "v1", "preconditions": {"uid": uid}}
+async def get_own_secret(namespace: str, name: str) -> dict[str, Any] | None:
+    """A Secret that is kube-iam's own (its keys): metadata, `immutable` and data (base64 as
+    stored); None if there is none. Never for a credential's Secret."""
+    return await _get_whole_secret(
+        namespace, name, lambda whole: {k: whole.get(k) for k in ("metadata", "immutable", "data")}
+    )
+
+
+async def _write_secret(
+    method: str, verb: str, namespace: str, name: str, body: dict[str, Any]
+) -> None:
+    """One write of a named Secret; the answer is asked for as metadata, so no data returns."""
 
     def call() -> Any:
         return _raw(
-            "DELETE",
+            method,
             f"/api/v1/namespaces/{namespace}/secrets/{name}",
-            body=options,
+            body=body,
             accept=PARTIAL_METADATA,
         )
 
+    await _call(verb, "secrets", call)
+
+
+async def replace_secret(namespace: str, name: str, secret: dict[str, Any]) -> None:
+    """Replace a Secret of kube-iam's own if it is still at the body's resourceVersion:
+    `Conflict` when another writer came first, `Gone` when it was deleted. The body is never
+    logged."""
     try:
-        await _call("delete", "secrets", call)
+        await _write_secret("PUT", "update", namespace, name, secret)
+    except ApiException as error:
+        if error.status in (404, 409):
+            raise _translate(error) from None
+        raise Refused(
+            f"replacing a Secret failed: HTTP {error.status} {error.reason}", error.status
+        ) from None
+
+
+async def delete_secret(namespace: str, name: str, uid: str) -> None:
+    """Delete the Secret if it is still the one with `uid`; gone already is fine."""
+    options = {"kind": "DeleteOptions", "apiVersion": "v1", "preconditions": {"uid": uid}}
+    try:
+        await _write_secret("DELETE", "delete", namespace, name, options)
     except ApiException as error:
         if error.status not in (404, 409):
             raise

@@ -46,13 +46,16 @@ def _candidate(new_key: Callable[[], bytes]) -> KeyRing:
     return KeyRing(active=key_id, keys={key_id: new_key()})
 
 
-def _manifest(namespace: str, name: str, ring: KeyRing, purpose: str) -> dict[str, object]:
-    raw = {ACTIVE: ring.active.encode(), **ring.keys}
+def manifest(
+    namespace: str, name: str, raw: dict[str, bytes], *, purpose: str, immutable: bool = True
+) -> dict[str, object]:
+    """A key Secret of kube-iam's holding `raw` (entry name to bytes). The proof key's is
+    immutable; the signing keys' is not, so that the operator can rotate them in place."""
     return {
         "apiVersion": "v1",
         "kind": "Secret",
         "type": KEY_SECRET_TYPE,
-        "immutable": True,
+        "immutable": immutable,
         "metadata": {
             "name": name,
             "namespace": namespace,
@@ -63,9 +66,23 @@ def _manifest(namespace: str, name: str, ring: KeyRing, purpose: str) -> dict[st
     }
 
 
-def _parse(name: str, data: dict[str, str]) -> KeyRing:
+def _manifest(namespace: str, name: str, ring: KeyRing, purpose: str) -> dict[str, object]:
+    return manifest(namespace, name, {ACTIVE: ring.active.encode(), **ring.keys}, purpose=purpose)
+
+
+def decode(name: str, data: dict[str, str]) -> dict[str, bytes]:
+    """A key Secret's entries, base64-decoded; KeySecretError naming the Secret if one is not."""
     try:
-        decoded = {kid: base64.b64decode(value, validate=True) for kid, value in data.items()}
+        return {entry: base64.b64decode(value, validate=True) for entry, value in data.items()}
+    except ValueError:
+        raise KeySecretError(f"Secret {name!r} holds an entry that is not base64") from None
+
+
+def parse(name: str, data: dict[str, str]) -> KeyRing:
+    """The keys of a key Secret holding `active-key-id` and the keys (the proof key's format,
+    and the signing keys' before rotation)."""
+    decoded = decode(name, data)
+    try:
         active = decoded.pop(ACTIVE).decode()
     except (KeyError, ValueError) as error:
         raise KeySecretError(f"Secret {name!r} holds no {ACTIVE!r} entry or bad base64") from error
@@ -89,7 +106,7 @@ async def load_or_create(
     restart writes nothing, and a paused replica creates nothing)."""
     data = await api.get_secret_data(namespace, name)
     if data is not None:
-        return _parse(name, data)
+        return parse(name, data)
     candidate = _candidate(new_key or (lambda: random_bytes(KEY_BYTES)))
     try:
         await api.create_secret(namespace, _manifest(namespace, name, candidate, purpose))
@@ -104,11 +121,11 @@ async def load_or_create(
     data = await api.get_secret_data(namespace, name)
     if data is None:
         raise KeySecretError(f"Secret {name!r} in {namespace!r} vanished while being read")
-    return _parse(name, data)
+    return parse(name, data)
 
 
 async def read(namespace: str, name: str) -> KeyRing | None:
     """The keys in Secret `name` of `namespace` (one GET), or None while it does not exist:
     for a process that uses keys the operator creates, and never creates them itself."""
     data = await api.get_secret_data(namespace, name)
-    return None if data is None else _parse(name, data)
+    return None if data is None else parse(name, data)

@@ -1,14 +1,14 @@
-"""The ES256 signing key: created by the operator in one Secret, read by the token server.
+"""The ES256 signing keys: P-256 key material, and the ring that says which key signs when.
 
-The operator creates the Secret `kube-iam-signing-keys` in its namespace at start, exactly once
-across replicas (kube/key_secret.py: create, and read the winner's on a 409). Each entry is a
-P-256 private key in PKCS#8 PEM under its key id, which is the `kid` of the tokens it signs and
-of its public key in the JWKS. Rotation is not built yet: the one key signs until the Secret is
-replaced by hand (docs/tokens.md).
+Each key is a P-256 private key in PKCS#8 PEM under its key id, which is the `kid` of the
+tokens it signs and of its public key in the JWKS. The Secret that holds them, and how the
+operator rotates them, is tokens/key_store.py; the rule is domain/key_rotation.py.
 """
 
 from __future__ import annotations
 
+import datetime
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,10 +16,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 
+from kubeiam.domain import key_rotation
 from kubeiam.kube import key_secret
 
 SIGNING_KEY_SECRET = "kube-iam-signing-keys"
 ALGORITHM = "ES256"
+EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 PURPOSE = "Signs the token server's access tokens (ES256, P-256); only public keys are published."
 
 
@@ -47,10 +49,20 @@ class SigningKey:
 
 @dataclass(frozen=True)
 class SigningKeys:
-    """The key new tokens are signed with, and every public key a verifier may meet."""
+    """The ring: every published key by id, with the times that say which one signs when."""
 
-    active: SigningKey
-    published: tuple[SigningKey, ...]
+    ring: tuple[key_rotation.KeyTimes, ...]
+    by_kid: Mapping[str, SigningKey]
+
+    def active_at(self, now: datetime.datetime) -> SigningKey:
+        """The key that signs at `now`, decided by the clock (domain/key_rotation.py), so every
+        replica switches at the same instant whenever it read the ring."""
+        return self.by_kid[key_rotation.active_at(self.ring, now).kid]
+
+    @property
+    def published(self) -> tuple[SigningKey, ...]:
+        """Every key a verifier may meet: the retired ones, the active one, the next one."""
+        return tuple(self.by_kid[key.kid] for key in self.ring)
 
     def jwks(self) -> dict[str, Any]:
         return {"keys": [key.public_jwk for key in self.published]}
@@ -64,25 +76,35 @@ def _signing_key(kid: str, pem: bytes) -> SigningKey:
     return SigningKey(kid, private, {**jwk, "kid": kid, "use": "sig", "alg": ALGORITHM})
 
 
-def from_ring(ring: key_secret.KeyRing) -> SigningKeys:
-    """The signing keys a key Secret holds; KeySecretError if one is not a P-256 key."""
+def from_pems(ring: tuple[key_rotation.KeyTimes, ...], pems: Mapping[str, bytes]) -> SigningKeys:
+    """The signing keys of a ring; KeySecretError if one is missing or not a P-256 PEM key."""
+    if not ring:
+        raise key_secret.KeySecretError(f"{SIGNING_KEY_SECRET!r} holds no key")
+    missing = [key.kid for key in ring if key.kid not in pems]
+    if missing:
+        raise key_secret.KeySecretError(f"{SIGNING_KEY_SECRET!r} lacks the keys {missing!r}")
     try:
-        keys = {kid: _signing_key(kid, pem) for kid, pem in sorted(ring.keys.items())}
+        by_kid = {key.kid: _signing_key(key.kid, pems[key.kid]) for key in ring}
     except ValueError:
         problem = f"{SIGNING_KEY_SECRET!r} holds a key that is not PEM"
         raise key_secret.KeySecretError(problem) from None
-    return SigningKeys(active=keys[ring.active], published=tuple(keys.values()))
+    return SigningKeys(ring=ring, by_kid=by_kid)
 
 
-async def ensure(namespace: str) -> SigningKeys:
-    """The operator's side: the signing keys, created first of all replicas if there are none."""
-    ring = await key_secret.load_or_create(
-        namespace, SIGNING_KEY_SECRET, purpose=PURPOSE, new_key=new_private_key_pem
+def adopted_times(
+    ring: key_secret.KeyRing, created: datetime.datetime
+) -> tuple[key_rotation.KeyTimes, ...]:
+    """The times of a one-key Secret written before rotation existed: its active key signs
+    since the Secret was made; any other key counts as retired then (kept a token lifetime)."""
+    before = created - datetime.timedelta(microseconds=1)
+    return tuple(
+        key_rotation.KeyTimes(kid, created, created)
+        if kid == ring.active
+        else key_rotation.KeyTimes(kid, before, before, retires=created)
+        for kid in sorted(ring.keys)
     )
-    return from_ring(ring)
 
 
-async def load(namespace: str) -> SigningKeys | None:
-    """The token server's side: the signing keys (one GET), None until the operator made them."""
-    ring = await key_secret.read(namespace, SIGNING_KEY_SECRET)
-    return None if ring is None else from_ring(ring)
+def from_ring(ring: key_secret.KeyRing, created: datetime.datetime = EPOCH) -> SigningKeys:
+    """The signing keys of a one-key Secret (the format before rotation), made at `created`."""
+    return from_pems(adopted_times(ring, created), ring.keys)

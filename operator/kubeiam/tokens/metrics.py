@@ -6,7 +6,7 @@ client id, a credential or anything a request carries.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from kubeiam.kube import metrics
 from kubeiam.tokens.cache import Cache
@@ -55,3 +55,20 @@ USAGE_WRITES = metrics.counter(
     "result (written, failed).",
     ["result"],
 )
+
+
+def watch_signing_key(age: Callable[[], float | None]) -> None:
+    """Report the age of the key that signs now (seconds since it started signing) at scrape
+    time: it falls back to zero at each rotation, so one that keeps growing past the rotation
+    period says the operator is not rotating."""
+
+    def samples() -> Iterable[metrics.Sample]:
+        seconds = age()
+        return [] if seconds is None else [((), seconds)]
+
+    metrics.gauge_from_memory(
+        "kubeiam_token_signing_key_age_seconds",
+        "Seconds since the signing key in use started signing.",
+        [],
+        samples,
+    )

@@ -25,12 +25,13 @@ from typing import Any, TypeVar
 
 import aiohttp.web
 
+from kubeiam.domain import key_rotation
 from kubeiam.kube import api
 from kubeiam.kube import metrics as served_metrics
 from kubeiam.kube.bodies import read_bounded
 from kubeiam.kube.resources import CREDENTIALS, TRUSTS
 from kubeiam.settings import TOKEN_PATH, Settings
-from kubeiam.tokens import dpop, exchange, grants, introspection, keys, tokens, usage
+from kubeiam.tokens import dpop, exchange, grants, introspection, key_store, tokens, usage
 from kubeiam.tokens import metrics as token_metrics
 from kubeiam.tokens.cache import Cache
 from kubeiam.tokens.holds import Holds, LocalHolds
@@ -110,6 +111,14 @@ class TokenService:
             ]
         )
         return app
+
+    def signing_key_age(self) -> float | None:
+        """Seconds since the key that signs now started signing (None before keys are read)."""
+        if self.keys is None:
+            return None
+        now = self.clock()
+        started = key_rotation.active_at(self.keys.ring, now).activates
+        return max(0.0, (now - started).total_seconds())
 
     @property
     def ready(self) -> bool:
@@ -265,7 +274,7 @@ class TokenService:
         assert self.keys is not None  # ready
         issued = tokens.issue(
             decision,
-            self.keys.active,
+            self.keys.active_at(now),
             issuer=self.settings.issuer,
             lifetime=self.settings.lifetime,
             now=now,
@@ -286,11 +295,13 @@ class TokenService:
 
     def _nonces(self) -> dpop.Nonces | None:
         """The DPoP nonces when the setting asks for them, keyed from the active signing key,
-        which every replica reads from the same Secret (so each accepts the others' nonces)."""
+        which every replica reads from the same Secret and switches at the same instant (so
+        each accepts the others' nonces; at a rotation, a nonce of the key before is answered
+        use_dpop_nonce with a new one)."""
         if not self.settings.dpop_nonces:
             return None
         assert self.keys is not None  # ready
-        active = self.keys.active
+        active = self.keys.active_at(self.clock())
         if self._nonces_of is None or self._nonces_of[0] != active.kid:
             material = active.private.private_numbers().private_value.to_bytes(32, "big")
             period = self.settings.dpop_max_age.total_seconds()
@@ -530,22 +541,35 @@ def tls_context(settings: Settings) -> ssl.SSLContext:
     return context
 
 
-async def _until_keys(
-    service: TokenService, namespace: str, load: Callable[[str], Awaitable[SigningKeys | None]]
+async def _follow_keys(
+    service: TokenService,
+    namespace: str,
+    load: Callable[[str], Awaitable[SigningKeys | None]],
+    every: float,
+    loaded: asyncio.Event,
 ) -> None:
-    """Read the signing keys the operator creates, waiting for them if it has not yet."""
+    """Keep the newest signing keys: read their Secret every `every` seconds (waiting for the
+    operator to make it at first); a failed read keeps the ring already held."""
     waited = False
-    while service.keys is None:
+    while True:
         try:
-            service.keys = await load(namespace)
-        except Exception as error:  # the API server restarting: try again
-            logger.warning("Cannot read the signing keys yet (%s).", type(error).__name__)
-        if service.keys is None:
-            if not waited:
-                logger.info("Waiting for the operator to create the signing keys.")
-                waited = True
-            await asyncio.sleep(2)
-    logger.info("Loaded the signing keys (active key %s).", service.keys.active.kid)
+            found = await load(namespace)
+        except Exception as error:  # the API server restarting: keep what we have, try again
+            logger.warning("Cannot read the signing keys now (%s).", type(error).__name__)
+            found = None
+        if found is not None:
+            if service.keys is None or found.ring != service.keys.ring:
+                logger.info(
+                    "Loaded the signing keys (active key %s; published %s).",
+                    found.active_at(service.clock()).kid,
+                    ", ".join(key.kid for key in found.ring),
+                )
+                service.keys = found
+            loaded.set()
+        elif service.keys is None and not waited:
+            logger.info("Waiting for the operator to create the signing keys.")
+            waited = True
+        await asyncio.sleep(every if service.keys is not None else min(every, 2.0))
 
 
 async def _forget_deleted_trusts(material: TrustMaterial, cache: Cache) -> None:
@@ -569,6 +593,7 @@ async def serve(settings: Settings) -> None:
     writer = usage.Writer(settings.tokens.usage_interval, write_usage, _now)
     material = TrustMaterial(settings)
     service = TokenService(settings, cache, usage_writer=writer, trust_material=material)
+    token_metrics.watch_signing_key(service.signing_key_age)
     context = tls_context(settings)
     runner = aiohttp.web.AppRunner(service.app(), handle_signals=True, access_log=None)
     await runner.setup()
@@ -576,6 +601,7 @@ async def serve(settings: Settings) -> None:
     usage_task = asyncio.create_task(writer.run(), name="usage-writer")
     keys_task = asyncio.create_task(material.store.run(), name="issuer-refresh")
     forget_task = asyncio.create_task(_forget_deleted_trusts(material, cache), name="forget")
+    signing_keys_task: asyncio.Task[None] | None = None
     try:
         site = aiohttp.web.TCPSite(
             runner, settings.tokens.address, settings.tokens.port, ssl_context=context
@@ -587,7 +613,13 @@ async def serve(settings: Settings) -> None:
             settings.tokens.address,
             settings.tokens.port,
         )
-        await _until_keys(service, settings.operator_namespace, keys.load)
+        every = settings.tokens.key_refresh_interval.total_seconds()
+        loaded = asyncio.Event()
+        signing_keys_task = asyncio.create_task(
+            _follow_keys(service, settings.operator_namespace, key_store.load, every, loaded),
+            name="signing-keys",
+        )
+        await loaded.wait()
         await cache.filled.wait()
         logger.info("Ready: the cache holds %s.", cache.sizes())
         await asyncio.Event().wait()
@@ -595,5 +627,7 @@ async def serve(settings: Settings) -> None:
         usage_task.cancel()
         keys_task.cancel()
         forget_task.cancel()
+        if signing_keys_task is not None:
+            signing_keys_task.cancel()
         cache.stop()
         await runner.cleanup()
