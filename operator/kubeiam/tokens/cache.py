@@ -17,6 +17,7 @@ server would have to redo. Three threads, one per kind, cost nothing on the toke
 from __future__ import annotations
 
 import asyncio
+import datetime
 import ipaddress
 import logging
 import threading
@@ -80,6 +81,14 @@ def credential_view(body: dict[str, Any]) -> Credential | None:
     )
 
 
+def _last_used(body: dict[str, Any]) -> datetime.datetime | None:
+    written = (body.get("status") or {}).get("lastUsedAt")
+    try:
+        return parse_time(written) if isinstance(written, str) else None
+    except ValueError:
+        return None
+
+
 def networks(cidrs: Any) -> tuple[Network, ...] | None:
     """allowSourceCidrs as networks (host bits ignored); None when unset.
 
@@ -128,6 +137,9 @@ class Cache:
         self.trusts: dict[Key, Trust] = {}
         self._credentials: dict[Key, Credential] = {}
         self._by_id: dict[str, Credential] = {}
+        # status.lastUsedAt, whoever wrote it: the usage writer skips a credential written
+        # within its interval by another replica.
+        self._last_used: dict[Key, datetime.datetime] = {}
         self._listed: set[str] = set()
         self.filled = asyncio.Event()  # set once `ready`
         self._stopping = threading.Event()
@@ -146,6 +158,9 @@ class Cache:
     def account_of(self, namespace: str, name: str) -> Account | None:
         return self.accounts.get((namespace, name))
 
+    def last_used_at(self, key: Key) -> datetime.datetime | None:
+        return self._last_used.get(key)
+
     def sizes(self) -> dict[str, int]:
         return {
             SERVICE_ACCOUNTS: len(self.accounts),
@@ -160,6 +175,7 @@ class Cache:
         if plural == CREDENTIALS:
             self._credentials.clear()
             self._by_id.clear()
+            self._last_used.clear()
         elif plural == SERVICE_ACCOUNTS:
             self.accounts.clear()
         else:
@@ -184,6 +200,7 @@ class Cache:
                 del self._by_id[old.credential_id]
             new = None if deleted else credential_view(body)
             _put(self._credentials, key, new)
+            _put(self._last_used, key, None if deleted else _last_used(body))
             if new is not None:
                 self._by_id[new.credential_id] = new
 

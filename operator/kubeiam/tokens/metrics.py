@@ -51,6 +51,6 @@ USAGE_NOTED = metrics.counter(
 USAGE_WRITES = metrics.counter(
     "kubeiam_token_usage_writes",
     "Status writes of lastUsedAt/lastUsedIp, coalesced to one a credential an interval, by "
-    "result (written, failed).",
+    "result (written, failed, skipped: another worker or replica wrote it within the interval).",
     ["result"],
 )
