@@ -28,7 +28,6 @@ import requests
 from authlib.integrations.requests_client import OAuth2Session
 
 from kubeiam.devcluster import install
-from kubeiam.devcluster.certs import KeyPair, create_ca, issue_certificate
 from kubeiam.devcluster.cluster import free_port
 from kubeiam.domain.conditions import parse_time
 from kubeiam.domain.secret_format import checksum, credential_id, generate
@@ -44,7 +43,13 @@ from .credentials_support import (
 )
 from .metrics_support import Page
 from .support import ClusterHandle, OperatorProcess, wait_for
-from .token_support import Client, TokenServer, client_of, running_token_server
+from .token_support import (
+    Client,
+    TokenServer,
+    client_of,
+    issue_serving_certificate,
+    running_token_server,
+)
 
 OTHER_AUDIENCE = "https://api.kubeiam.test"
 # The token server believes X-Forwarded-For only from this address; the test client connects
@@ -83,14 +88,7 @@ def token_server(
     if not session_operator.running:
         session_operator.start()  # it creates the signing key Secret at start
     directory = tmp_path_factory.mktemp("token-server")
-    ca = create_ca(KeyPair(directory / "ca.crt", directory / "ca.key"), "kube-iam test token CA")
-    issue_certificate(
-        ca,
-        KeyPair(directory / "tls.crt", directory / "tls.key"),
-        "127.0.0.1",
-        server_names=("localhost",),
-        server_ips=("127.0.0.1", "::1"),
-    )
+    ca = issue_serving_certificate(directory)
     port = free_port()
     issuer = f"https://127.0.0.1:{port}"
     settings = {
@@ -110,7 +108,7 @@ def token_server(
         cluster,
         kubeconfig=cluster.token_server_kubeconfig,
         issuer=issuer,
-        ca=ca.cert,
+        ca=ca,
         log_name="token-server.log",
         settings=settings,
     ) as server:

@@ -15,6 +15,7 @@ from typing import Any
 
 import requests
 
+from kubeiam.devcluster.certs import KeyPair, create_ca, issue_certificate
 from kubeiam.devcluster.cluster import free_port, terminate
 
 from .credentials_support import read_secret, wait_state
@@ -45,13 +46,20 @@ class TokenServer:
     log_path: Path
     process: subprocess.Popen[bytes]
     metrics_port: int
+    url: str  # where this process answers: the issuer's URL, or its own port beside others
 
     @property
     def token_url(self) -> str:
-        return self.issuer + "/oauth2/token"
+        return self.url + "/oauth2/token"
 
     def get(self, path: str) -> requests.Response:
-        return requests.get(self.issuer + path, verify=str(self.ca), timeout=10)
+        return requests.get(self.url + path, verify=str(self.ca), timeout=10)
+
+    def workers(self) -> set[int]:
+        """The pids of its worker processes (the children of the process started)."""
+        pid = self.process.pid
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        return {int(child) for child in children}
 
     def post(self, data: Any, **kwargs: Any) -> requests.Response:
         return requests.post(self.token_url, data=data, verify=str(self.ca), timeout=10, **kwargs)
@@ -69,6 +77,25 @@ class TokenServer:
             return False
 
 
+def issue_serving_certificate(directory: Path) -> Path:
+    """A test CA and, signed by it, the token server's tls.crt and tls.key in `directory` (for
+    127.0.0.1, ::1 and localhost); the CA certificate's path, which clients trust."""
+    ca = KeyPair(directory / "ca.crt", directory / "ca.key")
+    if not ca.cert.exists():
+        create_ca(ca, "kube-iam test token CA")
+    # Written aside and swapped in, as the kubelet updates a mounted Secret.
+    issue_certificate(
+        ca,
+        KeyPair(directory / ".tls.crt.new", directory / ".tls.key.new"),
+        "127.0.0.1",
+        server_names=("localhost",),
+        server_ips=("127.0.0.1", "::1"),
+    )
+    for name in ("tls.key", "tls.crt"):
+        os.replace(directory / f".{name}.new", directory / name)
+    return ca.cert
+
+
 @contextlib.contextmanager
 def running_token_server(
     cluster: ClusterHandle,
@@ -78,9 +105,11 @@ def running_token_server(
     ca: Path,
     log_name: str,
     settings: Mapping[str, str],
+    url: str | None = None,
 ) -> Iterator[TokenServer]:
     """Start `kube-iam token-server` with the operator's settings plus `settings`, wait until it
-    answers /healthz, and stop it afterwards. Its log goes where the suite's leak scan reads."""
+    answers /healthz (at `url`, the issuer's by default), and stop it afterwards. Its log goes
+    where the suite's leak scan reads."""
     metrics_port = free_port()
     log_path = cluster.log_dir / "operators" / log_name
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -100,7 +129,7 @@ def running_token_server(
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )
-    server = TokenServer(issuer, ca, log_path, process, metrics_port)
+    server = TokenServer(issuer, ca, log_path, process, metrics_port, url or issuer)
     try:
         wait_for(server.healthy, what="the token server to be ready")
         yield server

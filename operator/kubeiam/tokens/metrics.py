@@ -1,12 +1,16 @@
 """The token server's metrics: tokens issued and refused, request latency, the cache's sizes.
 
-Labels come from fixed sets (the grant, RFC 6749's error codes, the three kinds): never a
-client id, a credential or anything a request carries.
+The token server's workers write them to files (prometheus_client's multiprocess mode) and its
+parent serves them all on one page (tokens/workers.py). Labels come from fixed sets (the grant,
+RFC 6749's error codes, the three kinds): never a client id, a credential or anything a request
+carries.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import asyncio
+
+from prometheus_client import Gauge
 
 from kubeiam.kube import metrics
 from kubeiam.tokens.cache import Cache
@@ -25,18 +29,31 @@ SECONDS = metrics.histogram(
 )
 
 
-def watch_cache(cache: Cache) -> None:
-    """Report the cache's sizes by kind at scrape time."""
+# Gauges are written by each worker and summed up by the parent (prometheus multiprocess mode):
+# "livemax" reports the largest value among the live workers, and none of a dead one.
+CACHE_OBJECTS = Gauge(
+    "kubeiam_token_cache_objects",
+    "Objects in the token server's cache, by kind (plural); the largest of its workers.",
+    ["kind"],
+    registry=metrics.REGISTRY,
+    multiprocess_mode="livemax",
+)
+CERT_EXPIRY = Gauge(
+    "kubeiam_token_certificate_expiry_timestamp_seconds",
+    "When the token server's serving certificate (as loaded now) expires, in Unix seconds.",
+    registry=metrics.REGISTRY,
+    multiprocess_mode="livemax",
+)
+CACHE_REPORT_SECONDS = 5.0
 
-    def samples() -> Iterable[metrics.Sample]:
-        return [((kind,), float(size)) for kind, size in cache.sizes().items()]
 
-    metrics.gauge_from_memory(
-        "kubeiam_token_cache_objects",
-        "Objects in the token server's cache, by kind (plural).",
-        ["kind"],
-        samples,
-    )
+async def report_cache(cache: Cache) -> None:
+    """Report the cache's sizes by kind every few seconds (the parent serves the page, so the
+    worker cannot compute them at scrape time)."""
+    while True:
+        for kind, size in cache.sizes().items():
+            CACHE_OBJECTS.labels(kind).set(size)
+        await asyncio.sleep(CACHE_REPORT_SECONDS)
 
 
 INTROSPECTED = metrics.counter(
