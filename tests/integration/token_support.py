@@ -56,10 +56,11 @@ class TokenServer:
         return requests.get(self.url + path, verify=str(self.ca), timeout=10)
 
     def workers(self) -> set[int]:
-        """The pids of its worker processes (the children of the process started)."""
+        """The pids of its worker processes (the children multiprocessing spawned; not its
+        resource tracker)."""
         pid = self.process.pid
         children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-        return {int(child) for child in children}
+        return {int(child) for child in children if b"spawn_main" in _cmdline(int(child))}
 
     def post(self, data: Any, **kwargs: Any) -> requests.Response:
         return requests.post(self.token_url, data=data, verify=str(self.ca), timeout=10, **kwargs)
@@ -94,6 +95,13 @@ def issue_serving_certificate(directory: Path) -> Path:
     for name in ("tls.key", "tls.crt"):
         os.replace(directory / f".{name}.new", directory / name)
     return ca.cert
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:  # gone meanwhile
+        return b""
 
 
 @contextlib.contextmanager
@@ -131,7 +139,8 @@ def running_token_server(
         )
     server = TokenServer(issuer, ca, log_path, process, metrics_port, url or issuer)
     try:
-        wait_for(server.healthy, what="the token server to be ready")
+        # Generous: its workers import, list and read the keys on a machine others load too.
+        wait_for(server.healthy, what="the token server to be ready", timeout=180)
         yield server
     finally:
         terminate(process, timeout=10)
