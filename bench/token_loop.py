@@ -7,6 +7,9 @@ would fill it, and the signing key is made in memory. The client is the same in 
 the server runs in a child whose CPU time (user + system, from /proc) is read before and after
 the load, so a loaded machine slows both runs but hardly changes the CPU a request costs.
 
+uvloop is not one of kube-iam's dependencies (measured, it did not pay: docs/tokens.md); install
+it beside them to compare (`uv pip install uvloop`).
+
     python -m bench.token_loop --loop uvloop --requests 3000
     farm-bench -n 5 -- python -m bench.token_loop --loop uvloop \\
         --vs 'python -m bench.token_loop --loop asyncio'

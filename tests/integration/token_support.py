@@ -58,9 +58,11 @@ class TokenServer:
     def workers(self) -> set[int]:
         """The pids of its worker processes (the children multiprocessing spawned; not its
         resource tracker)."""
-        pid = self.process.pid
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-        return {int(child) for child in children if b"spawn_main" in _cmdline(int(child))}
+        return {
+            pid
+            for pid in _children(self.process.pid)
+            if b"spawn_main" in _read(f"/proc/{pid}/cmdline")
+        }
 
     def post(self, data: Any, **kwargs: Any) -> requests.Response:
         return requests.post(self.token_url, data=data, verify=str(self.ca), timeout=10, **kwargs)
@@ -97,11 +99,23 @@ def issue_serving_certificate(directory: Path) -> Path:
     return ca.cert
 
 
-def _cmdline(pid: int) -> bytes:
+def _read(path: str) -> bytes:
     try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:  # gone meanwhile
+        return Path(path).read_bytes()
+    except OSError:  # the process is gone meanwhile
         return b""
+
+
+def _children(parent: int) -> set[int]:
+    """The processes whose parent is `parent`, from every /proc/<pid>/stat."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+            fields = _read(f"/proc/{entry}/stat").rpartition(b")")[2].split()
+            if len(fields) > 1 and int(fields[1]) == parent:
+                found.add(int(entry))
+    return found
 
 
 @contextlib.contextmanager
@@ -114,9 +128,11 @@ def running_token_server(
     log_name: str,
     settings: Mapping[str, str],
     url: str | None = None,
+    wait: bool = True,
 ) -> Iterator[TokenServer]:
     """Start `kube-iam token-server` with the operator's settings plus `settings`, wait until it
-    answers /healthz (at `url`, the issuer's by default), and stop it afterwards. Its log goes
+    answers /healthz (at `url`, the issuer's by default) unless not to `wait`, and stop it
+    afterwards. Its log goes
     where the suite's leak scan reads."""
     metrics_port = free_port()
     log_path = cluster.log_dir / "operators" / log_name
@@ -139,8 +155,9 @@ def running_token_server(
         )
     server = TokenServer(issuer, ca, log_path, process, metrics_port, url or issuer)
     try:
-        # Generous: its workers import, list and read the keys on a machine others load too.
-        wait_for(server.healthy, what="the token server to be ready", timeout=180)
+        if wait:
+            # Generous: its workers import, list and read the keys on a machine others load too.
+            wait_for(server.healthy, what="the token server to be ready", timeout=180)
         yield server
     finally:
         terminate(process, timeout=10)
