@@ -6,6 +6,7 @@ the kernel never hands a connection to a worker that would answer 503 beside rea
 workers share one `SharedHolds` table; the parent serves the metrics of them all (prometheus
 multiprocess mode), starts a worker again when it dies (at once, then backing off while it keeps
 dying young), forwards SIGTERM and SIGINT for a graceful stop, and exits 1 on a crash loop.
+Workers run asyncio's own event loop (docs/decisions/0005: uvloop saved nothing measurable).
 """
 
 from __future__ import annotations
