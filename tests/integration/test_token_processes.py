@@ -343,10 +343,14 @@ def test_usage_is_written_at_most_once_an_interval_by_all_the_workers(
     cluster: ClusterHandle, start: Start, world: World
 ) -> None:
     interval = 2.0
-    watch = LastUsed(cluster, world.namespace, "busy").start()
+    watch = LastUsed(cluster, world.namespace, "busy")
     try:
         with start("usage", KUBEIAM_TOKEN_USAGE_INTERVAL=str(interval)) as server:
             wait_for(lambda: len(server.workers()) == 2 or None, what="2 workers")
+            # Started once the server listens (kubectl's connection could take the port the
+            # server was to bind its metrics on), and seen connected before the first token.
+            watch.start()
+            wait_for(lambda: watch.seen, what="the watch's first event")
             began = time.monotonic()
             granted = 0
             while time.monotonic() - began < 4 * interval:

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from kubeiam.tokens.workers import Restarts, usable_cpus
+import asyncio
+import multiprocessing
+import signal
+from pathlib import Path
+from typing import Any
+
+from kubeiam.tokens.holds import SharedHolds
+from kubeiam.tokens.workers import Restarts, Supervisor, usable_cpus
 
 
 def test_workers_follow_the_affinity_mask_and_the_tightest_cgroup_quota() -> None:
@@ -29,3 +36,48 @@ def test_a_worker_that_ran_a_while_starts_again_at_once_and_slots_count_apart() 
     assert restarts.after_exit(0, ran_for=600.0) == 0.0  # it had run: the streak starts over
     assert restarts.after_exit(0, ran_for=1.0) == 1.0
     assert restarts.after_exit(0, ran_for=1.0) is None
+
+
+# -- the supervisor, with real worker processes that do next to nothing ---------------------------
+
+SPAWN = multiprocessing.get_context("spawn")
+
+
+def crash(slot: int, holds: SharedHolds, verbose: bool, parent: int) -> None:
+    raise SystemExit(3)
+
+
+def wait_for_sigterm(slot: int, holds: SharedHolds, verbose: bool, parent: int) -> None:
+    signal.sigwait([signal.SIGTERM])
+
+
+def _supervisor(target: Any, tmp_path: Path, restarts: Restarts) -> Supervisor:
+    holds = SharedHolds(64, SPAWN)
+    return Supervisor(
+        2, holds, SPAWN, verbose=False, metrics_dir=tmp_path, restarts=restarts, target=target
+    )
+
+
+def test_workers_that_keep_dying_stop_the_server_with_exit_code_1(tmp_path: Path) -> None:
+    supervisor = _supervisor(crash, tmp_path, Restarts(stable=60.0, limit=2))
+    assert asyncio.run(asyncio.wait_for(supervisor.run(metrics_port=0), timeout=120)) == 1
+    # Each of the 2 slots: started, started again at once, again after 1 s, then given up.
+    assert supervisor.started == 6
+
+
+def test_sigterm_to_the_parent_stops_every_worker_and_exits_0(tmp_path: Path) -> None:
+    signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGTERM])  # the workers inherit the mask
+    try:
+        supervisor = _supervisor(wait_for_sigterm, tmp_path, Restarts())
+
+        async def main() -> int:
+            running = asyncio.create_task(supervisor.run(metrics_port=0))
+            while supervisor.started < 2:
+                await asyncio.sleep(0.05)
+            supervisor.stop()  # what SIGTERM to the parent calls
+            return await asyncio.wait_for(running, timeout=60)
+
+        assert asyncio.run(main()) == 0
+        assert supervisor.started == 2  # none started again while stopping
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGTERM])

@@ -21,7 +21,7 @@ import os
 import shutil
 import signal
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
@@ -120,6 +120,7 @@ class Supervisor:
         verbose: bool,
         metrics_dir: Path,
         restarts: Restarts | None = None,
+        target: Callable[[int, SharedHolds, bool, int], None] | None = None,
     ) -> None:
         self.count = count
         self.holds = holds
@@ -127,6 +128,8 @@ class Supervisor:
         self.verbose = verbose
         self.metrics_dir = metrics_dir
         self.restarts = restarts or Restarts()
+        self.target = target or worker_main
+        self.started = 0  # worker processes started, restarts included
         self.code = 0
         self._workers: dict[int, tuple[multiprocessing.process.BaseProcess, float]] = {}
         self._stopping = False
@@ -153,6 +156,7 @@ class Supervisor:
         if self._stopping:
             return
         self._stopping = True
+        logger.info("Stopping: asking %d token server workers to finish.", len(self._workers))
         for process, _ in self._workers.values():
             process.terminate()
         if not self._workers:
@@ -170,12 +174,13 @@ class Supervisor:
             return
         loop = asyncio.get_running_loop()
         process = self.context.Process(
-            target=worker_main,
+            target=self.target,
             args=(slot, self.holds, self.verbose, os.getpid()),
             name=f"kube-iam-token-worker-{slot}",
             daemon=True,
         )
         process.start()
+        self.started += 1
         self._workers[slot] = (process, loop.time())
         loop.add_reader(process.sentinel, self._exited, slot)
 
