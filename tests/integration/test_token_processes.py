@@ -258,7 +258,7 @@ def test_a_worker_that_cannot_answer_yet_accepts_no_connection(start: Start) -> 
 
         def waiting() -> int | None:
             said = server.log().count("Waiting for the operator")  # once by each worker
-            return said if said >= 2 else None
+            return said if said == 2 else None
 
         wait_for(waiting, what="both workers to wait for the signing keys", timeout=180)
         for _ in range(10):

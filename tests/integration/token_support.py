@@ -47,6 +47,7 @@ class TokenServer:
     process: subprocess.Popen[bytes]
     metrics_port: int
     url: str  # where this process answers: the issuer's URL, or its own port beside others
+    log_from: int = 0  # where its lines start in log_path
 
     @property
     def token_url(self) -> str:
@@ -68,7 +69,10 @@ class TokenServer:
         return requests.post(self.token_url, data=data, verify=str(self.ca), timeout=10, **kwargs)
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+        """What this process logged (the file may hold earlier runs' lines before it)."""
+        with self.log_path.open("rb") as log:
+            log.seek(self.log_from)
+            return log.read().decode(errors="replace")
 
     def healthy(self) -> bool:
         if self.process.poll() is not None:
@@ -146,6 +150,7 @@ def running_token_server(
         **settings,
     }
     with log_path.open("ab") as log:
+        log_from = log.tell()
         process = subprocess.Popen(
             [sys.executable, "-m", "kubeiam.cli", "token-server"],
             env=env,
@@ -153,7 +158,7 @@ def running_token_server(
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )
-    server = TokenServer(issuer, ca, log_path, process, metrics_port, url or issuer)
+    server = TokenServer(issuer, ca, log_path, process, metrics_port, url or issuer, log_from)
     try:
         if wait:
             # Generous: its workers import, list and read the keys on a machine others load too.

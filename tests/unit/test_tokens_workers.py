@@ -72,8 +72,8 @@ def test_sigterm_to_the_parent_stops_every_worker_and_exits_0(tmp_path: Path) ->
 
         async def main() -> int:
             running = asyncio.create_task(supervisor.run(metrics_port=0))
-            while supervisor.started < 2:
-                await asyncio.sleep(0.05)
+            await asyncio.sleep(0)  # run() starts both workers before it first waits
+            assert supervisor.started == 2
             supervisor.stop()  # what SIGTERM to the parent calls
             return await asyncio.wait_for(running, timeout=60)
 
