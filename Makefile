@@ -73,7 +73,7 @@ lint: install ## ruff (lint and format check) and the import layering contract
 	$(RUN) lint-imports
 
 .PHONY: typecheck
-typecheck: install ## mypy --strict over the package
+typecheck: install ## mypy --strict over the package and the bench
 	$(RUN) mypy
 
 .PHONY: unit
@@ -85,12 +85,14 @@ test: lint typecheck ## lint, type-check and the whole suite against the real lo
 	$(RUN) pytest
 
 # make bench: kube-iam's figures beside the API server's floor, on a control plane of its own in
-# .local/bench-cluster. BENCH_SCALE=0.1 is a quick run; BENCH_PROFILE=1 samples the operator.
+# .local/bench-cluster; the token server's beside its same-stack floor and Ory Hydra (vegeta and
+# Hydra are built on first use, docs/performance.md#token-figures). BENCH_SCALE=0.1 is a quick
+# run; BENCH_PROFILE=1 samples the operator and the token server.
 BENCH_SCALE ?= 1
 BENCH_PROFILE ?=
 
 .PHONY: bench
-bench: install ## benchmarks beside the API server's floor; raw figures in .local/bench/ (BENCH_SCALE=0.1: quick)
+bench: install ## benchmarks beside the API server's floor (tokens: beside Hydra); raw figures in .local/bench/ (BENCH_SCALE=0.1: quick)
 	BENCH_SCALE=$(BENCH_SCALE) BENCH_PROFILE=$(BENCH_PROFILE) $(RUN) python -m bench
 
 # make kind-e2e: the image, deploy/ and the end-to-end tests on a kind cluster (needs Docker).

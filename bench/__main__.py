@@ -3,7 +3,8 @@
 BENCH_SCALE (default 1) sizes the run: 0.1 is a quick one of a couple of minutes.
 BENCH_ONLY=issuance,burst runs only those (and nothing that needs what they skip).
 BENCH_PROFILE=1 samples the operator with py-spy during the issuance, burst and restart
-scenarios and writes the raw stacks beside the JSON.
+scenarios (and the token server during each token scenario) and writes the raw stacks beside
+the JSON. The token scenarios (bench/tokens.py, names tokens_*) come last.
 Only loopback traffic; every wait has a deadline.
 """
 
@@ -20,7 +21,7 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
-from bench import scenarios
+from bench import scenarios, tokens
 from bench.client import Api
 from bench.processes import BenchCluster, Operator, admission_only
 from bench.report import table
@@ -142,6 +143,18 @@ async def _scenarios(
     if isinstance(restarted, tuple):
         process, results["restart"] = restarted
         operators.append(process)
+    for process in operators[1:]:
+        process.stop()  # the token scenarios run an operator of their own
+    await tokens.run(
+        api,
+        cluster,
+        sizes.scale,
+        step,
+        only=only,
+        log_dir=cluster.state_dir / "logs" / "tokens",
+        out_dir=OUT_DIR,
+        profile_dir=profile_dir,
+    )
 
 
 def _profile(profile_dir: Path | None, scenario: str) -> Path | None:
@@ -165,6 +178,8 @@ def main() -> int:
     (OUT_DIR / "latest.json").write_text(text + "\n")
     print()
     print(table(results))
+    print()
+    print(tokens.table(results))
     print()
     print(f"Raw figures: {OUT_DIR / (stamp + '.json')} (and latest.json)")
     return 0

@@ -23,6 +23,7 @@ from typing import Any
 import cel  # common-expression-language: Python bindings of the Rust cel-interpreter
 import celpy  # cel-python: a pure-Python interpreter on a Lark grammar
 from celpy import celtypes
+from celpy.adapter import json_to_cel
 
 CLAIMS: dict[str, Any] = {
     "iss": "https://token.actions.githubusercontent.com",
@@ -45,7 +46,7 @@ ENV = celpy.Environment(annotations={"claims": celtypes.MapType})
 
 
 def celpy_run(source: str, claims: dict[str, Any]) -> Any:
-    return ENV.program(ENV.compile(source)).evaluate({"claims": celpy.json_to_cel(claims)})
+    return ENV.program(ENV.compile(source)).evaluate({"claims": json_to_cel(claims)})
 
 
 def rust_run(source: str, claims: dict[str, Any]) -> Any:
@@ -139,7 +140,7 @@ def timed(label: str, count: int, work: Callable[[], object]) -> None:
 def speed(count: int = 3000) -> None:
     print(f"\n== speed, {TYPICAL!r}")
     program = ENV.program(ENV.compile(TYPICAL))
-    activation = {"claims": celpy.json_to_cel(CLAIMS)}
+    activation = {"claims": json_to_cel(CLAIMS)}
     rust_program = cel.compile(TYPICAL)
     timed("cel-python compile (parse + program)", count // 10, lambda: celpy_compile(TYPICAL))
     timed(
@@ -148,7 +149,7 @@ def speed(count: int = 3000) -> None:
     timed(
         "cel-python evaluate (claims converted each time)",
         count,
-        lambda: program.evaluate({"claims": celpy.json_to_cel(CLAIMS)}),
+        lambda: program.evaluate({"claims": json_to_cel(CLAIMS)}),
     )
     timed("common-expression-language compile", count, lambda: cel.compile(TYPICAL))
     timed(

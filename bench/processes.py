@@ -86,14 +86,11 @@ class Operator:
         args = self.args or ("--priority", str(time.time_ns()))
         health = f"http://127.0.0.1:{health_port}/healthz"
         self.started_at = time.monotonic()
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "kubeiam.cli", "run", "--liveness", health, *args],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-            )
+        self.process = spawn(
+            [sys.executable, "-m", "kubeiam.cli", "run", "--liveness", health, *args],
+            env,
+            self.log_path,
+        )
         deadline = time.monotonic() + timeout
         while not self._healthy(health):
             if time.monotonic() > deadline:
@@ -119,16 +116,10 @@ class Operator:
         return self.process.pid
 
     def rss_mb(self) -> float:
-        """The process's resident set (VmRSS), in MiB."""
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        return 0.0
+        return rss_mb(self.pid)
 
     def cpu_seconds(self) -> float:
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        ticks = os.sysconf("SC_CLK_TCK")
-        return (int(fields[11]) + int(fields[12])) / ticks
+        return cpu_seconds(self.pid)
 
     def log_lines(self) -> list[str]:
         assert self.log_path is not None
@@ -136,40 +127,74 @@ class Operator:
 
     def profile(self, output: Path) -> None:
         """Sample the running process with py-spy until `stop_profile` (raw folded stacks)."""
-        if not PY_SPY.exists():
-            return
-        self._profiler = subprocess.Popen(
-            [
-                str(PY_SPY),
-                "record",
-                "--pid",
-                str(self.pid),
-                "--format",
-                "raw",
-                "--rate",
-                "100",
-                "--output",
-                str(output),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        self._profiler = start_profile(self.pid, output)
 
     def stop_profile(self) -> None:
-        if self._profiler is None:
-            return
-        self._profiler.send_signal(signal.SIGINT)
-        try:
-            self._profiler.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self._profiler.kill()
-            self._profiler.wait()
+        stop_profile(self._profiler)
         self._profiler = None
 
     def stop(self, *, timeout: float = 60) -> None:
         self.stop_profile()
         if self.process is not None:
             terminate(self.process, timeout=timeout)
+
+
+def spawn(command: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    """A process of the bench's, its output appended to `log_path`, no input."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log:
+        return subprocess.Popen(
+            command, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
+
+
+def rss_mb(pid: int) -> float:
+    """A process's resident set (VmRSS), in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def cpu_seconds(pid: int) -> float:
+    """A process's CPU time so far, user and system."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks
+
+
+def start_profile(pid: int, output: Path) -> subprocess.Popen[bytes] | None:
+    """Sample a running process with py-spy until `stop_profile` (raw folded stacks)."""
+    if not PY_SPY.exists():
+        return None
+    return subprocess.Popen(
+        [
+            str(PY_SPY),
+            "record",
+            "--pid",
+            str(pid),
+            "--subprocesses",
+            "--format",
+            "raw",
+            "--rate",
+            "100",
+            "--output",
+            str(output),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def stop_profile(profiler: subprocess.Popen[bytes] | None) -> None:
+    if profiler is None:
+        return
+    profiler.send_signal(signal.SIGINT)
+    try:
+        profiler.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        profiler.kill()
+        profiler.wait()
 
 
 def admission_only(cluster: BenchCluster) -> Operator:

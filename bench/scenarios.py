@@ -36,6 +36,7 @@ from bench.processes import BenchCluster, Operator
 from kubeiam.domain import credentials as rules
 from kubeiam.domain.conditions import format_time
 from kubeiam.domain.secret_format import credential_id
+from kubeiam.kube.key_secret import KeyRing
 from kubeiam.kube.secrets import SecretRequest, _manifest
 
 BENCH_LABEL = "kubeiam.io/bench"
@@ -164,6 +165,11 @@ async def delete_namespaces(api: Api, names: list[str], *, within: float = 600) 
 # -- the floor: the same writes, by a bare client ---------------------------------------------
 
 
+# The floor signs its Secret's proof of authorship as the operator does (kube/secrets.py), with
+# a key of its own: what the signature costs matters, not whose key it is.
+FLOOR_PROOF_KEY = KeyRing(active="floor", keys={"floor": hashlib.sha256(b"floor").digest()})
+
+
 async def floor_issue(api: Api, namespace: str, name: str, account: str, account_uid: str) -> None:
     """The four writes an issuance amounts to, in order, as a bare client does them."""
     created = await api.create(custom_path(namespace, CREDENTIALS), credential_body(name, account))
@@ -190,7 +196,9 @@ async def floor_issue(api: Api, namespace: str, name: str, account: str, account
     )
     digest = "sha256:" + hashlib.sha256(FLOOR_VALUE.encode()).hexdigest()
     # The operator's Secret body, with a placeholder where the client secret goes.
-    await api.create(secret_path(namespace), _manifest(request, FLOOR_VALUE, digest))
+    secret = await api.create(
+        secret_path(namespace), _manifest(request, FLOOR_VALUE, digest, FLOOR_PROOF_KEY)
+    )
     status = rules.active_status(
         {},
         generation=1,
@@ -203,6 +211,8 @@ async def floor_issue(api: Api, namespace: str, name: str, account: str, account
             expires_at=expires,
             effective_roles=["compute.deployer"],
             deletion_policy="Delete",
+            secret_uid=secret["metadata"]["uid"],
+            account_uid=account_uid,
         ),
         now=datetime.datetime.now(datetime.UTC),
     )
@@ -213,7 +223,6 @@ async def floor_issue(api: Api, namespace: str, name: str, account: str, account
         account,
         {"activeCredentials": [{"name": name, "uid": uid}], "activeCredentialCount": 1},
     )
-    del account_uid
 
 
 async def _account_uids(api: Api, namespace: str) -> dict[str, str]:

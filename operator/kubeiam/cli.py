@@ -189,6 +189,94 @@ def _trust_check(args: argparse.Namespace) -> int:
     return 0 if verdict.accepted else 1
 
 
+def _token(args: argparse.Namespace) -> int:
+    import json
+
+    from kubeiam.api.credential import DEFAULT_SECRET_KEYS
+    from kubeiam.tokens import client
+
+    try:
+        ca_bundle = Path(args.cacert).read_text() if args.cacert else None
+        if args.secret:
+            values, names = _secret_values(args.secret, args.kubeconfig)
+            where = f"Secret {args.secret}"
+        else:
+            directory = Path(args.dir) if args.dir else client.DEFAULT_DIRECTORY
+            values, names = client.read_directory(directory), dict(DEFAULT_SECRET_KEYS)
+            where = str(directory)
+        credential = client.credential_from(
+            values,
+            where,
+            names=names,
+            token_url=args.token_url,
+            ca_bundle=ca_bundle,
+        )
+        dpop_key = client.load_dpop_key(Path(args.dpop_key).read_bytes()) if args.dpop_key else None
+    except (client.CredentialError, OSError) as error:
+        print(f"kube-iam token: {error}", file=sys.stderr)
+        return 2
+    try:
+        result = client.request_token(
+            credential,
+            client.https_post(credential.ca_bundle, args.timeout),
+            scope=args.scope,
+            audience=args.audience,
+            dpop_key=dpop_key,
+        )
+    except OSError as error:  # unreachable, TLS refused, timed out: the reason names no secret
+        reason = getattr(error, "reason", None) or error
+        print(f"kube-iam token: cannot reach {credential.token_url}: {reason}", file=sys.stderr)
+        return 1
+    if isinstance(result, client.Refused):
+        print(f"kube-iam token: {result.message()}", file=sys.stderr)
+        return 1
+    if dpop_key is not None:
+        problem = client.binding_problem(result, dpop_key)
+        if problem is not None:
+            print(f"kube-iam token: {problem}", file=sys.stderr)
+            return 1
+    print(json.dumps(result.answer, indent=2) if args.json else result.token)
+    return 0
+
+
+def _secret_values(name: str, kubeconfig: str | None) -> tuple[dict[str, str], dict[str, str]]:
+    """The credential's values from its Secret, read with the kubeconfig's identity, and the
+    Secret's key names (its credential's, when it renamed them)."""
+    import urllib3
+    from kubernetes import client, config
+    from kubernetes.client.exceptions import ApiException
+
+    from kubeiam.api.credential import CREDENTIAL_ANNOTATION, DEFAULT_SECRET_KEYS
+    from kubeiam.kube.resources import CREDENTIALS, GROUP, VERSION
+    from kubeiam.tokens.client import CredentialError, key_names, renamed, secret_values
+
+    namespace, _, secret = name.partition("/")
+    if not namespace or not secret or "/" in secret:
+        raise CredentialError("name the Secret as --secret <namespace>/<name>")
+    try:
+        config.load_kube_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]
+        read = client.CoreV1Api().read_namespaced_secret(secret, namespace)
+    except ApiException as error:
+        raise CredentialError(f"cannot read Secret {name}: {error.status} {error.reason}") from None
+    except config.ConfigException as error:
+        raise CredentialError(f"no usable kubeconfig: {error}") from None
+    except urllib3.exceptions.HTTPError as error:  # the API server is not reachable
+        raise CredentialError(f"cannot reach the API server: {type(error).__name__}") from None
+    values = secret_values(read.data)
+    annotations = (read.metadata.annotations if read.metadata else None) or {}
+    credential = annotations.get(CREDENTIAL_ANNOTATION)
+    if not credential or not renamed(values):
+        return values, dict(DEFAULT_SECRET_KEYS)
+    # Only then: the credential's spec.secretTemplate.keys says which key holds what.
+    try:
+        body = client.CustomObjectsApi().get_namespaced_custom_object(
+            GROUP, VERSION, namespace, CREDENTIALS, credential
+        )
+    except ApiException:
+        return values, dict(DEFAULT_SECRET_KEYS)  # the missing keys are named then
+    return values, key_names(body if isinstance(body, dict) else {})
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kube-iam", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -234,6 +322,46 @@ def build_parser() -> argparse.ArgumentParser:
         "--state-dir", help="where the cluster keeps its files (default: .local in the repository)"
     )
     cluster.set_defaults(handler=_cluster)
+
+    token = commands.add_parser(
+        "token",
+        help="print an access token for a credential, from its Secret (--secret) or its mounted "
+        "files (--dir); for $(kube-iam token ...) in scripts",
+    )
+    source = token.add_mutually_exclusive_group()
+    source.add_argument(
+        "--secret",
+        metavar="NAMESPACE/NAME",
+        help="read the credential's generated Secret through the kubeconfig",
+    )
+    source.add_argument(
+        "--dir",
+        metavar="DIR",
+        help="read client-id, client-secret, token-url and ca.crt from files in DIR, as a pod "
+        "mounts the Secret (the default, at /var/run/kube-iam)",
+    )
+    token.add_argument("--kubeconfig", help="with --secret: the cluster (default: KUBECONFIG)")
+    token.add_argument("--scope", help="space-separated roles, a subset of the credential's")
+    token.add_argument("--audience", help="the audience to ask the token for")
+    token.add_argument(
+        "--dpop-key",
+        metavar="FILE",
+        help="PEM EC P-256 private key: send an RFC 9449 DPoP proof and insist on a bound token",
+    )
+    token.add_argument(
+        "--json", action="store_true", help="print the whole answer, not only the token"
+    )
+    token.add_argument(
+        "--token-url",
+        help="post here, not to the credential's token-url (e.g. through a port-forward)",
+    )
+    token.add_argument(
+        "--cacert",
+        metavar="FILE",
+        help="PEM CA bundle for the token endpoint, instead of the credential's ca.crt",
+    )
+    token.add_argument("--timeout", type=float, default=10.0, help="seconds (default 10)")
+    token.set_defaults(handler=_token)
 
     trust = commands.add_parser("trust", help="FederationTrusts")
     trust_commands = trust.add_subparsers(dest="trust_command", required=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import json
+import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -45,6 +46,15 @@ TENANT_CLAIMS = (
     "organization_id",
 )
 
+
+# Below the token server's issuer (KUBEIAM_TOKEN_ISSUER).
+TOKEN_PATH = "/oauth2/token"
+# Settings that were removed, and what replaces them: one still set is refused at start rather
+# than silently ignored (a deployment that sets it expects it to matter).
+REMOVED_VARIABLES = {
+    "KUBEIAM_TOKEN_URL": "set KUBEIAM_TOKEN_ISSUER instead: the token URL is the issuer's "
+    "URL plus " + TOKEN_PATH,
+}
 
 Scope = Literal["organization", "project"]
 SCOPES: tuple[Scope, ...] = ("organization", "project")
@@ -89,10 +99,6 @@ class CredentialSettings(_Group):
         default=datetime.timedelta(days=7),
         description="How long before expiry a Warning event is posted on a credential.",
     )
-    token_url: str = Field(
-        default="https://iam.example.invalid/oauth2/token",
-        description="Token endpoint written into every generated Secret.",
-    )
     token_ca_file: Path | None = Field(
         default=None,
         description="A PEM file of the CA certificates that sign the token endpoint's serving "
@@ -104,13 +110,6 @@ class CredentialSettings(_Group):
         description="What happens to a credential's Secret when it ends, unless the credential "
         "says otherwise.",
     )
-
-    @field_validator("token_url")
-    @classmethod
-    def _https_token_url(cls, value: str) -> str:
-        if not value.startswith("https://"):
-            raise ValueError("KUBEIAM_TOKEN_URL must be an https:// URL")
-        return value
 
     @field_validator("token_ca_file")
     @classmethod
@@ -304,7 +303,8 @@ class TokenSettings(_Group):
         default="https://iam.example.invalid",
         description="The token server's issuer URL: the `iss` of every access token, and where "
         "discovery (`/.well-known/openid-configuration`) and the token endpoint "
-        "(`/oauth2/token`) are served below.",
+        "(`/oauth2/token`) are served below. Generated Secrets carry that token endpoint as "
+        "their `token-url`, so set it in the operator's environment too.",
     )
     port: int = Field(default=8443, ge=1, le=65535, description="Port of the token server (https).")
     address: str = Field(
@@ -370,6 +370,23 @@ class TokenSettings(_Group):
         description="The token server logs a warning this long before its serving certificate "
         "expires.",
     )
+    dpop_max_age: datetime.timedelta = Field(
+        default=datetime.timedelta(seconds=60),
+        description="Oldest a DPoP proof may be, by its iat (RFC 9449 §4.3); its jti is "
+        "remembered this long, so a replayed proof is refused.",
+    )
+    dpop_clock_skew: datetime.timedelta = Field(
+        default=datetime.timedelta(seconds=5),
+        description="How far in the future a DPoP proof's iat may be (the client's clock ahead "
+        "of the token server's).",
+    )
+    dpop_nonces: bool = Field(
+        default=False,
+        description="Require a server nonce in every DPoP proof (RFC 9449 §8): a proof without "
+        "a fresh one is answered use_dpop_nonce with a DPoP-Nonce header. Nonces are stateless "
+        "(a time slot of KUBEIAM_TOKEN_DPOP_MAX_AGE and its HMAC, keyed from the signing key), "
+        "so every replica accepts every replica's.",
+    )
 
     @field_validator("issuer")
     @classmethod
@@ -396,7 +413,17 @@ class TokenSettings(_Group):
             raise ValueError("KUBEIAM_TOKEN_LIFETIME must be positive")
         if self.usage_interval <= datetime.timedelta(0):
             raise ValueError("KUBEIAM_TOKEN_USAGE_INTERVAL must be positive")
+        if self.dpop_max_age <= datetime.timedelta(0):
+            raise ValueError("KUBEIAM_TOKEN_DPOP_MAX_AGE must be positive")
+        if self.dpop_clock_skew < datetime.timedelta(0):
+            raise ValueError("KUBEIAM_TOKEN_DPOP_CLOCK_SKEW must not be negative")
         return self
+
+    @property
+    def token_url(self) -> str:
+        """The token endpoint: discovery's `token_endpoint`, the Secrets' `token-url`, the `htu`
+        of a DPoP proof. Derived, never set apart: two URLs would drift (docs/tokens.md)."""
+        return self.issuer + TOKEN_PATH
 
     def allowed_audiences(self) -> tuple[str, ...]:
         """The audiences a token may carry: the setting's, else the issuer alone."""
@@ -488,6 +515,13 @@ class Settings(_Group):
     tokens: TokenSettings = Field(default_factory=TokenSettings)
     watching: WatchingSettings = Field(default_factory=WatchingSettings)
     observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)
+
+    @model_validator(mode="after")
+    def _no_removed_variable(self) -> Settings:
+        for variable, instead in REMOVED_VARIABLES.items():
+            if variable in os.environ:
+                raise ValueError(f"{variable} is no longer read: {instead}")
+        return self
 
 
 @lru_cache(maxsize=1)

@@ -21,9 +21,22 @@ from .support import ClusterHandle, KubectlWatch, wait_for
 ISSUED: set[str] = set()
 # Every access token the token server's tests obtained, looked for by the same leak scan.
 ISSUED_TOKENS: set[str] = set()
+# Every DPoP proof the tests sent, looked for by the same leak scan.
+SENT_PROOFS: set[str] = set()
+# Every subject token a token-exchange test presented (an external issuer's JWT, a projected
+# ServiceAccount token), and each one's signature alone: looked for by the same scan.
+SUBJECT_TOKENS: set[str] = set()
 FORMAT = re.compile(r"kiam_[a-z2-7]{20}_[0-9A-Za-z]{49}")
 # The label kube-iam puts on every Secret it generates.
 MANAGED_BY = "app.kubernetes.io/managed-by=kube-iam"
+
+
+def register_subject_token(token: str) -> None:
+    """Remember a subject token (and its signature, the part that must never leak on its own)."""
+    SUBJECT_TOKENS.add(token)
+    signature = token.rpartition(".")[2]
+    if len(signature) >= 32:
+        SUBJECT_TOKENS.add(signature)
 
 
 def account_manifest(name: str = "pipeline", *, disabled: bool = False, roles: str = "") -> str:

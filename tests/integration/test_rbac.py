@@ -262,17 +262,18 @@ def test_the_token_servers_service_account_holds_only_what_answering_needs(
     cluster: ClusterHandle,
 ) -> None:
     """The token server parses what any workload sends: it lists and watches kube-iam's kinds,
-    patches a credential's status (usage), reads its signing keys Secret by name in the
-    operator's namespace, and nothing more."""
+    patches a credential's and a trust's status (usage), reads its signing keys Secret by name
+    in the operator's namespace, and nothing more."""
     server = install.TOKEN_SERVER_SUBJECT
     ns = install.NAMESPACE
     for kind in ("serviceaccounts", "serviceaccountcredentials", "federationtrusts"):
         for verb in ("list", "watch"):
             assert _can(cluster, verb, f"{kind}.iam.kubeiam.io", "--all-namespaces", who=server)
-    assert _can(
-        cluster, "patch", "serviceaccountcredentials.iam.kubeiam.io", "--subresource=status",
-        "-n", "x", who=server,
-    )  # fmt: skip
+    for kind in ("serviceaccountcredentials", "federationtrusts"):
+        assert _can(
+            cluster, "patch", f"{kind}.iam.kubeiam.io", "--subresource=status", "-n", "x",
+            who=server,
+        )  # fmt: skip
     assert _can(cluster, "get", f"secrets/{SIGNING_KEY_SECRET}", "-n", ns, who=server)
     for verb, resource, *extra in (
         # Any other Secret: the operator's proof key beside it, one elsewhere, the rest.
@@ -293,6 +294,7 @@ def test_the_token_servers_service_account_holds_only_what_answering_needs(
         ("create", "serviceaccountcredentials.iam.kubeiam.io", "-n", "x"),
         ("delete", "serviceaccounts.iam.kubeiam.io", "-n", "x"),
         ("patch", "serviceaccounts.iam.kubeiam.io", "--subresource=status", "-n", "x"),
+        ("patch", "federationtrusts.iam.kubeiam.io", "-n", "x"),
         ("update", "serviceaccountcredentials.iam.kubeiam.io", "--subresource=status", "-n", "x"),
         ("create", "events", "-n", "x"),
         ("create", "subjectaccessreviews.authorization.k8s.io"),

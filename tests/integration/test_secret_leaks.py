@@ -1,10 +1,11 @@
 """No issued secret appears anywhere the operator writes or prints.
 
 Runs after every other integration test (see conftest), and looks for each client secret the
-suite read from a Secret, and each access token the token server's tests got, in: the operator
-and token server logs, every Event, the status and annotations of every kube-iam object, and
-the metrics pages (every page a test kept, and a scrape of a running operator), and the events
-and objects the fault suites kept of their namespaces. A hit fails without printing the secret.
+suite read from a Secret, each access token the token server's tests got and each DPoP proof
+they sent, in: the operator and token server logs, every Event, the status and annotations of
+every kube-iam object, and the metrics pages (every page a test kept, and a scrape of a running
+operator), and the events and objects the fault suites kept of their namespaces. A hit fails
+without printing the secret.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import json
 
 import pytest
 
-from .credentials_support import ISSUED, ISSUED_TOKENS, MANAGED_BY
+from .credentials_support import ISSUED, ISSUED_TOKENS, MANAGED_BY, SENT_PROOFS, SUBJECT_TOKENS
 from .support import ClusterHandle, OperatorProcess
 
 
@@ -70,3 +71,12 @@ def test_no_issued_secret_is_found_in_logs_events_status_annotations_or_metrics(
         where for where, text in places.items() for token in ISSUED_TOKENS if token in text
     )
     assert token_leaks == [], f"{len(token_leaks)} places hold an issued access token"
+    proof_leaks = sorted(
+        where for where, text in places.items() for proof in SENT_PROOFS if proof in text
+    )
+    assert proof_leaks == [], f"{len(proof_leaks)} places hold a DPoP proof a test sent"
+    # Subject tokens presented to token exchange: an external identity's proof, never kept.
+    subject_leaks = sorted(
+        where for where, text in places.items() for token in SUBJECT_TOKENS if token in text
+    )
+    assert subject_leaks == [], f"{len(subject_leaks)} places hold a subject token"

@@ -39,7 +39,7 @@ from .credentials_support import (
     wait_state,
 )
 from .support import ClusterHandle, OperatorProcess, wait_for
-from .token_support import Client, TokenServer, client_of, running_token_server
+from .token_support import Client, TokenServer, client_of, running_for_the_apiserver
 
 ROLES = ("compute.deployer", "storage.reader")
 # How long the API server may take to find the issuer once the token server is up: it retries
@@ -138,25 +138,8 @@ def issuer(cluster: ClusterHandle) -> TokenIssuer:
 def token_server(
     cluster: ClusterHandle, session_operator: OperatorProcess, issuer: TokenIssuer
 ) -> Iterator[Server]:
-    if cluster.operator_kubeconfig is None:
-        pytest.skip("the operator runs in the cluster; the token server is not deployed there yet")
-    if not session_operator.running:
-        session_operator.start()  # it creates the signing key Secret at start
-    settings = {
-        "KUBEIAM_TOKEN_PORT": str(issuer.port),
-        "KUBEIAM_TOKEN_ADDRESS": "127.0.0.1",
-        "KUBEIAM_TOKEN_CERT_DIR": issuer.cert_dir,
-        # The issuer itself stays the default audience: a token for it is not one for the
-        # API server, which accepts only its own audience.
-        "KUBEIAM_TOKEN_AUDIENCES": json.dumps([issuer.url, issuer.audience]),
-    }
-    with running_token_server(
-        cluster,
-        kubeconfig=cluster.operator_kubeconfig,
-        issuer=issuer.url,
-        ca=Path(issuer.ca_file),
-        log_name="token-server-authn.log",
-        settings=settings,
+    with running_for_the_apiserver(
+        cluster, session_operator, issuer, log_name="token-server-authn.log"
     ) as running:
         yield Server(issuer, running)
 

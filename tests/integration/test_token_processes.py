@@ -14,15 +14,12 @@ import contextlib
 import os
 import secrets
 import signal
-import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import jwt
 import pytest
 import requests
 from cryptography import x509
@@ -43,8 +40,9 @@ from .token_support import (
     Client,
     TokenServer,
     client_of,
-    issue_serving_certificate,
     running_token_server,
+    serving_certificate,
+    verify,
 )
 
 pytestmark = pytest.mark.integration
@@ -108,7 +106,7 @@ def start(cluster: ClusterHandle, world: World, tmp_path: Path) -> Start:
     certificate in tmp_path (one CA for every server of the test); `issuer_port` is the port
     it names as its issuer (its own by default); `wait`: until it is ready."""
     assert cluster.token_server_kubeconfig is not None
-    ca = issue_serving_certificate(tmp_path)
+    ca = serving_certificate(tmp_path)
 
     def started(
         name: str,
@@ -271,18 +269,6 @@ def test_a_worker_that_cannot_answer_yet_accepts_no_connection(start: Start) -> 
 # -- (b) two servers side by side ------------------------------------------------------------------
 
 
-def _verify(token: str, server: TokenServer) -> dict[str, Any]:
-    """Verify with `server`'s discovery and JWKS alone, as a relying party does."""
-    discovery = server.get("/.well-known/openid-configuration").json()
-    jwks_uri = discovery["jwks_uri"].replace(server.issuer, server.url)
-    context = ssl.create_default_context(cafile=str(server.ca))
-    key = jwt.PyJWKClient(jwks_uri, ssl_context=context).get_signing_key_from_jwt(token).key
-    claims: dict[str, Any] = jwt.decode(
-        token, key, algorithms=["ES256"], audience=server.issuer, issuer=server.issuer
-    )
-    return claims
-
-
 def _active(server: TokenServer, token: str, caller: Client) -> bool:
     answer = requests.post(
         server.url + "/oauth2/introspect",
@@ -303,7 +289,7 @@ def test_two_servers_side_by_side_give_the_same_answers(start: Start, world: Wor
     ):
         token_a, token_b = _token(a, world.good), _token(b, world.good)
         for token, other in ((token_a, b), (token_b, a)):
-            claims = _verify(token, other)
+            claims = verify(other, token, other.issuer)
             assert claims["client_id"] == world.good.client_id
             assert _active(other, token, world.good)
         for client in (world.revoked, world.wrong):
@@ -427,7 +413,7 @@ def test_a_renewed_certificate_is_served_without_a_restart(
         port = int(server.url.rsplit(":", 1)[1])
         bundle = server.ca.read_bytes()
         first = served_certificate(port, bundle, "127.0.0.1")
-        issue_serving_certificate(tmp_path)  # the same CA, a new certificate, swapped in
+        serving_certificate(tmp_path)  # the same CA, a new certificate, swapped in
         renewed = x509.load_pem_x509_certificate((tmp_path / "tls.crt").read_bytes())
         assert renewed.serial_number != first.serial_number
 

@@ -28,7 +28,6 @@ import requests
 from authlib.integrations.requests_client import OAuth2Session
 
 from kubeiam.devcluster import install
-from kubeiam.devcluster.cluster import free_port
 from kubeiam.domain.conditions import parse_time
 from kubeiam.domain.secret_format import checksum, credential_id, generate
 from kubeiam.tokens.keys import SIGNING_KEY_SECRET
@@ -43,13 +42,8 @@ from .credentials_support import (
 )
 from .metrics_support import Page
 from .support import ClusterHandle, OperatorProcess, wait_for
-from .token_support import (
-    Client,
-    TokenServer,
-    client_of,
-    issue_serving_certificate,
-    running_token_server,
-)
+from .token_support import Client, TokenServer, client_of, token_server_on_loopback
+from .token_support import verify as _verify
 
 OTHER_AUDIENCE = "https://api.kubeiam.test"
 # The token server believes X-Forwarded-For only from this address; the test client connects
@@ -83,34 +77,21 @@ def token_server(
     session_operator: OperatorProcess,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[TokenServer]:
-    if cluster.token_server_kubeconfig is None:
-        pytest.skip("the operator runs in the cluster; the token server is not deployed there yet")
-    if not session_operator.running:
-        session_operator.start()  # it creates the signing key Secret at start
+    def settings(issuer: str) -> dict[str, str]:
+        return {
+            # Every address of both families (asyncio binds one socket a family for ""), so a client
+            # can come from 127.0.0.1 or from ::1 ("localhost" may name only 127.0.0.1).
+            "KUBEIAM_TOKEN_ADDRESS": "",
+            "KUBEIAM_TOKEN_AUDIENCES": json.dumps([issuer, OTHER_AUDIENCE]),
+            "KUBEIAM_TOKEN_MAX_REQUEST_BYTES": "4096",
+            "KUBEIAM_TOKEN_TRUSTED_PROXIES": json.dumps([f"{PROXY}/32"]),
+            # Longer than the module runs: a use held back is never written while a test looks.
+            "KUBEIAM_TOKEN_USAGE_INTERVAL": "3600",
+        }
+
     directory = tmp_path_factory.mktemp("token-server")
-    ca = issue_serving_certificate(directory)
-    port = free_port()
-    issuer = f"https://127.0.0.1:{port}"
-    settings = {
-        "KUBEIAM_TOKEN_PORT": str(port),
-        # Every address of both families (asyncio binds one socket a family for ""), so a client
-        # can come from 127.0.0.1 or from ::1 ("localhost" may name only 127.0.0.1).
-        "KUBEIAM_TOKEN_ADDRESS": "",
-        "KUBEIAM_TOKEN_CERT_DIR": str(directory),
-        "KUBEIAM_TOKEN_AUDIENCES": json.dumps([issuer, OTHER_AUDIENCE]),
-        "KUBEIAM_TOKEN_MAX_REQUEST_BYTES": "4096",
-        "KUBEIAM_TOKEN_TRUSTED_PROXIES": json.dumps([f"{PROXY}/32"]),
-        # Longer than the module runs: a use held back is never written while a test looks.
-        "KUBEIAM_TOKEN_USAGE_INTERVAL": "3600",
-    }
-    # As deploy/'s token server Deployment runs it: under its own ServiceAccount.
-    with running_token_server(
-        cluster,
-        kubeconfig=cluster.token_server_kubeconfig,
-        issuer=issuer,
-        ca=ca,
-        log_name="token-server.log",
-        settings=settings,
+    with token_server_on_loopback(
+        cluster, session_operator, directory, log_name="token-server.log", settings=settings
     ) as server:
         yield server
 
@@ -206,21 +187,6 @@ def _token(answer: requests.Response) -> str:
     return token
 
 
-def _verify(server: TokenServer, token: str, audience: str) -> dict[str, Any]:
-    """Verify as any relying party would: the issuer's discovery names the keys, nothing else."""
-    discovery = server.get("/.well-known/openid-configuration").json()
-    context = ssl.create_default_context(cafile=str(server.ca))
-    keys = jwt.PyJWKClient(discovery["jwks_uri"], ssl_context=context)
-    claims: dict[str, Any] = jwt.decode(
-        token,
-        keys.get_signing_key_from_jwt(token).key,
-        algorithms=discovery["id_token_signing_alg_values_supported"],
-        audience=audience,
-        issuer=discovery["issuer"],
-    )
-    return claims
-
-
 def _refused(answer: requests.Response, status: int, error: str) -> dict[str, Any]:
     assert answer.status_code == status, answer.status_code
     body: dict[str, Any] = answer.json()
@@ -239,7 +205,10 @@ def test_discovery_names_the_endpoints_and_the_jwks_may_be_cached(
         metadata = token_server.get(path).json()
         assert metadata["issuer"] == token_server.issuer
         assert metadata["token_endpoint"] == token_server.token_url
-        assert metadata["grant_types_supported"] == ["client_credentials"]
+        assert metadata["grant_types_supported"] == [
+            "client_credentials",
+            "urn:ietf:params:oauth:grant-type:token-exchange",
+        ]
         assert "client_secret_post" in metadata["token_endpoint_auth_methods_supported"]
     jwks = token_server.get("/oauth2/jwks")
     assert jwks.headers["Cache-Control"] == "public, max-age=300"

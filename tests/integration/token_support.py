@@ -5,21 +5,26 @@ them."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import ssl
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import jwt
+import pytest
 import requests
 
 from kubeiam.devcluster.certs import KeyPair, create_ca, issue_certificate
 from kubeiam.devcluster.cluster import free_port, terminate
+from kubeiam.devcluster.token_authn import TokenIssuer
 
 from .credentials_support import read_secret, wait_state
-from .support import ClusterHandle, wait_for
+from .support import ClusterHandle, OperatorProcess, wait_for
 
 
 @dataclass
@@ -35,6 +40,43 @@ def client_of(cluster: ClusterHandle, namespace: str, name: str) -> Client:
     status = wait_state(cluster, namespace, name, "Active")["status"]
     mounted = read_secret(cluster, namespace, status["secretName"])
     return Client(mounted.data["client-id"], mounted.client_secret())
+
+
+def serving_certificate(directory: Path) -> Path:
+    """A test CA and the token server's certificate from it, for 127.0.0.1, ::1 and localhost,
+    as tls.crt and tls.key in `directory` (KUBEIAM_TOKEN_CERT_DIR); the CA's certificate.
+    Called again, the same CA signs a new certificate, swapped in as the kubelet updates a
+    mounted Secret (written aside, then renamed)."""
+    ca = KeyPair(directory / "ca.crt", directory / "ca.key")
+    if not ca.cert.exists():
+        create_ca(ca, "kube-iam test token CA")
+    issue_certificate(
+        ca,
+        KeyPair(directory / ".tls.crt.new", directory / ".tls.key.new"),
+        "127.0.0.1",
+        server_names=("localhost",),
+        server_ips=("127.0.0.1", "::1"),
+    )
+    for name in ("tls.key", "tls.crt"):
+        os.replace(directory / f".{name}.new", directory / name)
+    return ca.cert
+
+
+def verify(server: TokenServer, token: str, audience: str) -> dict[str, Any]:
+    """Verify as any relying party would: the issuer's discovery names the keys, nothing else."""
+    discovery = server.get("/.well-known/openid-configuration").json()
+    context = ssl.create_default_context(cafile=str(server.ca))
+    # Its own keys, also when it serves beside a replica whose URL is the issuer's.
+    jwks_uri = discovery["jwks_uri"].replace(server.issuer, server.url, 1)
+    keys = jwt.PyJWKClient(jwks_uri, ssl_context=context)
+    claims: dict[str, Any] = jwt.decode(
+        token,
+        keys.get_signing_key_from_jwt(token).key,
+        algorithms=discovery["id_token_signing_alg_values_supported"],
+        audience=audience,
+        issuer=discovery["issuer"],
+    )
+    return claims
 
 
 @dataclass
@@ -84,25 +126,6 @@ class TokenServer:
             return False
 
 
-def issue_serving_certificate(directory: Path) -> Path:
-    """A test CA and, signed by it, the token server's tls.crt and tls.key in `directory` (for
-    127.0.0.1, ::1 and localhost); the CA certificate's path, which clients trust."""
-    ca = KeyPair(directory / "ca.crt", directory / "ca.key")
-    if not ca.cert.exists():
-        create_ca(ca, "kube-iam test token CA")
-    # Written aside and swapped in, as the kubelet updates a mounted Secret.
-    issue_certificate(
-        ca,
-        KeyPair(directory / ".tls.crt.new", directory / ".tls.key.new"),
-        "127.0.0.1",
-        server_names=("localhost",),
-        server_ips=("127.0.0.1", "::1"),
-    )
-    for name in ("tls.key", "tls.crt"):
-        os.replace(directory / f".{name}.new", directory / name)
-    return ca.cert
-
-
 def _read(path: str) -> bytes:
     try:
         return Path(path).read_bytes()
@@ -133,11 +156,12 @@ def running_token_server(
     settings: Mapping[str, str],
     url: str | None = None,
     wait: bool = True,
+    verbose: bool = False,
 ) -> Iterator[TokenServer]:
     """Start `kube-iam token-server` with the operator's settings plus `settings`, wait until it
     answers /healthz (at `url`, the issuer's by default) unless not to `wait`, and stop it
-    afterwards. Its log goes
-    where the suite's leak scan reads."""
+    afterwards. Its log goes where the suite's leak scan reads; `verbose` logs at DEBUG too
+    (refusals past the paced INFO lines, for tests that read them)."""
     metrics_port = free_port()
     log_path = cluster.log_dir / "operators" / log_name
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -152,7 +176,7 @@ def running_token_server(
     with log_path.open("ab") as log:
         log_from = log.tell()
         process = subprocess.Popen(
-            [sys.executable, "-m", "kubeiam.cli", "token-server"],
+            [sys.executable, "-m", "kubeiam.cli", "token-server", *(["-v"] if verbose else [])],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -166,3 +190,64 @@ def running_token_server(
         yield server
     finally:
         terminate(process, timeout=10)
+
+
+@contextlib.contextmanager
+def running_for_the_apiserver(
+    cluster: ClusterHandle, operator: OperatorProcess, issuer: TokenIssuer, *, log_name: str
+) -> Iterator[TokenServer]:
+    """The token server where the local API server expects kube-iam's issuer (the port and
+    certificate devcluster/token_authn.py chose), so the API server accepts its tokens. The
+    issuer stays the default audience: a token for it does not open the cluster, which accepts
+    only its own audience."""
+    if cluster.token_server_kubeconfig is None:
+        pytest.skip("the operator runs in the cluster; the token server is not deployed there yet")
+    if not operator.running:
+        operator.start()  # it creates the signing key Secret at start
+    settings = {
+        "KUBEIAM_TOKEN_PORT": str(issuer.port),
+        "KUBEIAM_TOKEN_ADDRESS": "127.0.0.1",
+        "KUBEIAM_TOKEN_CERT_DIR": issuer.cert_dir,
+        "KUBEIAM_TOKEN_AUDIENCES": json.dumps([issuer.url, issuer.audience]),
+    }
+    with running_token_server(
+        cluster,
+        kubeconfig=cluster.token_server_kubeconfig,
+        issuer=issuer.url,
+        ca=Path(issuer.ca_file),
+        log_name=log_name,
+        settings=settings,
+    ) as running:
+        yield running
+
+
+@contextlib.contextmanager
+def token_server_on_loopback(
+    cluster: ClusterHandle,
+    operator: OperatorProcess,
+    directory: Path,
+    *,
+    log_name: str,
+    settings: Callable[[str], Mapping[str, str]],
+) -> Iterator[TokenServer]:
+    """The token server as deploy/ runs it (under its own ServiceAccount), on a free loopback
+    port with a certificate from a test CA made in `directory`; `settings` gets the issuer URL
+    and gives the settings besides port and certificate. Skips where the operator runs in the
+    cluster (no token server deployed there yet)."""
+    if cluster.token_server_kubeconfig is None:
+        pytest.skip("the operator runs in the cluster; the token server is not deployed there yet")
+    if not operator.running:
+        operator.start()  # it creates the signing key Secret at start
+    ca = serving_certificate(directory)
+    port = free_port()
+    issuer = f"https://127.0.0.1:{port}"
+    chosen = {"KUBEIAM_TOKEN_PORT": str(port), "KUBEIAM_TOKEN_CERT_DIR": str(directory)}
+    with running_token_server(
+        cluster,
+        kubeconfig=cluster.token_server_kubeconfig,
+        issuer=issuer,
+        ca=ca,
+        log_name=log_name,
+        settings={**chosen, **settings(issuer)},
+    ) as server:
+        yield server

@@ -7,6 +7,7 @@ import pytest
 from kubeiam.devcluster.token_authn import (
     API_VERSION,
     ROLE_GROUP_PREFIX,
+    UID_EXPRESSION,
     USERNAME_PREFIX,
     authentication_config,
     groups_expression,
@@ -29,7 +30,9 @@ def test_the_username_is_the_prefixed_subject_and_groups_are_the_prefixed_roles(
     mappings = authentication_config(ISSUER, AUDIENCE, CA)["jwt"][0]["claimMappings"]
     assert mappings["username"] == {"claim": "sub", "prefix": USERNAME_PREFIX}
     assert mappings["groups"] == {"expression": groups_expression()}
-    assert mappings["uid"] == {"claim": "kubeiam.io/credential_id"}
+    assert mappings["uid"] == {"expression": UID_EXPRESSION}
+    assert "kubeiam.io/credential_id" in UID_EXPRESSION
+    assert "kubeiam.io/trust_uid" in UID_EXPRESSION
     assert {extra["key"] for extra in mappings["extra"]} == {
         "kubeiam.io/namespace",
         "kubeiam.io/account",

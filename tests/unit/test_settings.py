@@ -41,7 +41,7 @@ def test_environment_variables_with_the_prefix_set_fields(monkeypatch: pytest.Mo
     [
         ("KUBEIAM_ORGANIZATION", "Not A Name", "organization"),
         ("KUBEIAM_MAX_ACTIVE_CREDENTIALS", "0", "max_active_credentials"),
-        ("KUBEIAM_TOKEN_URL", "http://insecure.example/token", "KUBEIAM_TOKEN_URL"),
+        ("KUBEIAM_TOKEN_ISSUER", "http://insecure.example", "KUBEIAM_TOKEN_ISSUER"),
         ("KUBEIAM_DEFAULT_CREDENTIAL_LIFETIME", "P400D", "KUBEIAM_DEFAULT_CREDENTIAL_LIFETIME"),
     ],
 )
@@ -90,3 +90,17 @@ def test_the_configmap_sets_only_variables_kube_iam_reads() -> None:
     )
     known = {variable.name for variable in settings_module.variables()}
     assert set(configmap["data"]) <= known
+
+
+def test_the_token_url_is_the_issuers_token_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KUBEIAM_TOKEN_ISSUER", "https://iam.acme.example/tenant/")
+    assert Settings().tokens.token_url == "https://iam.acme.example/tenant/oauth2/token"
+
+
+def test_the_removed_token_url_setting_is_refused_not_ignored(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("KUBEIAM_TOKEN_URL", "https://iam.acme.example/oauth2/token")
+    with pytest.raises(ValidationError) as error:
+        Settings()
+    assert "KUBEIAM_TOKEN_URL is no longer read: set KUBEIAM_TOKEN_ISSUER" in str(error.value)

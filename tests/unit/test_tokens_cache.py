@@ -63,6 +63,19 @@ def test_credentials_are_found_by_credential_id_and_unissued_ones_are_not_kept()
     assert cache.sizes()[CREDENTIALS] == 1
 
 
+def test_a_credential_view_says_whether_it_requires_dpop() -> None:
+    cache = filled()
+    plain = cache.credential_by_id("aaaa")
+    assert plain is not None
+    assert plain.require_dpop is False
+    body = credential("bound", "bbbb")
+    body["spec"]["requireDpop"] = True
+    cache.apply(CREDENTIALS, "ADDED", body)
+    bound = cache.credential_by_id("bbbb")
+    assert bound is not None
+    assert bound.require_dpop is True
+
+
 def test_a_change_replaces_the_view_and_a_deletion_removes_it() -> None:
     cache = filled()
     cache.apply(CREDENTIALS, "MODIFIED", credential("key", "aaaa", "Revoked"))

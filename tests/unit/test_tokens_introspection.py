@@ -33,8 +33,10 @@ KEYS = keys.from_ring(KeyRing(active="k1", keys={"k1": keys.new_private_key_pem(
 OTHER_KEYS = keys.from_ring(KeyRing(active="k1", keys={"k1": keys.new_private_key_pem()}))
 
 
-def token(signing: keys.SigningKeys = KEYS, issuer: str = ISSUER) -> str:
-    grant = Grant(CREDENTIAL, ACCOUNT, CREDENTIAL.effective_roles, ISSUER, CREDENTIAL.expires_at)
+def token(signing: keys.SigningKeys = KEYS, issuer: str = ISSUER, jkt: str | None = None) -> str:
+    grant = Grant(
+        CREDENTIAL, ACCOUNT, CREDENTIAL.effective_roles, ISSUER, CREDENTIAL.expires_at, jkt
+    )
     return tokens.issue(grant, signing.active, issuer=issuer, lifetime=HOUR, now=NOW).token
 
 
@@ -72,6 +74,14 @@ def test_an_active_token_shows_its_claims() -> None:
         "iat": int(NOW.timestamp()),
         "token_type": "Bearer",
     }
+
+
+def test_a_dpop_bound_token_shows_its_key_and_type() -> None:
+    """RFC 9449 §6.2: cnf.jkt and token_type DPoP, so a resource server can check the proof."""
+    answer = ask(token(jkt="thumb"))
+    assert answer["active"] is True
+    assert answer["cnf"] == {"jkt": "thumb"}
+    assert answer["token_type"] == "DPoP"
 
 
 def _forged() -> str:

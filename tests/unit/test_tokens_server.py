@@ -9,6 +9,7 @@ import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import jwt
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
@@ -16,9 +17,11 @@ from kubeiam.domain.secret_format import credential_id, generate, secret_hash
 from kubeiam.kube.key_secret import KeyRing
 from kubeiam.kube.resources import CREDENTIALS, SERVICE_ACCOUNTS, TRUSTS
 from kubeiam.settings import Settings, TokenSettings
-from kubeiam.tokens import keys
+from kubeiam.tokens import dpop, keys
 from kubeiam.tokens.cache import Cache
 from kubeiam.tokens.server import TokenService
+
+from ..dpop_support import ProofKey
 
 ISSUER = "https://iam.example.test/prefix"
 CLIENT_ID = "pipeline@team-a.acme.iam"
@@ -99,6 +102,51 @@ def test_ready_it_grants_below_the_issuers_path() -> None:
         assert metadata["token_endpoint"] == ISSUER + "/oauth2/token"
 
     run(service(), call)
+
+
+def test_a_dpop_proof_binds_the_token_and_discovery_names_the_algorithms() -> None:
+    key = ProofKey()
+    iat = int(NOW.timestamp())
+
+    async def call(client: TestClient[Any, Any]) -> None:
+        metadata = await (await client.get("/prefix/.well-known/openid-configuration")).json()
+        assert metadata["dpop_signing_alg_values_supported"] == list(dpop.ALGORITHMS)
+        good = key.proof(htm="POST", htu=ISSUER + "/oauth2/token", iat=iat)
+        answer = await client.post("/prefix/oauth2/token", data=FORM, headers={"DPoP": good})
+        assert answer.status == 200
+        body = await answer.json()
+        assert body["token_type"] == "DPoP"
+        claims = jwt.decode(body["access_token"], options={"verify_signature": False})
+        assert claims["cnf"] == {"jkt": dpop.thumbprint(key.public_jwk())}
+        # The proof's htu without the issuer's path is another URL.
+        elsewhere = key.proof(htm="POST", htu="https://iam.example.test/oauth2/token", iat=iat)
+        refused = await client.post("/prefix/oauth2/token", data=FORM, headers={"DPoP": elsewhere})
+        assert refused.status == 400
+        assert (await refused.json())["error"] == "invalid_dpop_proof"
+
+    run(service(), call)
+
+
+def test_with_nonces_on_the_server_hands_out_a_nonce_and_takes_it_back() -> None:
+    made = service()
+    made.settings = made.settings.model_copy(update={"dpop_nonces": True})
+    key = ProofKey()
+    iat = int(NOW.timestamp())
+    url = ISSUER + "/oauth2/token"
+
+    async def call(client: TestClient[Any, Any]) -> None:
+        first = key.proof(htm="POST", htu=url, iat=iat)
+        asked = await client.post("/prefix/oauth2/token", data=FORM, headers={"DPoP": first})
+        assert asked.status == 400
+        assert (await asked.json())["error"] == "use_dpop_nonce"
+        nonce = asked.headers["DPoP-Nonce"]
+        again = key.proof(htm="POST", htu=url, iat=iat, claims={"nonce": nonce})
+        answer = await client.post("/prefix/oauth2/token", data=FORM, headers={"DPoP": again})
+        assert answer.status == 200
+        assert (await answer.json())["token_type"] == "DPoP"
+        assert "DPoP-Nonce" in answer.headers
+
+    run(made, call)
 
 
 async def _chunks(size: int) -> AsyncIterator[bytes]:
@@ -248,6 +296,6 @@ def test_an_issued_token_notes_its_use_for_write_back() -> None:
         ).status == 400
 
     run(made, call)
-    assert [key for key, _ in noted] == [("team-a", "key")]
+    assert [key for key, _ in noted] == [("serviceaccountcredentials", "team-a", "key")]
     assert noted[0][1].at == NOW
     assert noted[0][1].address == "127.0.0.1"

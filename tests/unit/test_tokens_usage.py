@@ -10,7 +10,10 @@ from kubeiam.tokens.usage import Coalescer, Key, Use, Write, Writer
 
 T0 = datetime.datetime(2026, 12, 7, 12, 0, tzinfo=datetime.UTC)
 MINUTE = datetime.timedelta(minutes=1)
-A, B = ("team-a", "key"), ("team-a", "other")
+A, B = (
+    ("serviceaccountcredentials", "team-a", "key"),
+    ("serviceaccountcredentials", "team-a", "other"),
+)
 
 
 def at(seconds: float) -> datetime.datetime:
@@ -66,7 +69,7 @@ def test_the_status_patch_holds_the_two_fields_only() -> None:
 
 
 def test_the_writer_makes_one_write_for_many_tokens_and_survives_a_failed_write() -> None:
-    writes: list[tuple[tuple[str, str], dict[str, str | None]]] = []
+    writes: list[tuple[tuple[str, str, str], dict[str, str | None]]] = []
     both = asyncio.Event()
 
     async def write(key: tuple[str, str], status: dict[str, str | None]) -> None:

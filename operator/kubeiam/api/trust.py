@@ -232,6 +232,13 @@ class FederationTrustStatus(ObjectStatus):
         default=None,
         description="When the operator last checked the issuer and its keys (RFC 3339).",
     )
+    last_used_at: datetime.datetime | None = Field(
+        default=None,
+        description=(
+            "When a token was last exchanged through this trust (RFC 3339); written by the"
+            " token server, coalesced to at most one write a trust per usage interval."
+        ),
+    )
 
 
 class FederationTrust(Resource):

@@ -90,9 +90,22 @@ def _exclusive(lock_path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _go_build(workdir: Path, output: str, packages: list[str], ldflags: str, log: Path) -> None:
-    env = dict(os.environ, CGO_ENABLED="0", GOFLAGS="-mod=readonly -buildvcs=false")
-    command = ["go", "build", "-trimpath", "-ldflags", ldflags, "-o", output, *packages]
+def _go_build(
+    workdir: Path,
+    output: str,
+    packages: list[str],
+    ldflags: str,
+    log: Path,
+    *,
+    tags: tuple[str, ...] = (),
+    cgo: bool = False,
+    what: str = "the control plane",
+) -> None:
+    env = dict(os.environ, CGO_ENABLED="1" if cgo else "0", GOFLAGS="-mod=readonly -buildvcs=false")
+    command = ["go", "build", "-trimpath", "-ldflags", ldflags, "-o", output]
+    if tags:
+        command += ["-tags", ",".join(tags)]
+    command += packages
     with log.open("a") as log_file:
         log_file.write(f"$ (cd {workdir} && {' '.join(command)})\n")
         log_file.flush()
@@ -102,8 +115,7 @@ def _go_build(workdir: Path, output: str, packages: list[str], ldflags: str, log
     if result.returncode != 0:
         tail = "\n".join(log.read_text().splitlines()[-25:])
         raise ControlPlaneError(
-            f"Building the control plane failed (go build exited {result.returncode}); "
-            f"full log: {log}\n{tail}"
+            f"Building {what} failed (go build exited {result.returncode}); full log: {log}\n{tail}"
         )
 
 
@@ -154,4 +166,67 @@ def ensure_binaries(log_dir: Path, *, announce: bool = True) -> Path:
             shutil.rmtree(staging, ignore_errors=True)
         if announce:
             print(f"Built the control plane in {time.monotonic() - started:.0f}s.", flush=True)
+    return target
+
+
+@dataclass(frozen=True)
+class GoProgram:
+    """Another Go program built the same way: from a wrapper module in tools/ whose go.mod pins
+    `module`'s version, cached under `<cache root>/<kind>/<name>-<version>/` (the bench's peers
+    and load generator)."""
+
+    name: str
+    wrapper: Path
+    module: str
+    package: str
+    kind: str = "tools"
+    tags: tuple[str, ...] = ()
+    cgo: bool = False
+
+    @property
+    def version(self) -> str:
+        return _required_version(self.wrapper / "go.mod", self.module)
+
+    @property
+    def path(self) -> Path:
+        return cache_root() / self.kind / f"{self.name}-{self.version}" / self.name
+
+
+def ensure_program(program: GoProgram, log_dir: Path, *, announce: bool = True) -> Path:
+    """The program's binary, built on the first call for its version and cached afterwards;
+    concurrent callers wait on the same kind of file lock as `ensure_binaries`."""
+    target = program.path
+    if target.is_file():
+        return target
+    if shutil.which("go") is None:
+        raise ControlPlaneError(
+            f"The Go toolchain is not on PATH: {program.name} {program.version} is built from "
+            f"the Go module {program.module}; install Go 1.25 or newer."
+        )
+    with _exclusive(target.parent / ".build.lock"):
+        if target.is_file():
+            return target
+        log_dir.mkdir(parents=True, exist_ok=True)
+        log = log_dir / f"build-{program.name}.log"
+        if announce:
+            print(
+                f"Building {program.name} {program.version} from Go modules into {target} "
+                f"(first run only; log: {log}) ...",
+                flush=True,
+            )
+        started = time.monotonic()
+        staging = target.with_name(f".{program.name}.partial")
+        _go_build(
+            program.wrapper,
+            str(staging),
+            [program.package],
+            "-s -w",
+            log,
+            tags=program.tags,
+            cgo=program.cgo,
+            what=f"{program.name} {program.version}",
+        )
+        staging.rename(target)
+        if announce:
+            print(f"Built {program.name} in {time.monotonic() - started:.0f}s.", flush=True)
     return target

@@ -42,6 +42,7 @@ from kubeiam.devcluster.cluster import (
 from kubeiam.devcluster.errors import ControlPlaneError
 from kubeiam.devcluster.kubectl import Kubectl
 from kubeiam.devcluster.webhook import ADDRESS
+from kubeiam.settings import TOKEN_PATH
 
 _START_TIMEOUT = 180.0
 _STOP_TIMEOUT = 30.0
@@ -154,7 +155,7 @@ def run(state_dir: Path, *, kubeconfig: str | None) -> int:
         }
     else:
         tokens = token_server_env(state_dir, free_port(), free_port())
-    token_url = tokens["KUBEIAM_TOKEN_ISSUER"] + "/oauth2/token"
+    token_url = tokens["KUBEIAM_TOKEN_ISSUER"] + TOKEN_PATH
     token_health = tokens["KUBEIAM_TOKEN_ISSUER"] + "/healthz"
     ca = cluster.state_dir / "pki" / "ca.crt"
     with _children() as children:
@@ -172,7 +173,7 @@ def run(state_dir: Path, *, kubeconfig: str | None) -> int:
                 {
                     **base,
                     "KUBEIAM_WEBHOOK_PORT": "0",
-                    "KUBEIAM_TOKEN_URL": token_url,
+                    "KUBEIAM_TOKEN_ISSUER": tokens["KUBEIAM_TOKEN_ISSUER"],
                     "KUBEIAM_TOKEN_CA_FILE": str(ca),
                 },
             )
@@ -198,7 +199,12 @@ def run(state_dir: Path, *, kubeconfig: str | None) -> int:
             "kube-iam is ready for objects: the operator reconciles and the admission webhook "
             f"answers on {ADDRESS}:{webhook.port}. Ctrl-C stops all three.\n"
             f"Token endpoint: {token_url} (its CA: {ca})\n"
-            "From another terminal:\n"
+            + (
+                f"The API server accepts kube-iam tokens for the audience {issuer.audience}\n"
+                if issuer is not None
+                else ""
+            )
+            + "From another terminal:\n"
             f"  export KUBECONFIG={admin} PATH={cluster.kubectl_path.parent}:$PATH\n"
             "  kubectl apply -f examples/ && kubectl get iam",
             flush=True,

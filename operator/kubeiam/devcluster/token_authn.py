@@ -29,6 +29,13 @@ class TokenIssuer:
     ca_file: str  # the CA that signed them, which the API server trusts for this issuer
 
 
+# The uid is the way in: the credential's id, or for a token from a token exchange (which names
+# no credential) the trust's uid. A `claim` mapping would refuse every exchanged token; optional
+# fields (`[?...]`) because a plain index of a missing claim is an error, and `value()` of none
+# refuses a token that names neither.
+UID_EXPRESSION = "claims[?'kubeiam.io/credential_id'].or(claims[?'kubeiam.io/trust_uid']).value()"
+
+
 def _cel_string(value: str) -> str:
     # The prefixes are constants of this module; refuse anything that would need escaping.
     if "'" in value or "\\" in value:
@@ -67,7 +74,7 @@ def authentication_config(issuer: str, audience: str, ca_pem: str) -> dict[str, 
                 "claimMappings": {
                     "username": {"claim": "sub", "prefix": USERNAME_PREFIX},
                     "groups": {"expression": groups_expression()},
-                    "uid": {"claim": "kubeiam.io/credential_id"},
+                    "uid": {"expression": UID_EXPRESSION},
                     "extra": [
                         {
                             "key": "kubeiam.io/namespace",

@@ -22,36 +22,29 @@ import ipaddress
 import logging
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, cast
+from collections.abc import Callable, Hashable
+from typing import Any, TypeVar, cast
 
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
+from pydantic import ValidationError
 
-from kubeiam.domain.conditions import parse_time
+from kubeiam.api import FederationTrustSpec
+from kubeiam.domain.conditions import find_ready, parse_time
 from kubeiam.kube import api
 from kubeiam.kube.resources import CREDENTIALS, GROUP, SERVICE_ACCOUNTS, TRUSTS, VERSION
+from kubeiam.tokens.exchange import Trust
 from kubeiam.tokens.grants import Account, Credential, Network
 
 logger = logging.getLogger(__name__)
+
+K = TypeVar("K", bound=Hashable)
 
 WATCH_SECONDS = 300  # the API server ends a watch after this; the thread resumes it
 CLIENT_TIMEOUT = WATCH_SECONDS + 30  # a silent connection is given up a little later
 RETRY_SECONDS = 2.0
 
 Key = tuple[str, str]  # (namespace, name)
-
-
-@dataclass(frozen=True)
-class Trust:
-    """What a later token-exchange grant will need of a FederationTrust (not used yet)."""
-
-    namespace: str
-    name: str
-    account: str
-    issuer: str
-    disabled: bool
 
 
 def _key(body: dict[str, Any]) -> Key:
@@ -78,6 +71,7 @@ def credential_view(body: dict[str, Any]) -> Credential | None:
         expires_at=parse_time(expires) if expires else None,
         effective_roles=tuple(status.get("effectiveRoles") or ()),
         allow_source_cidrs=networks(spec.get("allowSourceCidrs")),
+        require_dpop=bool(spec.get("requireDpop")),
     )
 
 
@@ -119,13 +113,26 @@ def account_view(body: dict[str, Any]) -> Account:
 
 def trust_view(body: dict[str, Any]) -> Trust:
     namespace, name = _key(body)
-    spec = body.get("spec") or {}
+    metadata = body.get("metadata") or {}
+    raw_spec, status = body.get("spec") or {}, body.get("status") or {}
+    generation = int(metadata.get("generation") or 0)
+    ready = find_ready(status) or {}
+    try:
+        spec: FederationTrustSpec | None = FederationTrustSpec.model_validate(raw_spec)
+    except ValidationError:
+        spec = None
     return Trust(
         namespace=namespace,
         name=name,
-        account=str(spec.get("serviceAccountName") or ""),
-        issuer=str(spec.get("issuer") or ""),
-        disabled=bool(spec.get("disabled")),
+        account=str(raw_spec.get("serviceAccountName") or ""),
+        issuer=str(raw_spec.get("issuer") or ""),
+        disabled=bool(raw_spec.get("disabled")),
+        uid=str(metadata.get("uid") or ""),
+        generation=generation,
+        spec=spec,
+        ready=ready.get("status") == "True" and ready.get("observedGeneration") == generation,
+        effective_roles=tuple(status.get("effectiveRoles") or ()),
+        allow_source_cidrs=networks(raw_spec.get("allowSourceCidrs")),
     )
 
 
@@ -137,9 +144,12 @@ class Cache:
         self.trusts: dict[Key, Trust] = {}
         self._credentials: dict[Key, Credential] = {}
         self._by_id: dict[str, Credential] = {}
-        # status.lastUsedAt, whoever wrote it: the usage writer skips a credential written
-        # within its interval by another replica.
-        self._last_used: dict[Key, datetime.datetime] = {}
+        self._by_client_id: dict[str, Account] = {}
+        self._trusts_by_uid: dict[str, Trust] = {}
+        self._trusts_by_account: dict[Key, dict[str, Trust]] = {}
+        # status.lastUsedAt of credentials and trusts by (plural, namespace, name), whoever
+        # wrote it: the usage writer skips one written within its interval by another replica.
+        self._last_used: dict[tuple[str, str, str], datetime.datetime] = {}
         self._listed: set[str] = set()
         self.filled = asyncio.Event()  # set once `ready`
         self._stopping = threading.Event()
@@ -158,8 +168,24 @@ class Cache:
     def account_of(self, namespace: str, name: str) -> Account | None:
         return self.accounts.get((namespace, name))
 
-    def last_used_at(self, key: Key) -> datetime.datetime | None:
+    def last_used_at(self, key: tuple[str, str, str]) -> datetime.datetime | None:
+        """status.lastUsedAt of (plural, namespace, name), as the watch last saw it."""
         return self._last_used.get(key)
+
+    def account_by_client_id(self, client_id: str) -> Account | None:
+        """The account whose status.clientId this is (the name token exchange gives)."""
+        return self._by_client_id.get(client_id)
+
+    def trusts_of(self, account: Account) -> list[Trust]:
+        """The account's trusts (at most KUBEIAM_MAX_TRUSTS_PER_ACCOUNT of them are Ready)."""
+        return list(self._trusts_by_account.get((account.namespace, account.name), {}).values())
+
+    def trust_by_uid(self, uid: str) -> Trust | None:
+        return self._trusts_by_uid.get(uid)
+
+    def trust_uids(self) -> set[str]:
+        """The uids of every trust in the cache (what the token server may forget the rest by)."""
+        return set(self._trusts_by_uid)
 
     def sizes(self) -> dict[str, int]:
         return {
@@ -172,14 +198,19 @@ class Cache:
 
     def replace(self, plural: str, bodies: list[dict[str, Any]]) -> None:
         """A fresh list of one kind: what it lacks was deleted meanwhile."""
+        if plural in (CREDENTIALS, TRUSTS):
+            for key in [key for key in self._last_used if key[0] == plural]:
+                del self._last_used[key]
         if plural == CREDENTIALS:
             self._credentials.clear()
             self._by_id.clear()
-            self._last_used.clear()
         elif plural == SERVICE_ACCOUNTS:
             self.accounts.clear()
+            self._by_client_id.clear()
         else:
             self.trusts.clear()
+            self._trusts_by_uid.clear()
+            self._trusts_by_account.clear()
         for body in bodies:
             self.apply(plural, "ADDED", body)
         self._listed.add(plural)
@@ -191,16 +222,36 @@ class Cache:
         key = _key(body)
         deleted = event == "DELETED"
         if plural == SERVICE_ACCOUNTS:
-            _put(self.accounts, key, None if deleted else account_view(body))
+            was = self.accounts.get(key)
+            if was is not None and self._by_client_id.get(was.client_id) is was:
+                del self._by_client_id[was.client_id]
+            account = None if deleted else account_view(body)
+            _put(self.accounts, key, account)
+            if account is not None and account.client_id:
+                self._by_client_id[account.client_id] = account
         elif plural == TRUSTS:
-            _put(self.trusts, key, None if deleted else trust_view(body))
+            previous = self.trusts.get(key)
+            if previous is not None:
+                self._trusts_by_uid.pop(previous.uid, None)
+                siblings = self._trusts_by_account.get((previous.namespace, previous.account))
+                if siblings is not None:
+                    siblings.pop(previous.name, None)
+                    if not siblings:
+                        del self._trusts_by_account[(previous.namespace, previous.account)]
+            trust = None if deleted else trust_view(body)
+            _put(self.trusts, key, trust)
+            _put(self._last_used, (TRUSTS, *key), None if deleted else _last_used(body))
+            if trust is not None:
+                self._trusts_by_uid[trust.uid] = trust
+                owner = (trust.namespace, trust.account)
+                self._trusts_by_account.setdefault(owner, {})[trust.name] = trust
         else:
             old = self._credentials.get(key)
             if old is not None and self._by_id.get(old.credential_id) is old:
                 del self._by_id[old.credential_id]
             new = None if deleted else credential_view(body)
             _put(self._credentials, key, new)
-            _put(self._last_used, key, None if deleted else _last_used(body))
+            _put(self._last_used, (CREDENTIALS, *key), None if deleted else _last_used(body))
             if new is not None:
                 self._by_id[new.credential_id] = new
 
@@ -270,7 +321,7 @@ class Cache:
             version = stream.resource_version
 
 
-def _put(store: dict[Key, Any], key: Key, value: Any) -> None:
+def _put(store: dict[K, Any], key: K, value: Any) -> None:
     if value is None:
         store.pop(key, None)
     else:

@@ -10,14 +10,17 @@ No I/O: the caller hands in what the cache knows and the clock. The order is the
    client's address when the credential has `allowSourceCidrs` (`client_address` says which
    address that is when proxies stand in between);
 5. the scope (a subset of the credential's effectiveRoles, else all of them) and the audience
-   (from the allowlist; the issuer when none is asked).
+   (from the allowlist; the issuer when none is asked);
+6. DPoP (`bind`): the key of the request's checked proof binds the token; a credential with
+   `requireDpop` gets none without one.
 
-A refusal carries an RFC 6749 §5.2 (or RFC 8707) error code and a description that never quotes
-the request.
+A refusal carries an RFC 6749 §5.2 (or RFC 8707, RFC 9449) error code and a description that
+never quotes the request.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import hmac
 import ipaddress
@@ -32,7 +35,7 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class Error(StrEnum):
-    """The error codes of RFC 6749 §5.2 and RFC 8707 §2 the token endpoint answers with."""
+    """The error codes of RFC 6749 §5.2, RFC 8707 §2 and RFC 9449 §5 the token endpoint answers."""
 
     INVALID_REQUEST = "invalid_request"
     INVALID_CLIENT = "invalid_client"
@@ -41,6 +44,10 @@ class Error(StrEnum):
     UNSUPPORTED_GRANT_TYPE = "unsupported_grant_type"
     INVALID_SCOPE = "invalid_scope"
     INVALID_TARGET = "invalid_target"
+    # RFC 9449 §5: a token request without a valid DPoP proof where one is needed.
+    INVALID_DPOP_PROOF = "invalid_dpop_proof"
+    # RFC 9449 §8: the proof must carry a nonce from the server (sent in DPoP-Nonce).
+    USE_DPOP_NONCE = "use_dpop_nonce"
 
 
 @dataclass(frozen=True)
@@ -58,6 +65,8 @@ class Credential:
     effective_roles: tuple[str, ...]
     # spec.allowSourceCidrs; None: any address (an empty list admits none).
     allow_source_cidrs: tuple[Network, ...] | None = None
+    # spec.requireDpop: no token without a valid DPoP proof (RFC 9449).
+    require_dpop: bool = False
 
 
 @dataclass(frozen=True)
@@ -93,6 +102,7 @@ class Grant:
     scopes: tuple[str, ...]
     audience: str
     not_after: datetime.datetime | None  # the credential's expiry: no token outlives it
+    jkt: str | None = None  # the DPoP key's thumbprint the token is bound to (cnf.jkt)
 
 
 @dataclass(frozen=True)
@@ -159,13 +169,29 @@ def decide(
     if isinstance(client, Refusal):
         return client
     credential, account = client
-    scopes = _scopes(request.scope, credential.effective_roles)
+    scopes = scopes_of(request.scope, credential.effective_roles)
     if isinstance(scopes, Refusal):
         return scopes
     audience = request.audience or allowed_audiences[0]
     if audience not in allowed_audiences:
         return Refusal(Error.INVALID_TARGET, "The audience asked for is not allowed.")
     return Grant(credential, account, scopes, audience, credential.expires_at)
+
+
+def bind(grant: Grant, jkt: str | None) -> Grant | Refusal:
+    """Step 6: the grant bound to the key of the request's checked DPoP proof (dpop.check), or
+    refused when its credential requires one and none was sent.
+
+    RFC 9449 §5.2 says a client registered with `dpop_bound_access_tokens` (what requireDpop is
+    here) MUST be refused a token without a proof, but names no code for it; §5 answers a
+    token request whose proof is not valid with `invalid_dpop_proof`, and a missing proof is
+    not a valid one, so that is the code (one a DPoP client already handles).
+    """
+    if jkt is None:
+        if grant.credential.require_dpop:
+            return Refusal(Error.INVALID_DPOP_PROOF, "This credential requires a DPoP proof.")
+        return grant
+    return dataclasses.replace(grant, jkt=jkt)
 
 
 def address_allowed(address: Address | None, cidrs: tuple[Network, ...] | None) -> bool:
@@ -223,7 +249,8 @@ def _unmapped(address: Address) -> Address:
     return address
 
 
-def _scopes(asked: str | None, roles: tuple[str, ...]) -> tuple[str, ...] | Refusal:
+def scopes_of(asked: str | None, roles: tuple[str, ...]) -> tuple[str, ...] | Refusal:
+    """The roles asked for with `scope`, each one of `roles`; none asked: all of `roles`."""
     if asked is None or not asked.strip():
         return roles
     wanted = tuple(dict.fromkeys(asked.split()))  # in the order asked, once each

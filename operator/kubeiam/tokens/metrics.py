@@ -2,8 +2,8 @@
 
 The token server's workers write them to files (prometheus_client's multiprocess mode) and its
 parent serves them all on one page (tokens/workers.py). Labels come from fixed sets (the grant,
-RFC 6749's error codes, the three kinds): never a client id, a credential or anything a request
-carries.
+the error codes of grants.Error, the three kinds): never a client id, a credential or anything a
+request carries.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from kubeiam.tokens.cache import Cache
 ISSUED = metrics.counter("kubeiam_tokens_issued", "Access tokens issued, by grant type.", ["grant"])
 REFUSED = metrics.counter(
     "kubeiam_token_requests_refused",
-    "Token requests refused, by RFC 6749 error code (invalid_client, invalid_scope, ...), or "
+    "Token requests refused, by RFC 6749, RFC 8707 or RFC 9449 error code (invalid_client, "
+    "invalid_scope, invalid_dpop_proof, ...), or "
     "by HTTP status for a request refused before it was read (413, 408, 503).",
     ["error"],
 )

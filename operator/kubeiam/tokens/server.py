@@ -4,8 +4,10 @@ Served with aiohttp under the issuer URL's path. A token request's body is bound
 reading when declared too large, or as soon as it grows past the bound), must be form-encoded
 (else 400), and gets `READ_SECONDS` to arrive. The client authenticates with
 `client_secret_post` or HTTP Basic (`client_secret_basic`), not both; a Basic failure is
-answered 401 with `WWW-Authenticate`. The access log is off and no line names a secret or a
-token: a refusal is logged by its error code and, once the secret was proven, the credential.
+answered 401 with `WWW-Authenticate`. A `DPoP` proof (RFC 9449) is checked once the client is
+authenticated (dpop.py) and binds the token it gets; `requireDpop` makes one necessary. The
+access log is off and no line names a secret, a token or a proof: a refusal is logged by its
+error code and, once the secret was proven, the credential.
 """
 
 from __future__ import annotations
@@ -13,34 +15,40 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import dataclasses
 import datetime
 import logging
 import os
 import ssl
 import urllib.parse
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp.web
 
 from kubeiam.kube import api, tls
 from kubeiam.kube.bodies import read_bounded
-from kubeiam.kube.resources import CREDENTIALS
+from kubeiam.kube.resources import CREDENTIALS, TRUSTS
 from kubeiam.kube.tls import ServingCertificate
-from kubeiam.settings import Settings
-from kubeiam.tokens import grants, introspection, keys, tokens, usage
+from kubeiam.settings import TOKEN_PATH, Settings
+from kubeiam.tokens import dpop, exchange, grants, introspection, keys, tokens, usage
 from kubeiam.tokens import metrics as token_metrics
 from kubeiam.tokens.cache import Cache
-from kubeiam.tokens.holds import Holds
+from kubeiam.tokens.holds import Holds, LocalHolds
 from kubeiam.tokens.keys import ALGORITHM, SigningKeys
+from kubeiam.tokens.refusal_log import RefusalLog
+from kubeiam.tokens.trust_material import TrustMaterial
 
 logger = logging.getLogger(__name__)
 
 READ_SECONDS = 5.0
+FORGET_SECONDS = 60.0  # how often the token server drops what deleted trusts held
 FORM = "application/x-www-form-urlencoded"
 CLIENT_CREDENTIALS = "client_credentials"
+TOKEN_EXCHANGE = "token_exchange"  # the grant's label in metrics (its URN is exchange.GRANT_TYPE)
+# Where the grant a request used is kept on it, for the metrics.
+GRANT_KEY = aiohttp.web.RequestKey("kubeiam.grant", str)
 REALM = 'Basic realm="kube-iam", charset="UTF-8"'
-TOKEN_PATH = "/oauth2/token"
 JWKS_PATH = "/oauth2/jwks"
 INTROSPECT_PATH = "/oauth2/introspect"
 AUTH_METHODS = ["client_secret_post", "client_secret_basic"]
@@ -48,6 +56,8 @@ AUTH_METHODS = ["client_secret_post", "client_secret_basic"]
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 Clock = Callable[[], datetime.datetime]
+# What a grant decided, by either way in; bound to a DPoP key before it is signed.
+Decided = TypeVar("Decided", grants.Grant, exchange.Exchanged)
 
 
 def _now() -> datetime.datetime:
@@ -64,8 +74,19 @@ class TokenService:
         *,
         clock: Clock = _now,
         usage_writer: usage.Writer | None = None,
+        holds: Holds | None = None,
+        trust_material: TrustMaterial | None = None,
     ) -> None:
         self.settings = settings.tokens
+        self.org = settings  # every group: token exchange verifies by the trust settings too
+        self.trusts = trust_material or TrustMaterial(settings)
+        # The DPoP proofs this server has seen (RFC 9449 §11.1): one memory for its workers.
+        self.holds: Holds = LocalHolds() if holds is None else holds
+        self._nonces_of: tuple[str, dpop.Nonces] | None = None
+        self.dpop_window = dpop.Window(
+            max_age=self.settings.dpop_max_age.total_seconds(),
+            skew=self.settings.dpop_clock_skew.total_seconds(),
+        )
         self.usage = usage_writer
         self.cache = cache
         self.keys: SigningKeys | None = None
@@ -108,7 +129,7 @@ class TokenService:
             "issuer": issuer,
             "token_endpoint": issuer + TOKEN_PATH,
             "jwks_uri": issuer + JWKS_PATH,
-            "grant_types_supported": [CLIENT_CREDENTIALS],
+            "grant_types_supported": [CLIENT_CREDENTIALS, exchange.GRANT_TYPE],
             "token_endpoint_auth_methods_supported": AUTH_METHODS,
             "introspection_endpoint": issuer + INTROSPECT_PATH,
             "introspection_endpoint_auth_methods_supported": AUTH_METHODS,
@@ -118,6 +139,7 @@ class TokenService:
             "id_token_signing_alg_values_supported": [ALGORITHM],
             "token_endpoint_auth_signing_alg_values_supported": [ALGORITHM],
             "scopes_supported": [],
+            "dpop_signing_alg_values_supported": list(dpop.ALGORITHMS),
         }
         return aiohttp.web.json_response(document, headers={"Cache-Control": "max-age=300"})
 
@@ -135,7 +157,7 @@ class TokenService:
         with token_metrics.SECONDS.time():
             answer = await self._token(request)
         if answer.status == 200:
-            token_metrics.ISSUED.labels(CLIENT_CREDENTIALS).inc()
+            token_metrics.ISSUED.labels(request.get(GRANT_KEY, CLIENT_CREDENTIALS)).inc()
         elif answer.status in (408, 413, 503):
             token_metrics.REFUSED.labels(str(answer.status)).inc()
         return answer
@@ -146,10 +168,15 @@ class TokenService:
             return form
         if "grant_type" not in form:
             return _error(grants.Error.INVALID_REQUEST, "The grant_type parameter is missing.")
-        if form["grant_type"] != CLIENT_CREDENTIALS:
-            return _error(grants.Error.UNSUPPORTED_GRANT_TYPE, "Only client_credentials here.")
+        if form["grant_type"] not in (CLIENT_CREDENTIALS, exchange.GRANT_TYPE):
+            return _error(
+                grants.Error.UNSUPPORTED_GRANT_TYPE, "Only client_credentials and token-exchange."
+            )
         if not self.ready:
             return aiohttp.web.Response(status=503, text="not ready", headers={"Retry-After": "1"})
+        if form["grant_type"] == exchange.GRANT_TYPE:
+            request[GRANT_KEY] = TOKEN_EXCHANGE
+            return await self._token_exchange(form, request)
         return self._client_credentials(form, request.headers.get("Authorization"), request)
 
     async def _read_form(
@@ -206,19 +233,15 @@ class TokenService:
         )
         if isinstance(decision, grants.Refusal):
             return _refuse(decision, basic=basic is not None)
-        issued = tokens.issue(
-            decision,
-            self.keys.active,
-            issuer=self.settings.issuer,
-            lifetime=self.settings.lifetime,
-            now=now,
-        )
+        nonces = self._nonces()
+        # RFC 9449 §8: a nonce to put in the next proof, with every answer from here on.
+        fresh = {} if nonces is None else {dpop.NONCE_HEADER: nonces.issue(now.timestamp())}
+        decision = self._bound(decision, request, now, nonces)
+        if isinstance(decision, grants.Refusal):
+            return _refuse(decision, basic=basic is not None, headers=fresh)
         credential = decision.credential
-        if self.usage is not None:
-            address = asked.client_address
-            where = None if address is None else str(address)
-            self.usage.note((credential.namespace, credential.name), usage.Use(now, where))
-            token_metrics.USAGE_NOTED.inc()
+        where = (CREDENTIALS, credential.namespace, credential.name)
+        issued, answer = self._granted(decision, where, asked.client_address, now, fresh)
         logger.info(
             "Issued a token to credential %s/%s (id %s) for %s, expiring in %ds.",
             credential.namespace,
@@ -227,14 +250,135 @@ class TokenService:
             decision.audience,
             issued.expires_in,
         )
+        return answer
+
+    def _granted(
+        self,
+        decision: grants.Grant | exchange.Exchanged,
+        used: usage.Key,
+        address: grants.Address | None,
+        now: datetime.datetime,
+        headers: dict[str, str],
+        extra: dict[str, str] | None = None,
+    ) -> tuple[tokens.Issued, aiohttp.web.Response]:
+        """Sign the decided token, note the use of what it came through (a credential or a
+        trust) for write-back, and answer it (RFC 6749 §5.1; RFC 8693 §2.2.1 adds `extra`)."""
+        assert self.keys is not None  # ready
+        issued = tokens.issue(
+            decision,
+            self.keys.active,
+            issuer=self.settings.issuer,
+            lifetime=self.settings.lifetime,
+            now=now,
+        )
+        if self.usage is not None:
+            where = None if address is None else str(address)
+            self.usage.note(used, usage.Use(now, where))
+            token_metrics.USAGE_NOTED.inc()
         answer: dict[str, Any] = {
             "access_token": issued.token,
-            "token_type": "Bearer",
+            **(extra or {}),
+            "token_type": issued.token_type,
             "expires_in": issued.expires_in,
         }
         if issued.scope:
             answer["scope"] = issued.scope
-        return aiohttp.web.json_response(answer, headers=NO_STORE)
+        return issued, aiohttp.web.json_response(answer, headers={**NO_STORE, **headers})
+
+    def _nonces(self) -> dpop.Nonces | None:
+        """The DPoP nonces when the setting asks for them, keyed from the active signing key,
+        which every replica reads from the same Secret (so each accepts the others' nonces)."""
+        if not self.settings.dpop_nonces:
+            return None
+        assert self.keys is not None  # ready
+        active = self.keys.active
+        if self._nonces_of is None or self._nonces_of[0] != active.kid:
+            material = active.private.private_numbers().private_value.to_bytes(32, "big")
+            period = self.settings.dpop_max_age.total_seconds()
+            self._nonces_of = (active.kid, dpop.Nonces.derived(material, period))
+        return self._nonces_of[1]
+
+    def _bound(
+        self,
+        grant: Decided,
+        request: aiohttp.web.Request,
+        now: datetime.datetime,
+        nonces: dpop.Nonces | None,
+    ) -> Decided | grants.Refusal:
+        """The grant bound to the request's DPoP proof, if it sends one (RFC 9449 §5); a
+        credential that requires a proof is refused without one (grants.bind)."""
+        proofs = request.headers.getall(dpop.HEADER, [])
+        jkt = None
+        if proofs:
+            checked = dpop.check(
+                proofs,
+                method=request.method,
+                url=self.settings.issuer + TOKEN_PATH,
+                window=self.dpop_window,
+                holds=self.holds,
+                now=now.timestamp(),
+                nonces=nonces,
+            )
+            if isinstance(checked, grants.Refusal):
+                return checked
+            jkt = checked
+        if isinstance(grant, exchange.Exchanged):
+            return grant if jkt is None else dataclasses.replace(grant, jkt=jkt)
+        return grants.bind(grant, jkt)
+
+    # -- token exchange (RFC 8693) ----------------------------------------------------------
+
+    async def _token_exchange(
+        self, form: dict[str, str], request: aiohttp.web.Request
+    ) -> aiohttp.web.Response:
+        """An external token through one of the account's trusts: exchange.py decides, with
+        each candidate trust's policy and keys prepared here (the only awaits on this path)."""
+        malformed = _exchange_malformed(form, request.headers.get("Authorization"))
+        if malformed is not None:
+            return _refuse(malformed, basic=False)
+        assert self.keys is not None  # ready
+        now = self.clock()
+        asked = exchange.ExchangeRequest(
+            client_id=form["client_id"],
+            subject_token=form["subject_token"],
+            subject_token_type=form["subject_token_type"],
+            scope=form.get("scope"),
+            audience=form.get("audience") or form.get("resource"),
+            client_address=self._address(request),
+        )
+        tried = exchange.candidates(
+            asked,
+            account_by_client_id=self.cache.account_by_client_id,
+            trusts_of=self.cache.trusts_of,
+            own_issuer=self.settings.issuer,
+        )
+        if isinstance(tried, exchange.Denied):
+            return _deny(tried)
+        prepared = {
+            trust.uid: await self.trusts.prepare(trust)
+            for trust in tried.trusts
+            if exchange.unusable_because(trust) is None
+        }
+        decision = exchange.decide(asked, tried, prepared=prepared, settings=self.org, now=now)
+        if isinstance(decision, exchange.Denied):
+            return _deny(decision)
+        nonces = self._nonces()
+        fresh = {} if nonces is None else {dpop.NONCE_HEADER: nonces.issue(now.timestamp())}
+        bound = self._bound(decision, request, now, nonces)
+        if isinstance(bound, grants.Refusal):
+            return _refuse(bound, basic=False, headers=fresh)
+        trust = bound.trust
+        where = (TRUSTS, trust.namespace, trust.name)
+        extra = {"issued_token_type": exchange.ACCESS_TOKEN_TYPE}
+        issued, answer = self._granted(bound, where, asked.client_address, now, fresh, extra)
+        logger.info(
+            "Exchanged a token through trust %s/%s for account %s, expiring in %ds.",
+            trust.namespace,
+            trust.name,
+            trust.account,
+            issued.expires_in,
+        )
+        return answer
 
     # -- introspection (RFC 7662) ------------------------------------------------------------
 
@@ -268,6 +412,7 @@ class TokenService:
             credential_by_id=self.cache.credential_by_id,
             account_of=self.cache.account_of,
             now=now,
+            trust_by_uid=self.cache.trust_by_uid,
         )
         token_metrics.INTROSPECTED.labels("true" if answer["active"] else "false").inc()
         return aiohttp.web.json_response(answer, headers=NO_STORE)
@@ -308,11 +453,52 @@ def _client(form: dict[str, str], basic: str | None) -> tuple[str, str] | grants
     return form["client_id"], form["client_secret"]
 
 
-def _refuse(refusal: grants.Refusal, *, basic: bool) -> aiohttp.web.Response:
-    logger.info("Refused a token request: %s.", refusal.error.value)
-    if refusal.error == grants.Error.INVALID_CLIENT and basic:
-        return _error(refusal.error, refusal.description, 401, {"WWW-Authenticate": REALM})
+def _exchange_malformed(form: dict[str, str], basic: str | None) -> grants.Refusal | None:
+    """What makes a token-exchange request invalid before anything is looked up (RFC 8693 §2.1):
+    a missing parameter, a client secret (the subject token is the proof), an actor token, two
+    targets, or a token type we do not issue."""
+    for name in ("client_id", "subject_token", "subject_token_type"):
+        if not form.get(name):
+            return grants.Refusal(grants.Error.INVALID_REQUEST, f"The {name} parameter is missing.")
+    if basic is not None or "client_secret" in form:
+        return grants.Refusal(
+            grants.Error.INVALID_REQUEST,
+            "A token exchange takes no client secret: the subject token is the proof.",
+        )
+    if "actor_token" in form or "actor_token_type" in form:
+        return grants.Refusal(grants.Error.INVALID_REQUEST, "Actor tokens are not supported.")
+    if "audience" in form and "resource" in form:
+        return grants.Refusal(grants.Error.INVALID_REQUEST, "Give audience or resource, not both.")
+    if form.get("requested_token_type", exchange.ACCESS_TOKEN_TYPE) != exchange.ACCESS_TOKEN_TYPE:
+        return grants.Refusal(
+            grants.Error.INVALID_REQUEST,
+            "The requested_token_type must be urn:ietf:params:oauth:token-type:access_token.",
+        )
+    return None
+
+
+def _deny(denied: exchange.Denied) -> aiohttp.web.Response:
+    """A refused exchange: the log says what failed (never the token), the answer does not.
+    Paced like every refusal (refusal_log.py), by the denial's fixed kind: one INFO line per
+    kind a minute, the rest at DEBUG, so a flood of bad subject tokens cannot flood the log."""
+    refusal = denied.refusal
+    level, _ = _REFUSALS.line(refusal.error.value, f"token exchange: {denied.kind}", _now())
+    logger.log(level, "Refused a token exchange: %s (%s).", refusal.error.value, denied.cause)
     return _error(refusal.error, refusal.description)
+
+
+# One INFO line per kind of refusal a minute, the rest at DEBUG (refusal_log.py says why).
+_REFUSALS = RefusalLog()
+
+
+def _refuse(
+    refusal: grants.Refusal, *, basic: bool, headers: dict[str, str] | None = None
+) -> aiohttp.web.Response:
+    logger.log(*_REFUSALS.line(refusal.error.value, refusal.description, _now()))
+    if refusal.error == grants.Error.INVALID_CLIENT and basic:
+        challenge = {"WWW-Authenticate": REALM, **(headers or {})}
+        return _error(refusal.error, refusal.description, 401, challenge)
+    return _error(refusal.error, refusal.description, headers=headers)
 
 
 def _error(
@@ -357,6 +543,17 @@ def serving_certificate(settings: Settings) -> ServingCertificate:
     )
 
 
+def tls_context(
+    settings: Settings, certificate: ServingCertificate | None = None
+) -> ssl.SSLContext:
+    """A server TLS context holding the serving certificate (`certificate` loads it again
+    when its files change)."""
+    check_certificate(settings)
+    context = ssl.create_default_context(purpose=ssl.Purpose.CLIENT_AUTH)
+    (certificate or serving_certificate(settings)).load(context)
+    return context
+
+
 async def _reload_certificate(certificate: ServingCertificate, context: ssl.SSLContext) -> None:
     """Load the certificate again whenever its files change (cert-manager renewed it)."""
     while True:
@@ -388,6 +585,14 @@ async def _until_keys(
     logger.info("Loaded the signing keys (active key %s).", service.keys.active.kid)
 
 
+async def _forget_deleted_trusts(material: TrustMaterial, cache: Cache) -> None:
+    """Now and then, drop the policies of deleted trusts and stop refreshing issuers no trust
+    names any more (the cache's watch says which trusts remain)."""
+    while True:
+        await asyncio.sleep(FORGET_SECONDS)
+        material.forget(cache.trust_uids())
+
+
 async def serve(settings: Settings, holds: Holds, *, parent: int | None = None) -> None:
     """Run one worker until cancelled (or `parent` is gone): the watches and the keys, then
     HTTPS, bound (SO_REUSEPORT, beside the other workers) only once it can answer."""
@@ -395,7 +600,7 @@ async def serve(settings: Settings, holds: Holds, *, parent: int | None = None) 
     cache = Cache()
 
     async def write_usage(key: usage.Key, status: dict[str, str | None]) -> None:
-        await api.merge_patch_status(CREDENTIALS, key[0], key[1], status)
+        await api.merge_patch_status(*key, status)
 
     writer = usage.Writer(
         settings.tokens.usage_interval,
@@ -404,11 +609,12 @@ async def serve(settings: Settings, holds: Holds, *, parent: int | None = None) 
         holds=holds,
         last_written=cache.last_used_at,
     )
-    service = TokenService(settings, cache, usage_writer=writer)
-    check_certificate(settings)
+    material = TrustMaterial(settings)
+    service = TokenService(
+        settings, cache, usage_writer=writer, holds=holds, trust_material=material
+    )
     certificate = serving_certificate(settings)
-    context = ssl.create_default_context(purpose=ssl.Purpose.CLIENT_AUTH)
-    certificate.load(context)
+    context = tls_context(settings, certificate)
     runner = aiohttp.web.AppRunner(service.app(), handle_signals=True, access_log=None)
     await runner.setup()
     cache.start(asyncio.get_running_loop())
@@ -416,6 +622,8 @@ async def serve(settings: Settings, holds: Holds, *, parent: int | None = None) 
         asyncio.create_task(writer.run(), name="usage-writer"),
         asyncio.create_task(_reload_certificate(certificate, context), name="certificate"),
         asyncio.create_task(token_metrics.report_cache(cache), name="cache-metrics"),
+        asyncio.create_task(material.store.run(), name="issuer-refresh"),
+        asyncio.create_task(_forget_deleted_trusts(material, cache), name="forget"),
     ]
     try:
         await _until_keys(service, settings.operator_namespace, keys.load)

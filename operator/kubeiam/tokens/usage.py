@@ -1,4 +1,5 @@
-"""Usage write-back: a credential's `status.lastUsedAt` and `status.lastUsedIp`, coalesced.
+"""Usage write-back: a credential's `status.lastUsedAt` and `status.lastUsedIp`, a trust's
+`status.lastUsedAt`, coalesced.
 
 Every token issued notes its use here; nothing on the token path waits for the API server.
 `Coalescer` is the rule, without I/O: a credential's use is written at once when it was not
@@ -26,12 +27,14 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from kubeiam.kube.resources import TRUSTS
 from kubeiam.tokens import metrics as token_metrics
 from kubeiam.tokens.holds import Holds, HoldsUnavailable
 
 logger = logging.getLogger(__name__)
 
-Key = tuple[str, str]  # (namespace, name) of a credential
+# (plural, namespace, name): a credential and a trust of the same name are two keys.
+Key = tuple[str, str, str]
 
 
 @dataclass(frozen=True)
@@ -39,10 +42,14 @@ class Use:
     at: datetime.datetime
     address: str | None  # None: not known (a malformed X-Forwarded-For); the field is removed
 
-    def status(self) -> dict[str, str | None]:
-        """The two status fields, as the merge patch writes them (null removes a field)."""
+    def status(self, *, with_address: bool = True) -> dict[str, str | None]:
+        """The status fields, as the merge patch writes them (null removes a field): the time,
+        and the address unless the kind has no such field (a trust)."""
         at = self.at.astimezone(datetime.UTC).replace(microsecond=0)
-        return {"lastUsedAt": at.strftime("%Y-%m-%dT%H:%M:%SZ"), "lastUsedIp": self.address}
+        fields: dict[str, str | None] = {"lastUsedAt": at.strftime("%Y-%m-%dT%H:%M:%SZ")}
+        if with_address:
+            fields["lastUsedIp"] = self.address
+        return fields
 
 
 class Coalescer:
@@ -163,11 +170,12 @@ class Writer:
             token_metrics.USAGE_WRITES.labels("skipped").inc()
             return
         try:
-            await self._write(key, use.status())
+            # A trust's status has no lastUsedIp: only the time is written.
+            await self._write(key, use.status(with_address=key[0] != TRUSTS))
         except Exception as error:  # the API server away, the credential deleted: drop it
             token_metrics.USAGE_WRITES.labels("failed").inc()
             logger.warning(
-                "Could not write the usage of credential %s/%s (%s).", *key, type(error).__name__
+                "Could not write the usage of %s %s/%s (%s).", *key, type(error).__name__
             )
             return
         token_metrics.USAGE_WRITES.labels("written").inc()

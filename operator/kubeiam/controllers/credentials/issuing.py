@@ -98,7 +98,7 @@ async def issue(
         credential_id=credential_id(uid),
         account=spec.service_account_name,
         client_id=client_id,
-        token_url=settings.credentials.token_url,
+        token_url=settings.tokens.token_url,
         expires_at=expires_at,
         keys=(
             template.keys.resolved() if template and template.keys else dict(DEFAULT_SECRET_KEYS)

@@ -1,0 +1,177 @@
+"""The token bench's own arithmetic and plumbing, without a cluster: the floor's fixed bodies,
+vegeta's arguments, targets and report, the best level, the API requests counted, the table."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import urllib.parse
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from bench import peers, token_floor, tokens
+from bench.client import GROUP, RequestCounts
+
+from kubeiam.devcluster.binaries import cache_root
+
+
+@pytest.mark.parametrize("size", [13, 14, 50, 289, 796, 4096])
+def test_the_floors_body_is_json_of_exactly_the_size_asked(size: int) -> None:
+    body = token_floor.fixed_body(size)
+    assert len(body) == size
+    assert isinstance(json.loads(body), dict)
+
+
+def test_the_floor_answers_each_endpoint_with_its_size_after_reading_the_body() -> None:
+    async def main() -> list[tuple[int, int, str]]:
+        async with TestClient(TestServer(token_floor.app(796, 289, 194))) as client:
+            answers = [
+                await client.post("/oauth2/token", data=b"grant_type=client_credentials"),
+                await client.post("/oauth2/introspect", data=b"token=x"),
+                await client.get("/oauth2/jwks"),
+            ]
+            return [
+                (a.status, len(await a.read()), a.headers.get("Cache-Control", "")) for a in answers
+            ]
+
+    assert asyncio.run(main()) == [(200, 796, "no-store"), (200, 289, "no-store"), (200, 194, "")]
+
+
+def test_basic_authentication_form_encodes_both_parts_first() -> None:
+    header = tokens.basic("a:b@ns", "s3cr+t/=")
+    scheme, _, encoded = header.partition(" ")
+    client_id, _, secret = base64.b64decode(encoded).decode().partition(":")
+    assert scheme == "Basic"
+    assert urllib.parse.unquote_plus(client_id) == "a:b@ns"
+    assert urllib.parse.unquote_plus(secret) == "s3cr+t/="
+    assert ":" not in client_id
+
+
+def test_a_vegeta_target_carries_the_body_base64_and_each_header_as_a_list() -> None:
+    target = peers.Target("POST", "https://h/t", {"Content-Type": tokens.FORM}, b"a=1&b=2")
+    line = json.loads(target.json_line())
+    assert line == {
+        "method": "POST",
+        "url": "https://h/t",
+        "header": {"Content-Type": [tokens.FORM]},
+        "body": base64.b64encode(b"a=1&b=2").decode(),
+    }
+    assert "body" not in json.loads(peers.Target("GET", "https://h/k").json_line())
+
+
+def test_vegeta_runs_keep_alive_over_http_1_1_as_fast_as_answers_come_or_at_a_rate() -> None:
+    flat_out = peers.attack_args(Path("t.json"), peers.Load(64, 20), Path("ca.crt"))
+    assert {"-rate=0", "-workers=64", "-max-workers=64", "-keepalive=true", "-http2=false"} <= set(
+        flat_out
+    )
+    assert "-duration=20.0s" in flat_out
+    paced = peers.attack_args(Path("t.json"), peers.Load(64, 20, rate=1000), Path("ca.crt"))
+    assert "-rate=1000/1s" in paced
+
+
+def report(throughput: float, p99_ns: int) -> dict[str, Any]:
+    return {
+        "latencies": {"50th": 2_000_000, "99th": p99_ns, "mean": 3_000_000},
+        "duration": 20_000_000_000,
+        "throughput": throughput,
+        "requests": 1000,
+        "success": 1.0,
+        "bytes_in": {"mean": 796.0},
+        "status_codes": {"200": 1000},
+        "errors": ["a", "b", "c", "d"],
+    }
+
+
+def test_a_vegeta_report_is_read_in_milliseconds_and_cores() -> None:
+    summary = peers.summary(report(950.5, 9_500_000), loadgen_cpu_s=5.0, server_cpu_s=30.0)
+    assert summary["per_second"] == 950.5
+    assert (summary["p50_ms"], summary["p99_ms"], summary["mean_ms"]) == (2.0, 9.5, 3.0)
+    assert (summary["loadgen_cores"], summary["server_cores"]) == (0.25, 1.5)
+    assert summary["errors"] == ["a", "b", "c"]
+
+
+def test_the_best_level_is_the_one_with_most_answers_a_second() -> None:
+    levels = {
+        "16": {"per_second": 900.0},
+        "64": {"per_second": 1200.0},
+        "256": {"per_second": 1100.0},
+    }
+    assert tokens.best(levels) == "64"
+
+
+def test_only_kube_iam_kinds_secrets_and_events_count_as_the_token_servers_requests() -> None:
+    before = RequestCounts({})
+    after = RequestCounts(
+        {
+            ("WATCH", GROUP, "serviceaccountcredentials"): 1,
+            ("PATCH", GROUP, "serviceaccountcredentials"): 2,
+            ("PUT", "coordination.k8s.io", "leases"): 40,
+        }
+    )
+    curve = {
+        "levels": {
+            "16": {"requests": 100, "success": 1.0},
+            "64": {"requests": 200, "success": 0.5},
+        },
+        "half": {"requests": 100, "success": 1.0},
+    }
+    counted = tokens._token_server_requests(after - before, curve)
+    assert counted == {"requests": 2, "answers": 300.0, "per_answer": 2 / 300}
+    assert tokens._status_writes(after - before) == 2
+
+
+def curve(per_second: float) -> dict[str, Any]:
+    summary = peers.summary(report(per_second, 8_000_000), loadgen_cpu_s=2.0, server_cpu_s=1.0)
+    return {"levels": {"64": summary}, "best_level": 64, "best": summary, "half": summary}
+
+
+def test_the_table_puts_each_system_and_the_ratios_side_by_side() -> None:
+    scenario = {
+        "kube-iam": curve(3000),
+        "floor": curve(6000),
+        "hydra": curve(100),
+        "hydra-cheapest": curve(1000),
+        "vs_floor": 0.5,
+        "vs_hydra": 30.0,
+        "vs_hydra-cheapest": 3.0,
+    }
+    text = tokens.table({"tokens_cc_body": scenario, "tokens_dpop": {"error": "not measured"}})
+    row = next(line for line in text.splitlines() if line.startswith("| tokens_cc_body"))
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    assert cells[1:5] == ["3000/s @64", "6000/s @64", "100/s @64", "1000/s @64"]
+    assert cells[5:8] == ["0.50x", "30.00x", "3.00x"]
+    assert "2.0/8.0 ms" in cells
+    assert "(not measured)" in next(line for line in text.splitlines() if "tokens_dpop" in line)
+    assert "(not run)" in next(line for line in text.splitlines() if "tokens_jwks" in line)
+
+
+def test_peers_are_cached_by_the_version_their_wrapper_module_pins() -> None:
+    assert peers.HYDRA.version == "v2.3.0"
+    assert peers.VEGETA.version == "v12.13.0"
+    assert peers.HYDRA.path == cache_root() / "bench" / "hydra-v2.3.0" / "hydra"
+
+
+def test_the_lines_under_the_table_give_the_writes_the_memory_and_the_api_requests() -> None:
+    attack = peers.summary(report(990, 8_000_000), loadgen_cpu_s=1.0, server_cpu_s=1.0)
+    body = {"kube-iam": {"api": {"per_answer": 0.0, "requests": 0, "answers": 5000.0}}}
+    text = tokens.table(
+        {
+            "tokens_usage_writes": {"writes_per_minute": 1.0, "attack": attack},
+            "tokens_cache_rss": {
+                "rss_mb": 140.4,
+                "credentials_cached": 10001,
+                "rss_mb_at_start": 90.2,
+                "rss_mb_after_load": 150.0,
+            },
+            "tokens_cc_body": body,
+        }
+    )
+    assert "lastUsed status writes: 1.0/min while one credential got 990 tokens/s for 20 s" in text
+    assert "Token server RSS: 140 MB with 10001 credentials cached" in text
+    assert "90 MB at start, 150 MB after the load scenarios" in text
+    assert "API requests by the token server per token: 0.0000 (0 over 5000 answers" in text
+    partial = next(line for line in text.splitlines() if line.startswith("| tokens_cc_body"))
+    assert "(incomplete: KeyError" in partial
