@@ -59,23 +59,12 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _token_server(args: argparse.Namespace) -> int:
-    import asyncio
-
     from kubeiam.settings import get_settings
-    from kubeiam.tokens import server
+    from kubeiam.tokens import workers
 
-    settings = get_settings()  # fail here, with the variable's name, on a bad KUBEIAM_* value
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="[%(asctime)s] %(name)-24s [%(levelname)-8s] %(message)s",
-    )
-    # urllib3 would log the API server's URLs at DEBUG; nothing of ours needs it.
-    logging.getLogger("urllib3").setLevel(logging.WARNING)
-    try:
-        asyncio.run(server.serve(settings))
-    except KeyboardInterrupt:
-        return 0
-    return 0
+    get_settings()  # fail here, with the variable's name, on a bad KUBEIAM_* value
+    workers.configure_logging(args.verbose)
+    return workers.run(get_settings(), verbose=args.verbose)
 
 
 def _cluster(args: argparse.Namespace) -> int:

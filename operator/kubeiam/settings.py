@@ -317,7 +317,8 @@ class TokenSettings(_Group):
     cert_dir: Path = Field(
         default=Path("/etc/kube-iam/tokens"),
         description="Directory holding the token server's serving certificate as tls.crt and "
-        "tls.key (a mounted kubernetes.io/tls Secret), read at start.",
+        "tls.key (a mounted kubernetes.io/tls Secret), read at start and again when they "
+        "change (a renewal is served without a restart).",
     )
     lifetime: datetime.timedelta = Field(
         default=datetime.timedelta(hours=1),
@@ -367,6 +368,28 @@ class TokenSettings(_Group):
         default=datetime.timedelta(seconds=60),
         description="At most one write of a credential's status.lastUsedAt and lastUsedIp per "
         "this interval, however many tokens it gets (the latest use is written).",
+    )
+    workers: int = Field(
+        default=0,
+        ge=0,
+        le=256,
+        description="Worker processes of the token server, each a whole server (its own event "
+        "loop, cache and watches) on the same port; 0: one for each CPU this process may use "
+        "(its affinity mask and its cgroup v2 cpu.max quota, so a container's CPU limit), at "
+        "least 1.",
+    )
+    holds_capacity: int = Field(
+        default=131_072,
+        ge=64,
+        le=16_777_216,
+        description="Slots of the table the workers share for holds (usage writes, DPoP proof "
+        "ids): 24 bytes each, in shared memory. Full near a key, a hold cannot be taken "
+        "(docs/tokens.md, Processes and replicas).",
+    )
+    cert_warning_lead: datetime.timedelta = Field(
+        default=datetime.timedelta(days=14),
+        description="The token server logs a warning this long before its serving certificate "
+        "expires.",
     )
     dpop_max_age: datetime.timedelta = Field(
         default=datetime.timedelta(seconds=60),

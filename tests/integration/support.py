@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any, Self, TypeVar
 
 import pytest
+from cryptography import x509
 
 from kubeiam.devcluster.cluster import LocalCluster, free_port, terminate
 from kubeiam.devcluster.kubectl import Kubectl
@@ -47,6 +49,19 @@ def wait_for(
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last seen: {last!r}")
+
+
+def served_certificate(port: int, bundle: bytes, host: str) -> x509.Certificate:
+    """The certificate a new TLS connection to 127.0.0.1:`port` gets, verified against the CA
+    `bundle` (PEM) for `host`, as a caller that trusts that bundle verifies it."""
+    context = ssl.create_default_context(cadata=bundle.decode())
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+        context.wrap_socket(raw, server_hostname=host) as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der)
 
 
 def listening(port: int) -> bool:

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import base64
 import os
-import socket
-import ssl
 import subprocess
 import sys
 from pathlib import Path
@@ -23,7 +21,7 @@ from cryptography import x509
 from kubeiam.devcluster.cluster import free_port
 
 from .metrics_support import scrape
-from .support import ClusterHandle, OperatorProcess, listening, wait_for
+from .support import ClusterHandle, OperatorProcess, listening, served_certificate, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -62,19 +60,6 @@ def _mount(docs: list[Any], directory: Path) -> bytes:
     return base64.b64decode(bundle)
 
 
-def _served(port: int, bundle: bytes, host: str) -> x509.Certificate:
-    """The certificate a new TLS connection gets, verified against the configurations' bundle
-    as the API server verifies it."""
-    context = ssl.create_default_context(cadata=bundle.decode())
-    with (
-        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
-        context.wrap_socket(raw, server_hostname=host) as tls,
-    ):
-        der = tls.getpeercert(binary_form=True)
-    assert der is not None
-    return x509.load_der_x509_certificate(der)
-
-
 def test_webhook_cert_renews_with_its_kept_ca_and_the_server_loads_it_without_a_restart(
     cluster: ClusterHandle, namespace: str, tmp_path: Path
 ) -> None:
@@ -108,7 +93,7 @@ def test_webhook_cert_renews_with_its_kept_ca_and_the_server_loads_it_without_a_
     process.start()
     try:
         wait_for(lambda: listening(port), what="the webhook to listen")
-        assert _served(port, first_bundle, host).serial_number == first.serial_number
+        assert served_certificate(port, first_bundle, host).serial_number == first.serial_number
         expiry = "kubeiam_webhook_certificate_expiry_timestamp_seconds"
         assert scrape(process).value(expiry) == first.not_valid_after_utc.timestamp()
         assert process.process is not None
@@ -124,7 +109,7 @@ def test_webhook_cert_renews_with_its_kept_ca_and_the_server_loads_it_without_a_
 
         # Picked up by the running server, which never stopped answering meanwhile.
         def renewed_served() -> x509.Certificate | None:
-            served = _served(port, first_bundle, host)
+            served = served_certificate(port, first_bundle, host)
             return served if served.serial_number == renewed.serial_number else None
 
         served = wait_for(renewed_served, what="the renewed certificate to be served", timeout=60)

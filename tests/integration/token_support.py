@@ -44,15 +44,21 @@ def client_of(cluster: ClusterHandle, namespace: str, name: str) -> Client:
 
 def serving_certificate(directory: Path) -> Path:
     """A test CA and the token server's certificate from it, for 127.0.0.1, ::1 and localhost,
-    as tls.crt and tls.key in `directory` (KUBEIAM_TOKEN_CERT_DIR); the CA's certificate."""
-    ca = create_ca(KeyPair(directory / "ca.crt", directory / "ca.key"), "kube-iam test token CA")
+    as tls.crt and tls.key in `directory` (KUBEIAM_TOKEN_CERT_DIR); the CA's certificate.
+    Called again, the same CA signs a new certificate, swapped in as the kubelet updates a
+    mounted Secret (written aside, then renamed)."""
+    ca = KeyPair(directory / "ca.crt", directory / "ca.key")
+    if not ca.cert.exists():
+        create_ca(ca, "kube-iam test token CA")
     issue_certificate(
         ca,
-        KeyPair(directory / "tls.crt", directory / "tls.key"),
+        KeyPair(directory / ".tls.crt.new", directory / ".tls.key.new"),
         "127.0.0.1",
         server_names=("localhost",),
         server_ips=("127.0.0.1", "::1"),
     )
+    for name in ("tls.key", "tls.crt"):
+        os.replace(directory / f".{name}.new", directory / name)
     return ca.cert
 
 
@@ -60,7 +66,9 @@ def verify(server: TokenServer, token: str, audience: str) -> dict[str, Any]:
     """Verify as any relying party would: the issuer's discovery names the keys, nothing else."""
     discovery = server.get("/.well-known/openid-configuration").json()
     context = ssl.create_default_context(cafile=str(server.ca))
-    keys = jwt.PyJWKClient(discovery["jwks_uri"], ssl_context=context)
+    # Its own keys, also when it serves beside a replica whose URL is the issuer's.
+    jwks_uri = discovery["jwks_uri"].replace(server.issuer, server.url, 1)
+    keys = jwt.PyJWKClient(jwks_uri, ssl_context=context)
     claims: dict[str, Any] = jwt.decode(
         token,
         keys.get_signing_key_from_jwt(token).key,
@@ -80,19 +88,33 @@ class TokenServer:
     log_path: Path
     process: subprocess.Popen[bytes]
     metrics_port: int
+    url: str  # where this process answers: the issuer's URL, or its own port beside others
+    log_from: int = 0  # where its lines start in log_path
 
     @property
     def token_url(self) -> str:
-        return self.issuer + "/oauth2/token"
+        return self.url + "/oauth2/token"
 
     def get(self, path: str) -> requests.Response:
-        return requests.get(self.issuer + path, verify=str(self.ca), timeout=10)
+        return requests.get(self.url + path, verify=str(self.ca), timeout=10)
+
+    def workers(self) -> set[int]:
+        """The pids of its worker processes (the children multiprocessing spawned; not its
+        resource tracker)."""
+        return {
+            pid
+            for pid in _children(self.process.pid)
+            if b"spawn_main" in _read(f"/proc/{pid}/cmdline")
+        }
 
     def post(self, data: Any, **kwargs: Any) -> requests.Response:
         return requests.post(self.token_url, data=data, verify=str(self.ca), timeout=10, **kwargs)
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+        """What this process logged (the file may hold earlier runs' lines before it)."""
+        with self.log_path.open("rb") as log:
+            log.seek(self.log_from)
+            return log.read().decode(errors="replace")
 
     def healthy(self) -> bool:
         if self.process.poll() is not None:
@@ -104,6 +126,25 @@ class TokenServer:
             return False
 
 
+def _read(path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError:  # the process is gone meanwhile
+        return b""
+
+
+def _children(parent: int) -> set[int]:
+    """The processes whose parent is `parent`, from every /proc/<pid>/stat."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+            fields = _read(f"/proc/{entry}/stat").rpartition(b")")[2].split()
+            if len(fields) > 1 and int(fields[1]) == parent:
+                found.add(int(entry))
+    return found
+
+
 @contextlib.contextmanager
 def running_token_server(
     cluster: ClusterHandle,
@@ -113,11 +154,14 @@ def running_token_server(
     ca: Path,
     log_name: str,
     settings: Mapping[str, str],
+    url: str | None = None,
+    wait: bool = True,
     verbose: bool = False,
 ) -> Iterator[TokenServer]:
     """Start `kube-iam token-server` with the operator's settings plus `settings`, wait until it
-    answers /healthz, and stop it afterwards. Its log goes where the suite's leak scan reads;
-    `verbose` logs at DEBUG too (refusals past the paced INFO lines, for tests that read them)."""
+    answers /healthz (at `url`, the issuer's by default) unless not to `wait`, and stop it
+    afterwards. Its log goes where the suite's leak scan reads; `verbose` logs at DEBUG too
+    (refusals past the paced INFO lines, for tests that read them)."""
     metrics_port = free_port()
     log_path = cluster.log_dir / "operators" / log_name
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -130,6 +174,7 @@ def running_token_server(
         **settings,
     }
     with log_path.open("ab") as log:
+        log_from = log.tell()
         process = subprocess.Popen(
             [sys.executable, "-m", "kubeiam.cli", "token-server", *(["-v"] if verbose else [])],
             env=env,
@@ -137,9 +182,11 @@ def running_token_server(
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )
-    server = TokenServer(issuer, ca, log_path, process, metrics_port)
+    server = TokenServer(issuer, ca, log_path, process, metrics_port, url or issuer, log_from)
     try:
-        wait_for(server.healthy, what="the token server to be ready")
+        if wait:
+            # Generous: its workers import, list and read the keys on a machine others load too.
+            wait_for(server.healthy, what="the token server to be ready", timeout=180)
         yield server
     finally:
         terminate(process, timeout=10)

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from kubeiam.tokens import dpop, tokens
 from kubeiam.tokens.grants import Error, Refusal, bind
-from kubeiam.tokens.holds import LocalHolds
+from kubeiam.tokens.holds import HoldsUnavailable, LocalHolds
 
 from ..dpop_support import ProofKey
 from .test_tokens_claims import HOUR, ISSUER, NOW, grant, signing_keys
@@ -260,6 +260,20 @@ def test_a_replayed_proof_is_refused_for_as_long_as_it_is_young_enough() -> None
     refused(check(once, holds=holds, now=T + 60), "used before")
     # Once the hold ends, the proof is too old anyway.
     refused(check(once, holds=holds, now=T + 62), "seconds old")
+
+
+class _Full:
+    """Holds that cannot answer (a full shared table)."""
+
+    def take(self, key: bytes, until: float, now: float) -> bool:
+        raise HoldsUnavailable("full")
+
+
+def test_a_proof_whose_replay_cannot_be_checked_is_refused_never_accepted() -> None:
+    checked = dpop.check(
+        [proof(jti="unchecked")], method="POST", url=URL, window=WINDOW, now=T, holds=_Full()
+    )
+    refused(checked, "cannot tell whether the proof was used before")
 
 
 def test_the_same_jti_under_another_key_is_another_proof() -> None:

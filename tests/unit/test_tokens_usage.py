@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+from collections.abc import Callable
 
-from kubeiam.tokens.usage import Coalescer, Use, Writer
+from kubeiam.tokens.usage import Coalescer, Key, Use, Write, Writer
 
 T0 = datetime.datetime(2026, 12, 7, 12, 0, tzinfo=datetime.UTC)
 MINUTE = datetime.timedelta(minutes=1)
@@ -92,3 +93,53 @@ def test_the_writer_makes_one_write_for_many_tokens_and_survives_a_failed_write(
     asyncio.run(main())
     assert sorted(key for key, _ in writes) == [A, B]
     assert dict(writes)[B] == {"lastUsedAt": "2026-12-07T12:00:00Z", "lastUsedIp": None}
+
+
+class _Taken:
+    """Holds where another worker already holds every key."""
+
+    def take(self, key: bytes, until: float, now: float) -> bool:
+        return False
+
+
+def _writes_of(writer_for: Callable[[Write], Writer]) -> list[Key]:
+    writes: list[Key] = []
+
+    async def write(key: Key, status: dict[str, str | None]) -> None:
+        writes.append(key)
+
+    async def main() -> None:
+        writer = writer_for(write)
+        task = asyncio.create_task(writer.run())
+        writer.note(A, Use(T0, "10.0.0.1"))
+        for _ in range(100):
+            await asyncio.sleep(0)
+        task.cancel()
+
+    asyncio.run(main())
+    return writes
+
+
+def test_a_use_held_by_another_worker_waits_for_the_interval() -> None:
+    assert _writes_of(lambda write: Writer(MINUTE, write, clock=lambda: T0)) == [A]
+    held = _writes_of(lambda write: Writer(MINUTE, write, clock=lambda: T0, holds=_Taken()))
+    assert held == []
+
+
+def test_a_use_written_by_another_replica_within_the_interval_waits() -> None:
+    def seen(seconds: float) -> Callable[[Write], Writer]:
+        written = T0 - datetime.timedelta(seconds=seconds)
+        return lambda write: Writer(MINUTE, write, clock=lambda: T0, last_written=lambda k: written)
+
+    assert _writes_of(seen(59)) == []
+    assert _writes_of(seen(60)) == [A]
+
+
+def test_a_postponed_use_is_written_when_the_other_write_ages_out() -> None:
+    rule = Coalescer(MINUTE)
+    rule.note(A, Use(at(0), "10.0.0.1"))
+    [(key, use)] = rule.take(at(0))
+    rule.postpone(key, use, at(60))  # someone else wrote at 0: ours waits a minute
+    rule.note(A, Use(at(30), "10.0.0.2"))  # and a later use replaces it
+    assert rule.take(at(59)) == []
+    assert rule.take(at(60)) == [(A, Use(at(30), "10.0.0.2"))]

@@ -149,6 +149,7 @@ PAUSED = Gauge(
     "kubeiam_peering_paused",
     "1 while kopf peering has paused this replica (another one is active), else 0.",
     registry=REGISTRY,
+    multiprocess_mode="livemax",  # a dead process's value is dropped (the token server's workers)
 )
 PAUSED.set_function(lambda: float(peering.paused()))
 
@@ -208,8 +209,12 @@ def count_api_request(verb: str, resource: str, code: int | None) -> None:
 _runner: web.AppRunner | None = None
 
 
-async def serve(port: int, host: str = "0.0.0.0") -> None:  # noqa: S104  (Prometheus scrapes the pod IP)
-    """Serve the registry at http://host:port/metrics from the event loop; port 0 serves nothing.
+async def serve(
+    port: int,
+    host: str = "0.0.0.0",  # noqa: S104  (Prometheus scrapes the pod IP)
+    registry: CollectorRegistry = REGISTRY,
+) -> None:
+    """Serve `registry` at http://host:port/metrics from the event loop; port 0 serves nothing.
 
     In the event loop, so that gauges computed from memory read the indices from the thread
     that writes them.
@@ -218,7 +223,7 @@ async def serve(port: int, host: str = "0.0.0.0") -> None:  # noqa: S104  (Prome
     if port == 0 or _runner is not None:
         return
     app = web.Application()
-    app.router.add_get("/metrics", make_aiohttp_handler(REGISTRY))
+    app.router.add_get("/metrics", make_aiohttp_handler(registry))
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     try:

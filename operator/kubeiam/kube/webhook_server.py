@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
-import hashlib
 import json
 import logging
 import ssl
@@ -30,14 +29,14 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp.web
-from cryptography import x509
 from kopf._cogs.structs import reviews as kopf_reviews
 from kopf._core.engines import admission as kopf_admission
 from kopf._kits import webhooks as kopf_webhooks
 from prometheus_client import Gauge
 
-from kubeiam.kube import metrics
+from kubeiam.kube import metrics, tls
 from kubeiam.kube.bodies import read_bounded
+from kubeiam.kube.tls import ServingCertificate
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +50,6 @@ SMALL_REVIEW_BYTES = 32 * 1024
 MAX_CONTAINERS = 100_000
 QUEUE_SECONDS = 1.0
 READ_SECONDS = 2.0
-CERT_CHECK_SECONDS = 10.0
 
 CERT_EXPIRY = Gauge(
     "kubeiam_webhook_certificate_expiry_timestamp_seconds",
@@ -92,14 +90,20 @@ class ReviewServer(kopf_webhooks.WebhookServer):
         client_ca: Path | None = None,
     ) -> None:
         super().__init__(addr=addr, port=port, certfile=str(certfile), pkeyfile=str(pkeyfile))
-        self.cert_path, self.key_path = certfile, pkeyfile
+        self.certificate = ServingCertificate(
+            certfile,
+            pkeyfile,
+            what="webhook",
+            expiry=CERT_EXPIRY,
+            warning_lead=warning_lead,
+            consequence="once it has, every write of kube-iam's kinds is refused. Renew it: "
+            "cert-manager does by itself; otherwise run `kube-iam webhook-cert --renew` (README, "
+            "Install).",
+        )
         self.max_review_bytes = max_review_bytes
-        self.warning_lead = warning_lead
         self.client_ca = client_ca
         self._small = asyncio.Semaphore(concurrency)
         self._large = asyncio.Semaphore(1)
-        self._digest = b""
-        self._warned_for: datetime.datetime | None = None
 
     async def __call__(self, fn: Any) -> AsyncIterator[Any]:
         context = ssl.create_default_context(purpose=ssl.Purpose.CLIENT_AUTH)
@@ -108,7 +112,7 @@ class ReviewServer(kopf_webhooks.WebhookServer):
             # --admission-control-config-file) completes the handshake.
             context.verify_mode = ssl.CERT_REQUIRED
             context.load_verify_locations(cafile=str(self.client_ca))
-        self._load(context)
+        self.certificate.load(context)
 
         async def serve(request: aiohttp.web.Request) -> aiohttp.web.StreamResponse:
             return await self.handle(fn, request)
@@ -133,8 +137,8 @@ class ReviewServer(kopf_webhooks.WebhookServer):
             logger.info("Serving admission webhooks at https://%s:%s", self.addr, self.port)
             yield kopf_reviews.WebhookClientConfig(url=f"https://{self.addr}:{self.port}")
             while True:
-                await asyncio.sleep(CERT_CHECK_SECONDS)
-                self._load(context)
+                await asyncio.sleep(tls.CHECK_SECONDS)
+                self.certificate.load(context)
         finally:
             await runner.cleanup()
 
@@ -220,43 +224,6 @@ class ReviewServer(kopf_webhooks.WebhookServer):
             "SlowBody": f"the body did not arrive within {READ_SECONDS:g} s",
         }[reason]
         return _refusal(status, reason, text)
-
-    def _load(self, context: ssl.SSLContext) -> None:
-        """Load the certificate files into `context` if they changed; report their expiry."""
-        try:
-            cert_pem, key_pem = self.cert_path.read_bytes(), self.key_path.read_bytes()
-        except OSError as error:
-            logger.warning("Cannot read the webhook certificate: %s", error.strerror)
-            return
-        digest = hashlib.sha256(cert_pem + b"\0" + key_pem).digest()
-        if digest != self._digest:
-            try:
-                context.load_cert_chain(str(self.cert_path), str(self.key_path))
-            except (ssl.SSLError, OSError) as error:
-                # Half-renewed files (a new certificate, the old key): keep serving the old pair.
-                if not self._digest:
-                    raise
-                logger.warning("The renewed webhook certificate does not load yet: %s", error)
-                return
-            if self._digest:
-                logger.info("Loaded the renewed webhook certificate.")
-            self._digest = digest
-        not_after = x509.load_pem_x509_certificate(cert_pem).not_valid_after_utc
-        CERT_EXPIRY.set(not_after.timestamp())
-        self._warn_if_expiring(not_after)
-
-    def _warn_if_expiring(self, not_after: datetime.datetime) -> None:
-        left = not_after - datetime.datetime.now(datetime.UTC)
-        if left > self.warning_lead or self._warned_for == not_after:
-            return
-        self._warned_for = not_after  # once per certificate, not every check
-        logger.warning(
-            "The webhook's serving certificate expires at %s (in %s); once it has, every write of "
-            "kube-iam's kinds is refused. Renew it: cert-manager does by itself; otherwise run "
-            "`kube-iam webhook-cert --renew` (README, Install).",
-            not_after.isoformat(),
-            str(left).split(".")[0],
-        )
 
 
 def _refusal(status: int, reason: str, text: str) -> aiohttp.web.Response:

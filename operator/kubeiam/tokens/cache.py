@@ -17,12 +17,13 @@ server would have to redo. Three threads, one per kind, cost nothing on the toke
 from __future__ import annotations
 
 import asyncio
+import datetime
 import ipaddress
 import logging
 import threading
 import time
-from collections.abc import Callable
-from typing import Any, cast
+from collections.abc import Callable, Hashable
+from typing import Any, TypeVar, cast
 
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
@@ -36,6 +37,8 @@ from kubeiam.tokens.exchange import Trust
 from kubeiam.tokens.grants import Account, Credential, Network
 
 logger = logging.getLogger(__name__)
+
+K = TypeVar("K", bound=Hashable)
 
 WATCH_SECONDS = 300  # the API server ends a watch after this; the thread resumes it
 CLIENT_TIMEOUT = WATCH_SECONDS + 30  # a silent connection is given up a little later
@@ -70,6 +73,14 @@ def credential_view(body: dict[str, Any]) -> Credential | None:
         allow_source_cidrs=networks(spec.get("allowSourceCidrs")),
         require_dpop=bool(spec.get("requireDpop")),
     )
+
+
+def _last_used(body: dict[str, Any]) -> datetime.datetime | None:
+    written = (body.get("status") or {}).get("lastUsedAt")
+    try:
+        return parse_time(written) if isinstance(written, str) else None
+    except ValueError:
+        return None
 
 
 def networks(cidrs: Any) -> tuple[Network, ...] | None:
@@ -136,6 +147,9 @@ class Cache:
         self._by_client_id: dict[str, Account] = {}
         self._trusts_by_uid: dict[str, Trust] = {}
         self._trusts_by_account: dict[Key, dict[str, Trust]] = {}
+        # status.lastUsedAt of credentials and trusts by (plural, namespace, name), whoever
+        # wrote it: the usage writer skips one written within its interval by another replica.
+        self._last_used: dict[tuple[str, str, str], datetime.datetime] = {}
         self._listed: set[str] = set()
         self.filled = asyncio.Event()  # set once `ready`
         self._stopping = threading.Event()
@@ -153,6 +167,10 @@ class Cache:
 
     def account_of(self, namespace: str, name: str) -> Account | None:
         return self.accounts.get((namespace, name))
+
+    def last_used_at(self, key: tuple[str, str, str]) -> datetime.datetime | None:
+        """status.lastUsedAt of (plural, namespace, name), as the watch last saw it."""
+        return self._last_used.get(key)
 
     def account_by_client_id(self, client_id: str) -> Account | None:
         """The account whose status.clientId this is (the name token exchange gives)."""
@@ -180,6 +198,9 @@ class Cache:
 
     def replace(self, plural: str, bodies: list[dict[str, Any]]) -> None:
         """A fresh list of one kind: what it lacks was deleted meanwhile."""
+        if plural in (CREDENTIALS, TRUSTS):
+            for key in [key for key in self._last_used if key[0] == plural]:
+                del self._last_used[key]
         if plural == CREDENTIALS:
             self._credentials.clear()
             self._by_id.clear()
@@ -219,6 +240,7 @@ class Cache:
                         del self._trusts_by_account[(previous.namespace, previous.account)]
             trust = None if deleted else trust_view(body)
             _put(self.trusts, key, trust)
+            _put(self._last_used, (TRUSTS, *key), None if deleted else _last_used(body))
             if trust is not None:
                 self._trusts_by_uid[trust.uid] = trust
                 owner = (trust.namespace, trust.account)
@@ -229,6 +251,7 @@ class Cache:
                 del self._by_id[old.credential_id]
             new = None if deleted else credential_view(body)
             _put(self._credentials, key, new)
+            _put(self._last_used, (CREDENTIALS, *key), None if deleted else _last_used(body))
             if new is not None:
                 self._by_id[new.credential_id] = new
 
@@ -298,7 +321,7 @@ class Cache:
             version = stream.resource_version
 
 
-def _put(store: dict[Key, Any], key: Key, value: Any) -> None:
+def _put(store: dict[K, Any], key: K, value: Any) -> None:
     if value is None:
         store.pop(key, None)
     else:

@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from kubeiam.tokens.grants import Error, Refusal
-from kubeiam.tokens.holds import Holds
+from kubeiam.tokens.holds import Holds, HoldsUnavailable
 
 HEADER = "DPoP"
 NONCE_HEADER = "DPoP-Nonce"
@@ -149,7 +149,11 @@ def check(
         return _refusal("The proof's iat is in the future.")
     jkt = thumbprint(jwk)
     # Held until the proof would be refused as too old anyway: no longer is needed (§11.1).
-    if not holds.take(replay_key(jkt, jti), iat + window.max_age + 1, now):
+    try:
+        fresh = holds.take(replay_key(jkt, jti), iat + window.max_age + 1, now)
+    except HoldsUnavailable:  # a full shared table: refused, never let through unchecked
+        return _refusal("The server cannot tell whether the proof was used before; send a new one.")
+    if not fresh:
         return _refusal("The proof was used before (its jti was seen).")
     return jkt
 

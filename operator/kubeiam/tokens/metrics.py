@@ -1,12 +1,17 @@
 """The token server's metrics: tokens issued and refused, request latency, the cache's sizes.
 
-Labels come from fixed sets (the grant, the error codes of grants.Error, the three kinds): never a
-client id, a credential or anything a request carries.
+The token server's workers write them to files (prometheus_client's multiprocess mode) and its
+parent serves them all on one page (tokens/workers.py). Labels come from fixed sets (the grant,
+the error codes of grants.Error, the three kinds): never a client id, a credential or anything a
+request carries.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import asyncio
+from collections.abc import Callable
+
+from prometheus_client import Gauge
 
 from kubeiam.kube import metrics
 from kubeiam.tokens.cache import Cache
@@ -26,18 +31,42 @@ SECONDS = metrics.histogram(
 )
 
 
-def watch_cache(cache: Cache) -> None:
-    """Report the cache's sizes by kind at scrape time."""
+# Gauges are written by each worker and summed up by the parent (prometheus multiprocess mode):
+# "livemax" reports the largest value among the live workers, and none of a dead one.
+CACHE_OBJECTS = Gauge(
+    "kubeiam_token_cache_objects",
+    "Objects in the token server's cache, by kind (plural); the largest of its workers.",
+    ["kind"],
+    registry=metrics.REGISTRY,
+    multiprocess_mode="livemax",
+)
+CERT_EXPIRY = Gauge(
+    "kubeiam_token_certificate_expiry_timestamp_seconds",
+    "When the token server's serving certificate (as loaded now) expires, in Unix seconds.",
+    registry=metrics.REGISTRY,
+    multiprocess_mode="livemax",
+)
+# It falls back to zero at each rotation, so one that keeps growing past the rotation period
+# says the operator is not rotating.
+SIGNING_KEY_AGE = Gauge(
+    "kubeiam_token_signing_key_age_seconds",
+    "Seconds since the signing key in use started signing; the largest of the workers.",
+    registry=metrics.REGISTRY,
+    multiprocess_mode="livemax",
+)
+REPORT_SECONDS = 5.0
 
-    def samples() -> Iterable[metrics.Sample]:
-        return [((kind,), float(size)) for kind, size in cache.sizes().items()]
 
-    metrics.gauge_from_memory(
-        "kubeiam_token_cache_objects",
-        "Objects in the token server's cache, by kind (plural).",
-        ["kind"],
-        samples,
-    )
+async def report(cache: Cache, key_age: Callable[[], float | None]) -> None:
+    """Report the cache's sizes by kind and the signing key's age every few seconds (the parent
+    serves the page, so a worker cannot compute them at scrape time)."""
+    while True:
+        for kind, size in cache.sizes().items():
+            CACHE_OBJECTS.labels(kind).set(size)
+        age = key_age()
+        if age is not None:
+            SIGNING_KEY_AGE.set(age)
+        await asyncio.sleep(REPORT_SECONDS)
 
 
 INTROSPECTED = metrics.counter(
@@ -52,23 +81,6 @@ USAGE_NOTED = metrics.counter(
 USAGE_WRITES = metrics.counter(
     "kubeiam_token_usage_writes",
     "Status writes of lastUsedAt/lastUsedIp, coalesced to one a credential an interval, by "
-    "result (written, failed).",
+    "result (written, failed, skipped: another worker or replica wrote it within the interval).",
     ["result"],
 )
-
-
-def watch_signing_key(age: Callable[[], float | None]) -> None:
-    """Report the age of the key that signs now (seconds since it started signing) at scrape
-    time: it falls back to zero at each rotation, so one that keeps growing past the rotation
-    period says the operator is not rotating."""
-
-    def samples() -> Iterable[metrics.Sample]:
-        seconds = age()
-        return [] if seconds is None else [((), seconds)]
-
-    metrics.gauge_from_memory(
-        "kubeiam_token_signing_key_age_seconds",
-        "Seconds since the signing key in use started signing.",
-        [],
-        samples,
-    )

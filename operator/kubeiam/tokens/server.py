@@ -18,6 +18,7 @@ import binascii
 import dataclasses
 import datetime
 import logging
+import os
 import ssl
 import urllib.parse
 from collections.abc import Awaitable, Callable
@@ -26,10 +27,10 @@ from typing import Any, TypeVar
 import aiohttp.web
 
 from kubeiam.domain import key_rotation
-from kubeiam.kube import api
-from kubeiam.kube import metrics as served_metrics
+from kubeiam.kube import api, tls
 from kubeiam.kube.bodies import read_bounded
 from kubeiam.kube.resources import CREDENTIALS, TRUSTS
+from kubeiam.kube.tls import ServingCertificate
 from kubeiam.settings import TOKEN_PATH, Settings
 from kubeiam.tokens import dpop, exchange, grants, introspection, key_store, tokens, usage
 from kubeiam.tokens import metrics as token_metrics
@@ -527,18 +528,54 @@ def _too_large(limit: int) -> aiohttp.web.Response:
     return aiohttp.web.Response(status=413, text=f"a token request is at most {limit} bytes")
 
 
-def tls_context(settings: Settings) -> ssl.SSLContext:
+def check_certificate(settings: Settings) -> None:
+    """Stop with the setting's name when the serving certificate's files are not there."""
     cert_dir = settings.tokens.cert_dir
-    cert, key = cert_dir / "tls.crt", cert_dir / "tls.key"
-    missing = [str(path) for path in (cert, key) if not path.is_file()]
+    missing = [
+        str(cert_dir / name) for name in ("tls.crt", "tls.key") if not (cert_dir / name).is_file()
+    ]
     if missing:
         raise SystemExit(
             f"kube-iam token-server: no serving certificate at {', '.join(missing)} "
             "(KUBEIAM_TOKEN_CERT_DIR)"
         )
+
+
+def serving_certificate(settings: Settings) -> ServingCertificate:
+    cert_dir = settings.tokens.cert_dir
+    return ServingCertificate(
+        cert_dir / "tls.crt",
+        cert_dir / "tls.key",
+        what="token server",
+        expiry=token_metrics.CERT_EXPIRY,
+        warning_lead=settings.tokens.cert_warning_lead,
+        consequence="once it has, workloads refuse the token server and get no token. Renew "
+        "it: cert-manager does by itself.",
+    )
+
+
+def tls_context(
+    settings: Settings, certificate: ServingCertificate | None = None
+) -> ssl.SSLContext:
+    """A server TLS context holding the serving certificate (`certificate` loads it again
+    when its files change)."""
+    check_certificate(settings)
     context = ssl.create_default_context(purpose=ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(str(cert), str(key))
+    (certificate or serving_certificate(settings)).load(context)
     return context
+
+
+async def _reload_certificate(certificate: ServingCertificate, context: ssl.SSLContext) -> None:
+    """Load the certificate again whenever its files change (cert-manager renewed it)."""
+    while True:
+        await asyncio.sleep(tls.CHECK_SECONDS)
+        certificate.load(context)
+
+
+async def _until_orphaned(parent: int) -> None:
+    """Return once the supervising parent is gone (its workers must not serve on alone)."""
+    while os.getppid() == parent:  # noqa: ASYNC110  (no event tells a process its parent died)
+        await asyncio.sleep(1)
 
 
 async def _follow_keys(
@@ -580,54 +617,64 @@ async def _forget_deleted_trusts(material: TrustMaterial, cache: Cache) -> None:
         material.forget(cache.trust_uids())
 
 
-async def serve(settings: Settings) -> None:
-    """Run the token server until cancelled: the watches, the keys, then HTTPS."""
+async def serve(settings: Settings, holds: Holds, *, parent: int | None = None) -> None:
+    """Run one worker until cancelled (or `parent` is gone): the watches and the keys, then
+    HTTPS, bound (SO_REUSEPORT, beside the other workers) only once it can answer."""
     api.connect()
     cache = Cache()
-    token_metrics.watch_cache(cache)
-    await served_metrics.serve(settings.observability.metrics_port)
 
     async def write_usage(key: usage.Key, status: dict[str, str | None]) -> None:
         await api.merge_patch_status(*key, status)
 
-    writer = usage.Writer(settings.tokens.usage_interval, write_usage, _now)
+    writer = usage.Writer(
+        settings.tokens.usage_interval,
+        write_usage,
+        _now,
+        holds=holds,
+        last_written=cache.last_used_at,
+    )
     material = TrustMaterial(settings)
-    service = TokenService(settings, cache, usage_writer=writer, trust_material=material)
-    token_metrics.watch_signing_key(service.signing_key_age)
-    context = tls_context(settings)
+    service = TokenService(
+        settings, cache, usage_writer=writer, holds=holds, trust_material=material
+    )
+    certificate = serving_certificate(settings)
+    context = tls_context(settings, certificate)
     runner = aiohttp.web.AppRunner(service.app(), handle_signals=True, access_log=None)
     await runner.setup()
     cache.start(asyncio.get_running_loop())
-    usage_task = asyncio.create_task(writer.run(), name="usage-writer")
-    keys_task = asyncio.create_task(material.store.run(), name="issuer-refresh")
-    forget_task = asyncio.create_task(_forget_deleted_trusts(material, cache), name="forget")
-    signing_keys_task: asyncio.Task[None] | None = None
+    every = settings.tokens.key_refresh_interval.total_seconds()
+    loaded = asyncio.Event()
+    follow = _follow_keys(service, settings.operator_namespace, key_store.load, every, loaded)
+    tasks = [
+        asyncio.create_task(follow, name="signing-keys"),
+        asyncio.create_task(writer.run(), name="usage-writer"),
+        asyncio.create_task(_reload_certificate(certificate, context), name="certificate"),
+        asyncio.create_task(token_metrics.report(cache, service.signing_key_age), name="metrics"),
+        asyncio.create_task(material.store.run(), name="issuer-refresh"),
+        asyncio.create_task(_forget_deleted_trusts(material, cache), name="forget"),
+    ]
     try:
+        await loaded.wait()
+        await cache.filled.wait()
         site = aiohttp.web.TCPSite(
-            runner, settings.tokens.address, settings.tokens.port, ssl_context=context
+            runner,
+            settings.tokens.address,
+            settings.tokens.port,
+            ssl_context=context,
+            reuse_port=True,
         )
         await site.start()
         logger.info(
-            "Serving tokens for issuer %s on https://%s:%s.",
+            "Ready (the cache holds %s): serving tokens for issuer %s on https://%s:%s.",
+            cache.sizes(),
             settings.tokens.issuer,
             settings.tokens.address,
             settings.tokens.port,
         )
-        every = settings.tokens.key_refresh_interval.total_seconds()
-        loaded = asyncio.Event()
-        signing_keys_task = asyncio.create_task(
-            _follow_keys(service, settings.operator_namespace, key_store.load, every, loaded),
-            name="signing-keys",
-        )
-        await loaded.wait()
-        await cache.filled.wait()
-        logger.info("Ready: the cache holds %s.", cache.sizes())
-        await asyncio.Event().wait()
+        await (asyncio.Event().wait() if parent is None else _until_orphaned(parent))
+        logger.warning("The token server's parent process is gone: this worker stops.")
     finally:
-        usage_task.cancel()
-        keys_task.cancel()
-        forget_task.cancel()
-        if signing_keys_task is not None:
-            signing_keys_task.cancel()
+        for task in tasks:
+            task.cancel()
         cache.stop()
         await runner.cleanup()

@@ -10,6 +10,12 @@ loop and writes each due use as a JSON merge patch of those two fields alone: on
 server writes them, so no resourceVersion precondition is needed and the operator's own status
 writes are never fought over. A failed write is dropped (the next use writes again); a deleted
 credential is forgotten.
+
+Several workers and replicas each run a `Writer`; the interval holds for the whole server:
+before writing, a writer takes a hold on the credential for the interval (`holds.Holds`, shared
+by the workers of one server), and it does not write when the credential's `status.lastUsedAt`
+(as its cache sees it) was written within the interval by anyone, another replica included.
+Either way the use waits for the interval's end, replaced by any later one.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from dataclasses import dataclass
 
 from kubeiam.kube.resources import TRUSTS
 from kubeiam.tokens import metrics as token_metrics
+from kubeiam.tokens.holds import Holds, HoldsUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +89,12 @@ class Coalescer:
             return datetime.datetime.min.replace(tzinfo=datetime.UTC)  # one is due already
         return min(times, default=None)
 
+    def postpone(self, key: Key, use: Use, until: datetime.datetime) -> None:
+        """A due use someone else's write made early: it waits until `until` (a later use that
+        was noted meanwhile replaces it)."""
+        self._pending.setdefault(key, use)
+        self._written[key] = until - self.interval
+
     def forget(self, key: Key) -> None:
         self._pending.pop(key, None)
         self._written.pop(key, None)
@@ -89,15 +102,34 @@ class Coalescer:
 
 Write = Callable[[Key, dict[str, str | None]], Awaitable[None]]
 Clock = Callable[[], datetime.datetime]
+LastWritten = Callable[[Key], datetime.datetime | None]
+
+
+def _never(key: Key) -> datetime.datetime | None:
+    return None
 
 
 class Writer:
-    """Runs the coalescing rule on the event loop and writes what falls due."""
+    """Runs the coalescing rule on the event loop and writes what falls due.
 
-    def __init__(self, interval: datetime.timedelta, write: Write, clock: Clock) -> None:
+    `holds` is shared by the server's workers; `last_written` is the credential's
+    `status.lastUsedAt` as the cache holds it (written by any worker or replica).
+    """
+
+    def __init__(
+        self,
+        interval: datetime.timedelta,
+        write: Write,
+        clock: Clock,
+        *,
+        holds: Holds | None = None,
+        last_written: LastWritten = _never,
+    ) -> None:
         self.rule = Coalescer(interval)
         self._write = write
         self._clock = clock
+        self._holds = holds
+        self._last_written = last_written
         self._woken = asyncio.Event()
 
     def note(self, key: Key, use: Use) -> None:
@@ -115,7 +147,28 @@ class Writer:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._woken.wait(), timeout=wait)
 
+    def _written_elsewhere(self, key: Key, use: Use) -> bool:
+        """True (and the use postponed) when another writer wrote `key` within the interval."""
+        now, interval = self._clock(), self.rule.interval
+        seen = self._last_written(key)
+        if seen is not None and now < seen + interval:
+            self.rule.postpone(key, use, seen + interval)
+            return True
+        if self._holds is None:
+            return False
+        name = "\0".join(("usage", *key)).encode()
+        try:
+            taken = self._holds.take(name, (now + interval).timestamp(), now.timestamp())
+        except HoldsUnavailable:
+            return False  # write anyway: at worst one write more, never a use lost
+        if not taken:
+            self.rule.postpone(key, use, now + interval)
+        return not taken
+
     async def _one(self, key: Key, use: Use) -> None:
+        if self._written_elsewhere(key, use):
+            token_metrics.USAGE_WRITES.labels("skipped").inc()
+            return
         try:
             # A trust's status has no lastUsedIp: only the time is written.
             await self._write(key, use.status(with_address=key[0] != TRUSTS))
