@@ -88,8 +88,9 @@ async def audit_secret(
     found = await secret_state(target.issued(), runtime.proof_keys())
     if REPORTS[found] == target.reported:
         return
-    # One finding often comes with others (a namespace emptied, a rotation gone wrong).
-    runtime.audit.hurry()
     body = await api.get_credential(target.namespace, target.credential)
     if body is not None and body["metadata"]["uid"] == target.uid:
         await reconcile(body)
+        # One finding often comes with others (a namespace emptied, a rotation gone wrong).
+        # Only once it is reported: one that cannot be must not keep the audit in a hurry.
+        runtime.audit.hurry()
