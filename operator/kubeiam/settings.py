@@ -137,6 +137,33 @@ class CredentialSettings(_Group):
         return self
 
 
+class SecretAuditSettings(_Group):
+    """How often the operator checks that issued Secrets are still there (it may not watch them)."""
+
+    model_config = SettingsConfigDict(env_prefix="KUBEIAM_SECRET_AUDIT_")
+
+    rest_rate: float = Field(
+        default=20.0,
+        gt=0,
+        le=6000,
+        description="At rest, at most this many Secret checks (one metadata GET each) a minute, "
+        "however many credentials there are. Right after a start, a credential's deletion or a "
+        "finding, the audit checks every Secret once at 20 a second instead.",
+    )
+    rest_pass: datetime.timedelta = Field(
+        default=datetime.timedelta(minutes=5),
+        description="At rest, a full pass over the issued Secrets takes at least this long. A "
+        "Secret deleted at rest is reported within max(this, credentials / rest rate) "
+        "(docs/credentials.md).",
+    )
+
+    @model_validator(mode="after")
+    def _positive_pass(self) -> SecretAuditSettings:
+        if self.rest_pass <= datetime.timedelta(0):
+            raise ValueError("KUBEIAM_SECRET_AUDIT_REST_PASS must be positive")
+        return self
+
+
 class TrustSettings(_Group):
     """Organisation policy for FederationTrusts: which issuers, which guard rails."""
 
@@ -570,6 +597,7 @@ class Settings(_Group):
         "key in kube-iam-signing-keys (each created once).",
     )
     credentials: CredentialSettings = Field(default_factory=CredentialSettings)
+    secret_audit: SecretAuditSettings = Field(default_factory=SecretAuditSettings)
     trusts: TrustSettings = Field(default_factory=TrustSettings)
     issuers: IssuerSettings = Field(default_factory=IssuerSettings)
     admission: AdmissionSettings = Field(default_factory=AdmissionSettings)

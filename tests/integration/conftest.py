@@ -35,8 +35,15 @@ ORGANIZATION = "acme"
 # built from this checkout), and the tests start no operator process of their own.
 EXTERNAL_OPERATOR = bool(os.environ.get("KUBEIAM_E2E_EXTERNAL_OPERATOR"))
 # What operator processes run with on top of the installed ConfigMap: the organisation the
-# tests' client ids name, and log lines the tests (and a person reading them) can search.
-TEST_SETTINGS = {"KUBEIAM_ORGANIZATION": ORGANIZATION, "KUBEIAM_LOG_FORMAT": "text"}
+# tests' client ids name, log lines the tests (and a person reading them) can search, and the
+# Secret audit as fast at rest as in a hurry (20 a second, a pass every 10 s), so that a test
+# that deletes a Secret sees it reported within its wait; test_secret_audit_pace.py sets its own.
+TEST_SETTINGS = {
+    "KUBEIAM_ORGANIZATION": ORGANIZATION,
+    "KUBEIAM_LOG_FORMAT": "text",
+    "KUBEIAM_SECRET_AUDIT_REST_RATE": "1200",
+    "KUBEIAM_SECRET_AUDIT_REST_PASS": "10",
+}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

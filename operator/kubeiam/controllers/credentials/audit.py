@@ -4,7 +4,9 @@ The operator does not watch Secrets (docs/install.md says why): an issued creden
 condition follows its Secret when it is reconciled, and the paced audit (kube/audit.py, driven
 by state.runtime) looks at every Active credential's Secret with one metadata-only GET. A Secret
 deleted is reported; one deleted and made again by someone else (another UID, no proof) is
-reported as replaced, and never trusted or touched.
+reported as replaced, and never trusted or touched. At rest the audit keeps within the budget
+the settings give it (domain/audit_pace.py); it hurries after a start, a credential's deletion
+and each finding, when Secrets are likeliest to have gone.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from kubeiam.domain.conditions import Reason
 from kubeiam.kube import api, events, status
 from kubeiam.kube.resources import CREDENTIALS
 from kubeiam.kube.secrets import secret_state
+from kubeiam.settings import get_settings
 
 # What the Ready condition reports for each state of the Secret an issued credential has.
 REPORTS: dict[secret_proof.IssuedState, str | None] = {
@@ -29,6 +32,20 @@ REPORTS: dict[secret_proof.IssuedState, str | None] = {
     "replaced": Reason.SECRET_REPLACED,
 }
 _FOUND = {report: found for found, report in REPORTS.items()}
+
+
+def pace_from_settings() -> None:
+    """The audit's pace at rest, from KUBEIAM_SECRET_AUDIT_*."""
+    settings = get_settings().secret_audit
+    runtime.audit.rest(
+        per_minute=settings.rest_rate, pass_seconds=settings.rest_pass.total_seconds()
+    )
+
+
+def hurry() -> None:
+    """A credential was deleted: whoever deletes may have deleted Secrets too, so every Secret is
+    checked once soon (what the API server does not tell the operator)."""
+    runtime.audit.hurry()
 
 
 async def keep_active(body: Mapping[str, Any], *, read_secret: bool) -> None:
@@ -74,3 +91,6 @@ async def audit_secret(
     body = await api.get_credential(target.namespace, target.credential)
     if body is not None and body["metadata"]["uid"] == target.uid:
         await reconcile(body)
+        # One finding often comes with others (a namespace emptied, a rotation gone wrong).
+        # Only once it is reported: one that cannot be must not keep the audit in a hurry.
+        runtime.audit.hurry()

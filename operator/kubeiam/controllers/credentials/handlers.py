@@ -7,7 +7,7 @@ from typing import Any, cast
 
 import kopf
 
-from kubeiam.controllers.credentials import expiry, reconcile, triggers
+from kubeiam.controllers.credentials import audit, expiry, reconcile, triggers
 from kubeiam.controllers.credentials.state import KIND, AccountKey, runtime
 from kubeiam.controllers.credentials.views import IssuedSecret, issued_secret_of, view_of
 from kubeiam.domain import credentials as rules
@@ -67,6 +67,7 @@ async def start(**kwargs: Any) -> None:
     and load the proof key before any credential is handled."""
     api.connect()
     runtime.start(kwargs, on_due=triggers.on_due, on_audit=triggers.on_audit)
+    audit.pace_from_settings()
     await triggers.load_proof_key()
 
 

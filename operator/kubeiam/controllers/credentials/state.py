@@ -30,10 +30,10 @@ SWEEP: ScheduleKey = ("sweep", "", "", "")
 SWEEP_INTERVAL = datetime.timedelta(seconds=30)
 # Secrets are not watched: a watch needs list and watch on every Secret in the cluster, which
 # RBAC cannot narrow to kube-iam's, and which would hand the operator every Secret's data. An
-# audit asks instead: one metadata-only GET per Active credential, AUDIT_RATE a second at most,
-# a full pass at most every AUDIT_MIN_PASS seconds. A deleted Secret is reported within
-# max(AUDIT_MIN_PASS, Active credentials / AUDIT_RATE) seconds (10s up to 200 credentials,
-# 50s for 1,000), and the API server's load stays bounded however many there are.
+# audit asks instead: one metadata-only GET per Active credential, paced by domain/audit_pace.py
+# (a budget of checks a minute at rest, settings.secret_audit). These two set the hurried pace,
+# after a start, a credential's deletion or a finding: AUDIT_RATE checks a second at most, a
+# full pass in no less than AUDIT_MIN_PASS seconds (docs/credentials.md gives the bounds).
 AUDIT_RATE = 20.0
 AUDIT_MIN_PASS = 10.0
 

@@ -51,6 +51,7 @@ SWEEPS = metrics.counter(
 
 async def credential_deleted(body: Mapping[str, Any]) -> None:
     """A deleted credential frees its slot at once; its Secret goes with it (owner reference)."""
+    audit.hurry()
     metadata, spec = body["metadata"], body.get("spec") or {}
     key = (metadata["namespace"], spec.get("serviceAccountName", ""))
     await settle(key, ended={metadata["uid"]})
