@@ -116,7 +116,8 @@ kind-e2e: kind-prerequisites install ## build the image, run deploy/ on kind and
 		|| kind create cluster --name $(KIND_CLUSTER) --wait 180s --kubeconfig $(E2E_KUBECONFIG)
 	kind export kubeconfig --name $(KIND_CLUSTER) --kubeconfig $(E2E_KUBECONFIG)
 	kind load docker-image $(E2E_IMAGE) --name $(KIND_CLUSTER)
-	@# An overlay of deploy/: the image just loaded, and the organisation the tests expect.
+	@# An overlay of deploy/: the image just loaded, and the settings the tests expect (the
+	@# organisation, and the Secret audit as fast at rest as in a hurry: tests/integration/conftest.py).
 	printf '%s\n' \
 		'apiVersion: kustomize.config.k8s.io/v1beta1' \
 		'kind: Kustomization' \
@@ -124,7 +125,7 @@ kind-e2e: kind-prerequisites install ## build the image, run deploy/ on kind and
 		'images: [{name: kube-iam, newName: kube-iam, newTag: e2e}]' \
 		'patches:' \
 		'  - target: {kind: ConfigMap, name: kube-iam-settings}' \
-		'    patch: "{apiVersion: v1, kind: ConfigMap, metadata: {name: kube-iam-settings}, data: {KUBEIAM_ORGANIZATION: acme}}"' \
+		'    patch: "{apiVersion: v1, kind: ConfigMap, metadata: {name: kube-iam-settings}, data: {KUBEIAM_ORGANIZATION: acme, KUBEIAM_SECRET_AUDIT_REST_RATE: \"1200\", KUBEIAM_SECRET_AUDIT_REST_PASS: \"10\"}}"' \
 		> $(E2E_DIR)/kustomization.yaml
 	$(E2E_KUBECTL) apply --kustomize deploy/crds
 	$(E2E_KUBECTL) wait customresourcedefinitions --selector=app.kubernetes.io/part-of=kube-iam \
