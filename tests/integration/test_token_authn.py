@@ -34,12 +34,11 @@ from .credentials_support import (
     ISSUED_TOKENS,
     account_manifest,
     credential_manifest,
-    many,
     revoke,
     wait_state,
 )
 from .support import ClusterHandle, OperatorProcess, wait_for
-from .token_support import Client, TokenServer, client_of, running_for_the_apiserver
+from .token_support import Client, TokenServer, client_of, namespace_with, running_for_the_apiserver
 
 ROLES = ("compute.deployer", "storage.reader")
 # How long the API server may take to find the issuer once the token server is up: it retries
@@ -158,19 +157,15 @@ def kubectl(cluster: ClusterHandle, tmp_path_factory: pytest.TempPathFactory) ->
 
 @pytest.fixture(scope="module")
 def world(cluster: ClusterHandle, token_server: Server, kubectl: Kubectl) -> Iterator[World]:
-    namespace = f"t-token-authn-{secrets.token_hex(3)}"
-    cluster.kubectl("create", "namespace", namespace)
-    try:
-        cluster.apply(
-            many(
-                [
-                    account_manifest("pipeline"),
-                    credential_manifest("key", "pipeline"),
-                    credential_manifest("ended", "pipeline"),
-                ]
-            ),
-            namespace,
-        )
+    with namespace_with(
+        cluster,
+        "t-token-authn",
+        [
+            account_manifest("pipeline"),
+            credential_manifest("key", "pipeline"),
+            credential_manifest("ended", "pipeline"),
+        ],
+    ) as namespace:
         found = World(
             namespace,
             good=client_of(cluster, namespace, "key"),
@@ -186,8 +181,6 @@ def world(cluster: ClusterHandle, token_server: Server, kubectl: Kubectl) -> Ite
             interval=1.0,
         )
         yield found
-    finally:
-        cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
 
 
 def _grant(server: Server, client: Client, **extra: str) -> requests.Response:

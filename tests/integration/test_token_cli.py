@@ -31,12 +31,11 @@ from .credentials_support import (
     ISSUED_TOKENS,
     account_manifest,
     credential_manifest,
-    many,
     read_secret,
     wait_state,
 )
 from .support import ClusterHandle, OperatorProcess, wait_for
-from .token_support import Client, TokenServer, client_of, running_for_the_apiserver
+from .token_support import Client, TokenServer, client_of, namespace_with, running_for_the_apiserver
 from .token_support import verify as _verify
 
 ROLES = ("compute.deployer", "storage.reader")
@@ -67,24 +66,18 @@ def token_server(
 
 @pytest.fixture(scope="module")
 def world(cluster: ClusterHandle, token_server: TokenServer) -> Iterator[World]:
-    namespace = f"t-token-cli-{os.urandom(3).hex()}"
-    cluster.kubectl("create", "namespace", namespace)
-    try:
-        cluster.apply(
-            many(
-                [
-                    account_manifest("pipeline"),
-                    credential_manifest("key"),
-                    credential_manifest("renamed", secretTemplate={"keys": RENAMED}),
-                    credential_manifest("bound", requireDpop=True),
-                ]
-            ),
-            namespace,
-        )
+    with namespace_with(
+        cluster,
+        "t-token-cli",
+        [
+            account_manifest("pipeline"),
+            credential_manifest("key"),
+            credential_manifest("renamed", secretTemplate={"keys": RENAMED}),
+            credential_manifest("bound", requireDpop=True),
+        ],
+    ) as namespace:
         secret_name = wait_state(cluster, namespace, "key", "Active")["status"]["secretName"]
         yield World(namespace, secret_name, client_of(cluster, namespace, "key"))
-    finally:
-        cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
 
 
 def kube_iam_token(*args: str, kubeconfig: Path | None = None) -> subprocess.CompletedProcess[str]:

@@ -31,7 +31,6 @@ from .credentials_support import (
     SENT_PROOFS,
     account_manifest,
     credential_manifest,
-    many,
 )
 from .metrics_support import Page
 from .support import ClusterHandle, OperatorProcess
@@ -39,6 +38,7 @@ from .token_support import (
     Client,
     TokenServer,
     client_of,
+    namespace_with,
     token_server_on_loopback,
     verify,
 )
@@ -100,26 +100,20 @@ def replicas(
 
 @pytest.fixture(scope="module")
 def world(cluster: ClusterHandle, token_server: TokenServer) -> Iterator[World]:
-    namespace = f"t-token-dpop-{secrets.token_hex(3)}"
-    cluster.kubectl("create", "namespace", namespace)
-    try:
-        cluster.apply(
-            many(
-                [
-                    account_manifest("pipeline"),
-                    credential_manifest("bound", "pipeline", requireDpop=True),
-                    credential_manifest("plain", "pipeline"),
-                ]
-            ),
-            namespace,
-        )
+    with namespace_with(
+        cluster,
+        "t-token-dpop",
+        [
+            account_manifest("pipeline"),
+            credential_manifest("bound", "pipeline", requireDpop=True),
+            credential_manifest("plain", "pipeline"),
+        ],
+    ) as namespace:
         yield World(
             namespace,
             bound=client_of(cluster, namespace, "bound"),
             plain=client_of(cluster, namespace, "plain"),
         )
-    finally:
-        cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
 
 
 def _form(client: Client) -> dict[str, str]:

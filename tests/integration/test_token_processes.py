@@ -30,7 +30,6 @@ from .credentials_support import (
     ISSUED_TOKENS,
     account_manifest,
     credential_manifest,
-    many,
     revoke,
     wait_state,
 )
@@ -40,6 +39,7 @@ from .token_support import (
     Client,
     TokenServer,
     client_of,
+    namespace_with,
     running_token_server,
     serving_certificate,
     verify,
@@ -68,21 +68,17 @@ def world(cluster: ClusterHandle, session_operator: OperatorProcess) -> Iterator
         pytest.skip("the operator runs in the cluster; the token server is not deployed there yet")
     if not session_operator.running:
         session_operator.start()  # it creates the signing key Secret at start
-    namespace = f"t-token-processes-{secrets.token_hex(3)}"
-    cluster.kubectl("create", "namespace", namespace)
-    try:
-        cluster.apply(
-            many(
-                [
-                    account_manifest("pipeline"),
-                    credential_manifest("key", "pipeline"),
-                    credential_manifest("ended", "pipeline"),
-                    credential_manifest("late", "pipeline"),
-                    credential_manifest("busy", "pipeline"),
-                ]
-            ),
-            namespace,
-        )
+    with namespace_with(
+        cluster,
+        "t-token-processes",
+        [
+            account_manifest("pipeline"),
+            credential_manifest("key", "pipeline"),
+            credential_manifest("ended", "pipeline"),
+            credential_manifest("late", "pipeline"),
+            credential_manifest("busy", "pipeline"),
+        ],
+    ) as namespace:
         found = World(
             namespace,
             good=client_of(cluster, namespace, "key"),
@@ -93,8 +89,6 @@ def world(cluster: ClusterHandle, session_operator: OperatorProcess) -> Iterator
         revoke(cluster, namespace, "ended")
         wait_state(cluster, namespace, "ended", "Revoked")
         yield found
-    finally:
-        cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
 
 
 Start = Callable[..., contextlib.AbstractContextManager[TokenServer]]

@@ -15,7 +15,6 @@ import datetime
 import http.client
 import json
 import os
-import secrets
 import ssl
 import urllib.parse
 from collections.abc import Iterator
@@ -42,7 +41,7 @@ from .credentials_support import (
 )
 from .metrics_support import Page
 from .support import ClusterHandle, OperatorProcess, wait_for
-from .token_support import Client, TokenServer, client_of, token_server_on_loopback
+from .token_support import Client, TokenServer, client_of, namespace_with, token_server_on_loopback
 from .token_support import verify as _verify
 
 OTHER_AUDIENCE = "https://api.kubeiam.test"
@@ -98,36 +97,32 @@ def token_server(
 
 @pytest.fixture(scope="module")
 def world(cluster: ClusterHandle, token_server: TokenServer) -> Iterator[World]:
-    namespace = f"t-token-server-{secrets.token_hex(3)}"
-    cluster.kubectl("create", "namespace", namespace)
-    try:
-        cluster.apply(
-            many(
-                [
-                    account_manifest("pipeline"),
-                    account_manifest("other"),
-                    account_manifest("switched-off"),
-                    credential_manifest("key", "pipeline"),
-                    credential_manifest("ended", "pipeline"),
-                    credential_manifest("other-key", "other"),
-                    credential_manifest("off-key", "switched-off"),
-                    credential_manifest("deleted", "pipeline", secretDeletionPolicy="Retain"),
-                    credential_manifest("short", "other", expiresIn="30m"),
-                    credential_manifest(
-                        "loopback", "pipeline", allowSourceCidrs=["127.0.0.0/24", "::1/128"]
-                    ),
-                    credential_manifest("remote", "pipeline", allowSourceCidrs=["192.0.2.0/24"]),
-                    credential_manifest("remote6", "other", allowSourceCidrs=["2001:db8::/32"]),
-                    account_manifest("watched"),
-                    account_manifest("fading"),
-                    credential_manifest("fade-revoke", "watched"),
-                    credential_manifest("fade-delete", "watched"),
-                    credential_manifest("used", "watched"),
-                    credential_manifest("fade-off", "fading"),
-                ]
+    with namespace_with(
+        cluster,
+        "t-token-server",
+        [
+            account_manifest("pipeline"),
+            account_manifest("other"),
+            account_manifest("switched-off"),
+            credential_manifest("key", "pipeline"),
+            credential_manifest("ended", "pipeline"),
+            credential_manifest("other-key", "other"),
+            credential_manifest("off-key", "switched-off"),
+            credential_manifest("deleted", "pipeline", secretDeletionPolicy="Retain"),
+            credential_manifest("short", "other", expiresIn="30m"),
+            credential_manifest(
+                "loopback", "pipeline", allowSourceCidrs=["127.0.0.0/24", "::1/128"]
             ),
-            namespace,
-        )
+            credential_manifest("remote", "pipeline", allowSourceCidrs=["192.0.2.0/24"]),
+            credential_manifest("remote6", "other", allowSourceCidrs=["2001:db8::/32"]),
+            account_manifest("watched"),
+            account_manifest("fading"),
+            credential_manifest("fade-revoke", "watched"),
+            credential_manifest("fade-delete", "watched"),
+            credential_manifest("used", "watched"),
+            credential_manifest("fade-off", "fading"),
+        ],
+    ) as namespace:
         found = World(
             namespace,
             good=client_of(cluster, namespace, "key"),
@@ -159,8 +154,6 @@ def world(cluster: ClusterHandle, token_server: TokenServer) -> Iterator[World]:
         )
         wait_state(cluster, namespace, "ended", "Revoked")
         yield found
-    finally:
-        cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
 
 
 def _form(client: Client, **extra: str) -> dict[str, str]:

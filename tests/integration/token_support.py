@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import ssl
 import subprocess
 import sys
@@ -23,7 +24,7 @@ from kubeiam.devcluster.certs import KeyPair, create_ca, issue_certificate
 from kubeiam.devcluster.cluster import free_port, terminate
 from kubeiam.devcluster.token_authn import TokenIssuer
 
-from .credentials_support import read_secret, wait_state
+from .credentials_support import many, read_secret, wait_state
 from .support import ClusterHandle, OperatorProcess, wait_for
 
 
@@ -33,6 +34,19 @@ class Client:
 
     client_id: str
     secret: str = field(repr=False)
+
+
+@contextlib.contextmanager
+def namespace_with(cluster: ClusterHandle, prefix: str, manifests: list[str]) -> Iterator[str]:
+    """A namespace of a test module's own (`prefix` and a random suffix) holding `manifests`,
+    deleted afterwards without waiting for it."""
+    namespace = f"{prefix}-{secrets.token_hex(3)}"
+    cluster.kubectl("create", "namespace", namespace)
+    try:
+        cluster.apply(many(manifests), namespace)
+        yield namespace
+    finally:
+        cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
 
 
 def client_of(cluster: ClusterHandle, namespace: str, name: str) -> Client:
