@@ -54,7 +54,7 @@ SIGNING_KEY_AGE = Gauge(
     registry=metrics.REGISTRY,
     multiprocess_mode="livemax",
 )
-REPORT_SECONDS = 5.0
+REPORT_SECONDS = 1.0  # a few gauge writes a second: nothing, and a rotation shows at once
 
 
 async def report(cache: Cache, key_age: Callable[[], float | None]) -> None:
