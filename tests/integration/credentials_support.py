@@ -107,8 +107,10 @@ def wait_state(
 
 
 def ready(obj: dict[str, Any]) -> dict[str, Any]:
+    """The object's Ready condition; empty before the operator wrote one (a probe polling a
+    just-created object must see "not yet", not a StopIteration)."""
     conditions = (obj.get("status") or {}).get("conditions") or []
-    found: dict[str, Any] = next(c for c in conditions if c["type"] == "Ready")
+    found: dict[str, Any] = next((c for c in conditions if c["type"] == "Ready"), {})
     return found
 
 
