@@ -30,10 +30,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import peers, scenarios
+from bench import exchange_rate, peers, scenarios
 from bench.client import (
+    ACCOUNTS,
     CREDENTIALS,
     GROUP,
+    TRUSTS,
+    VERSION,
     Api,
     RequestCounts,
     bounded,
@@ -53,22 +56,27 @@ from kubeiam.devcluster.cluster import free_port, terminate
 from kubeiam.domain import credentials as rules
 from kubeiam.domain.secret_format import credential_id
 from kubeiam.settings import TOKEN_PATH
+from kubeiam.tokens.exchange import GRANT_TYPE as TOKEN_EXCHANGE
+from kubeiam.tokens.exchange import JWT_TYPE
 from kubeiam.tokens.server import INTROSPECT_PATH, JWKS_PATH
 
 LEVELS = (16, 64, 256)
 FORM = "application/x-www-form-urlencoded"
+EXCHANGE_AUDIENCE = "sts.bench.kube-iam"  # what the bench's subject tokens are issued for
 SYSTEMS = ("kube-iam", "floor", "hydra", "hydra-cheapest")
 # The scenarios measured on every system, by BENCH_ONLY name.
 LOAD_SCENARIOS = ("tokens_cc_basic", "tokens_cc_body", "tokens_introspect", "tokens_jwks")
-# HOOKS for the lead, once DPoP and token exchange are merged: give `target` a branch for the
-# name (a DPoP proof is single-use, so that one needs a vegeta targets stream of fresh proofs;
-# an exchange needs a trust and a subject token), and in `run` replace `_not_yet(hook)` with
-# `bench.scenario(hook)` (over the SYSTEMS that have the grant: Hydra has no RFC 8693 exchange).
-DPOP_SCENARIO = "tokens_dpop"  # HOOK: client_credentials with a DPoP proof (RFC 9449)
-EXCHANGE_SCENARIO = "tokens_exchange"  # HOOK: token exchange through a trust (RFC 8693)
-HOOKS = (DPOP_SCENARIO, EXCHANGE_SCENARIO)
+# Token exchange through a trust (RFC 8693) on the systems that have it: Hydra v2.3.0 has no
+# token-exchange grant; the floor answers the same-size body.
+EXCHANGE_SCENARIO = "tokens_exchange"
+EXCHANGE_SYSTEMS = ("kube-iam", "floor")
+# HOOK, not measured yet: client_credentials with a DPoP proof (RFC 9449). A proof is single-use,
+# so it needs a vegeta targets stream of fresh proofs.
+DPOP_SCENARIO = "tokens_dpop"
+HOOKS = (DPOP_SCENARIO,)
+CURVE_SCENARIOS = (*LOAD_SCENARIOS, EXCHANGE_SCENARIO, *HOOKS)  # the table's rows, in order
 OTHER_SCENARIOS = ("tokens_usage_writes", "tokens_cache_rss")
-ALL = (*LOAD_SCENARIOS, *HOOKS, *OTHER_SCENARIOS)
+ALL = (*CURVE_SCENARIOS, *OTHER_SCENARIOS)
 # Token server workers (the setting KUBEIAM_TOKEN_WORKERS another change adds); the floor runs
 # as many processes.
 WORKERS = int(os.environ.get("BENCH_TOKEN_WORKERS") or 1)
@@ -134,6 +142,8 @@ class Served:
     jwks_url: str
     clients: dict[str, tuple[str, str]] = field(default_factory=dict, repr=False)
     token: str = field(default="", repr=False)  # one access token, for introspection
+    # The account's client id and a subject token its trust accepts, for token exchange.
+    exchange: tuple[str, str] = field(default=("", ""), repr=False)
 
     @property
     def pids(self) -> list[int]:
@@ -280,6 +290,19 @@ def target(served: Served, scenario: str) -> peers.Target:
             # is on its admin port, which asks for none.
             headers["Authorization"] = basic(client_id, secret)
         return peers.Target("POST", served.introspect_url, headers, body)
+    if scenario == EXCHANGE_SCENARIO:
+        # RFC 8693 §2.1: a public client names itself; the subject token is all it presents,
+        # and the same one may be presented again until it expires.
+        client_id, subject = served.exchange
+        form = {
+            "grant_type": TOKEN_EXCHANGE,
+            "client_id": client_id,
+            "subject_token": subject,
+            "subject_token_type": JWT_TYPE,
+        }
+        return peers.Target(
+            "POST", served.token_url, {"Content-Type": FORM}, urllib.parse.urlencode(form).encode()
+        )
     raise ValueError(f"no target for {scenario}")  # the HOOKS land here until they are added
 
 
@@ -337,9 +360,9 @@ class Bench:
         )
         return {"levels": levels, "best_level": int(top), "best": levels[top], "half": half}
 
-    async def scenario(self, scenario: str) -> dict[str, Any]:
+    async def scenario(self, scenario: str, systems: tuple[str, ...] = SYSTEMS) -> dict[str, Any]:
         result: dict[str, Any] = {}
-        for name in SYSTEMS:
+        for name in systems:
             served = self.servers[name]
             profiler = None
             if name == "kube-iam":
@@ -352,11 +375,19 @@ class Bench:
                 stop_profile(profiler)
                 delta = (await self.api.apiserver_requests()) - before
                 result["kube-iam"]["api"] = _token_server_requests(delta, result["kube-iam"])
-        for name in ("floor", "hydra", "hydra-cheapest"):
+        for name in systems[1:]:
             result[f"vs_{name}"] = ratio(
                 result["kube-iam"]["best"]["per_second"], result[name]["best"]["per_second"]
             )
         return result
+
+    async def exchanges(self) -> dict[str, Any]:
+        """Token exchange over HTTPS on kube-iam and the floor; before it, the decision and
+        signing alone in this process (bench.exchange_rate), the ceiling the HTTP figure
+        is read against."""
+        decision = await asyncio.to_thread(exchange_rate.decision_rate, self.sizes.seconds)
+        result = await self.scenario(EXCHANGE_SCENARIO, EXCHANGE_SYSTEMS)
+        return {**result, "decision": decision}
 
     async def usage_writes(self) -> dict[str, Any]:
         """One credential at ~1,000 tokens/s: how often its status (lastUsedAt) is written."""
@@ -493,6 +524,65 @@ async def _issued_client(api: Api, namespace: str) -> tuple[str, str]:
     return data["client-id"], data["client-secret"]
 
 
+async def _exchange_subject(api: Api, namespace: str, account: str) -> tuple[str, str]:
+    """What a workload with a projected ServiceAccount token of the bench cluster holds: a
+    FederationTrust of `account` on the API server's own ServiceAccount issuer (its JWKS inline,
+    as README "Secretless federation" sets it up), Ready; and a TokenRequest's token for it.
+    The account's client id and the subject token (valid an hour: longer than the scenario)."""
+    discovery = await api.request("GET", "/.well-known/openid-configuration")
+    jwks = await api.request("GET", "/openid/v1/jwks", accept="application/jwk-set+json")
+    runner = "bench-exchange"
+    await api.create(
+        f"/api/v1/namespaces/{namespace}/serviceaccounts",
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": runner}},
+    )
+    path = custom_path(namespace, TRUSTS)
+    subject = f"system:serviceaccount:{namespace}:{runner}"
+    await api.create(path, _trust_body(runner, account, discovery["issuer"], subject, jwks))
+    await _until(lambda: _ready(api, f"{path}/{runner}"), f"the bench's trust {runner} to be Ready")
+    requested = await api.create(
+        f"/api/v1/namespaces/{namespace}/serviceaccounts/{runner}/token",
+        {
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenRequest",
+            "spec": {"audiences": [EXCHANGE_AUDIENCE], "expirationSeconds": 3600},
+        },
+    )
+    account_body = await api.request("GET", f"{custom_path(namespace, ACCOUNTS)}/{account}")
+    return str(account_body["status"]["clientId"]), str(requested["status"]["token"])
+
+
+def _trust_body(
+    name: str, account: str, issuer: str, subject: str, jwks: dict[str, Any]
+) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "FederationTrust",
+        "metadata": {"name": name},
+        "spec": {
+            "serviceAccountName": account,
+            "issuer": issuer,
+            "audiences": [EXCHANGE_AUDIENCE],
+            "subject": subject,
+            "condition": f"claims.sub == '{subject}'",
+            "jwks": jwks,
+        },
+    }
+
+
+async def _ready(api: Api, path: str) -> bool:
+    conditions = ((await api.request("GET", path)).get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+
+async def _until(probe: Callable[[], Awaitable[bool]], what: str, within: float = 120) -> None:
+    deadline = time.monotonic() + within
+    while not await probe():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"waited {within:.0f}s for {what}")
+        await asyncio.sleep(0.25)
+
+
 def _body_sizes(served: Served, ca: Path) -> dict[str, int]:
     """The sizes of kube-iam's answers, for the floor to answer as many bytes."""
     granted = _grant(served, ca)
@@ -540,10 +630,14 @@ async def run(
         servers["kube-iam"] = token_server
         rss_at_start = token_server.rss_mb()
         token_server.clients = {"basic": client, "body": client}
+        if not only or EXCHANGE_SCENARIO in only:
+            # The trust must be Ready before the operator stops; the token server reads it.
+            token_server.exchange = await _exchange_subject(api, namespace, "bench-client")
         operator.stop()  # from here on only the token server talks to the API server
         body_sizes = await asyncio.to_thread(_body_sizes, token_server, ca)
         floor = await asyncio.to_thread(start_floor, cluster, body_sizes, log_dir)
         floor.clients, floor.token = token_server.clients, token_server.token
+        floor.exchange = token_server.exchange
         servers["floor"] = floor
         servers["hydra"] = await asyncio.to_thread(
             start_hydra, hydra_bin, "hydra", peers.HYDRA_DEFAULT, cluster, log_dir
@@ -572,6 +666,11 @@ async def run(
             await step(
                 scenario, f"tokens: {scenario} on {', '.join(SYSTEMS)}", bench.scenario(scenario)
             )
+        await step(
+            EXCHANGE_SCENARIO,
+            f"tokens: {EXCHANGE_SCENARIO} on {', '.join(EXCHANGE_SYSTEMS)}",
+            bench.exchanges(),
+        )
         for hook in HOOKS:
             await step(hook, f"tokens: {hook}", _not_yet(hook))
         await step(
@@ -598,6 +697,7 @@ GOALS = {
     "tokens_cc_body": ">= 3,000/s, >= 0.4x floor, >= 10x hydra; p99 at half <= 10 ms",
     "tokens_introspect": ">= 1x hydra",
     "tokens_jwks": "",
+    EXCHANGE_SCENARIO: ">= 1,000/s",
 }
 
 
@@ -616,17 +716,16 @@ def _latency(summary: dict[str, Any]) -> str:
 
 
 def _row(key: str, r: dict[str, Any]) -> tuple[str, ...]:
+    """One scenario's row; a system the scenario has no grant on (Hydra and token exchange)
+    gets a dash."""
     ours = r["kube-iam"]
-    cores = max(level["loadgen_cores"] for name in SYSTEMS for level in r[name]["levels"].values())
+    ran = [name for name in SYSTEMS if name in r]
+    cores = max(level["loadgen_cores"] for name in ran for level in r[name]["levels"].values())
     return (
         key,
         _cell(ours),
-        _cell(r["floor"]),
-        _cell(r["hydra"]),
-        _cell(r["hydra-cheapest"]),
-        _x(r["vs_floor"]),
-        _x(r["vs_hydra"]),
-        _x(r["vs_hydra-cheapest"]),
+        *(_cell(r[name]) if name in r else "-" for name in SYSTEMS[1:]),
+        *(_x(r.get(f"vs_{name}")) for name in SYSTEMS[1:]),
         _latency(ours["best"]),
         _latency(ours["half"]),
         f"<= {cores:.2f}",
@@ -650,7 +749,7 @@ def table(results: dict[str, Any]) -> str:
         "Goal",
     )
     rows: list[tuple[str, ...]] = []
-    for key in (*LOAD_SCENARIOS, *HOOKS):
+    for key in CURVE_SCENARIOS:
         r = results.get(key)
         if not isinstance(r, dict) or "error" in r or not r:
             why = "not run" if not isinstance(r, dict) else str(r.get("error", "not run"))
@@ -661,6 +760,13 @@ def table(results: dict[str, Any]) -> str:
         except (KeyError, TypeError, ValueError) as error:  # a partial result: say so, go on
             rows.append((key, f"(incomplete: {type(error).__name__} {error})", *[""] * 10))
     lines = _render(header, rows)
+    decision = (results.get(EXCHANGE_SCENARIO) or {}).get("decision") or {}
+    if "rate" in decision:
+        lines.append(
+            "Token exchange, the decision and signing alone (one core, no HTTP): "
+            f"{decision['rate']:.0f}/s, p50/p99 "
+            f"{decision['p50_ms']:.1f}/{decision['p99_ms']:.1f} ms"
+        )
     usage = results.get("tokens_usage_writes") or {}
     if "writes_per_minute" in usage:
         attack = usage["attack"]

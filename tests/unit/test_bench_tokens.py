@@ -175,3 +175,62 @@ def test_the_lines_under_the_table_give_the_writes_the_memory_and_the_api_reques
     assert "API requests by the token server per token: 0.0000 (0 over 5000 answers" in text
     partial = next(line for line in text.splitlines() if line.startswith("| tokens_cc_body"))
     assert "(incomplete: KeyError" in partial
+
+
+def served(name: str = "kube-iam") -> tokens.Served:
+    # No process: building a target never touches it.
+    no_process: Any = None
+    return tokens.Served(name, no_process, "https://h/oauth2/token", "", "")
+
+
+def test_an_exchange_target_presents_the_subject_token_as_rfc_8693_asks_and_no_secret() -> None:
+    server = served()
+    server.exchange = ("pipeline@ns.acme.iam", "eyJ.subject.token")
+    server.clients = {"body": ("other@ns.acme.iam", "a-client-secret")}
+    sent = tokens.target(server, tokens.EXCHANGE_SCENARIO)
+    assert (sent.method, sent.url, sent.headers) == (
+        "POST",
+        "https://h/oauth2/token",
+        {"Content-Type": tokens.FORM},
+    )
+    assert urllib.parse.parse_qs(sent.body.decode(), strict_parsing=True) == {
+        "grant_type": ["urn:ietf:params:oauth:grant-type:token-exchange"],
+        "client_id": ["pipeline@ns.acme.iam"],
+        "subject_token": ["eyJ.subject.token"],
+        "subject_token_type": ["urn:ietf:params:oauth:token-type:jwt"],
+    }
+    assert "eyJ.subject.token" not in repr(server) + repr(sent)
+
+
+def test_the_bench_trust_pins_the_service_account_it_issues_the_subject_token_for() -> None:
+    subject = "system:serviceaccount:bench-tokens-1:bench-exchange"
+    jwks = {"keys": [{"kty": "RSA", "kid": "k", "n": "AQAB", "e": "AQAB"}]}
+    body = tokens._trust_body("bench-exchange", "bench-client", "https://k.local", subject, jwks)
+    spec = body["spec"]
+    assert body["kind"] == "FederationTrust"
+    assert spec["serviceAccountName"] == "bench-client"
+    assert (spec["issuer"], spec["audiences"], spec["jwks"]) == (
+        "https://k.local",
+        [tokens.EXCHANGE_AUDIENCE],
+        jwks,
+    )
+    assert spec["subject"] == subject
+    assert spec["condition"] == f"claims.sub == '{subject}'"
+
+
+def test_the_exchange_row_has_no_hydra_cells_and_the_decision_alone_goes_under_the_table() -> None:
+    scenario = {
+        "kube-iam": curve(1200),
+        "floor": curve(4800),
+        "vs_floor": 0.25,
+        "decision": {"rate": 1181.4, "p50_ms": 0.655, "p99_ms": 3.998},
+    }
+    text = tokens.table({tokens.EXCHANGE_SCENARIO: scenario})
+    row = next(line for line in text.splitlines() if line.startswith("| tokens_exchange"))
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    assert cells[1:5] == ["1200/s @64", "4800/s @64", "-", "-"]
+    assert cells[5:8] == ["0.25x", "-", "-"]
+    assert "2.0/8.0 ms" in cells
+    assert cells[-1] == ">= 1,000/s"
+    assert "decision and signing alone (one core, no HTTP): 1181/s, p50/p99 0.7/4.0 ms" in text
+    assert "(not run)" in next(line for line in text.splitlines() if "tokens_dpop" in line)
