@@ -55,10 +55,11 @@ from kubeiam.devcluster import install
 from kubeiam.devcluster.cluster import free_port, terminate
 from kubeiam.domain import credentials as rules
 from kubeiam.domain.secret_format import credential_id
-from kubeiam.settings import TOKEN_PATH
+from kubeiam.settings import TOKEN_PATH, Settings
 from kubeiam.tokens.exchange import GRANT_TYPE as TOKEN_EXCHANGE
 from kubeiam.tokens.exchange import JWT_TYPE
 from kubeiam.tokens.server import INTROSPECT_PATH, JWKS_PATH
+from kubeiam.tokens.workers import worker_count
 
 LEVELS = (16, 64, 256)
 FORM = "application/x-www-form-urlencoded"
@@ -67,7 +68,7 @@ SYSTEMS = ("kube-iam", "floor", "hydra", "hydra-cheapest")
 # The scenarios measured on every system, by BENCH_ONLY name.
 LOAD_SCENARIOS = ("tokens_cc_basic", "tokens_cc_body", "tokens_introspect", "tokens_jwks")
 # Token exchange through a trust (RFC 8693) on the systems that have it: Hydra v2.3.0 has no
-# token-exchange grant; the floor answers the same-size body.
+# token-exchange grant; the floor answers a body the size of kube-iam's exchange answer.
 EXCHANGE_SCENARIO = "tokens_exchange"
 EXCHANGE_SYSTEMS = ("kube-iam", "floor")
 # HOOK, not measured yet: client_credentials with a DPoP proof (RFC 9449). A proof is single-use,
@@ -77,9 +78,14 @@ HOOKS = (DPOP_SCENARIO,)
 CURVE_SCENARIOS = (*LOAD_SCENARIOS, EXCHANGE_SCENARIO, *HOOKS)  # the table's rows, in order
 OTHER_SCENARIOS = ("tokens_usage_writes", "tokens_cache_rss")
 ALL = (*CURVE_SCENARIOS, *OTHER_SCENARIOS)
-# Token server workers (the setting KUBEIAM_TOKEN_WORKERS another change adds); the floor runs
-# as many processes.
-WORKERS = int(os.environ.get("BENCH_TOKEN_WORKERS") or 1)
+
+
+def workers() -> int:
+    """Token server workers (KUBEIAM_TOKEN_WORKERS), and as many floor processes:
+    BENCH_TOKEN_WORKERS, else what the token server starts by default (one a usable CPU), so
+    that the floor never runs on fewer processes than the server it is the floor of."""
+    return int(os.environ.get("BENCH_TOKEN_WORKERS") or 0) or worker_count(Settings())
+
 
 Step = Callable[[str, str, Coroutine[Any, Any, Any]], Awaitable[Any]]
 
@@ -203,8 +209,7 @@ def start_token_server(cluster: BenchCluster, log_dir: Path) -> tuple[Served, in
         "KUBEIAM_TOKEN_CERT_DIR": issuer.cert_dir,
         "KUBEIAM_METRICS_PORT": str(metrics_port),
     }
-    if WORKERS > 1:
-        env["KUBEIAM_TOKEN_WORKERS"] = str(WORKERS)
+    env["KUBEIAM_TOKEN_WORKERS"] = str(workers())
     command = [sys.executable, "-m", "kubeiam.cli", "token-server"]
     process = spawn(command, env, log_dir / "token-server.log")
     served = Served(
@@ -224,9 +229,10 @@ def start_floor(cluster: BenchCluster, sizes: dict[str, int], log_dir: Path) -> 
     port = free_port()
     env = {**os.environ, **cluster.operator_env, "KUBEIAM_TOKEN_CERT_DIR": issuer.cert_dir}
     command = [sys.executable, "-m", "bench.token_floor", "--port", str(port)]
-    command += ["--workers", str(WORKERS)]
-    for key in ("token", "introspect", "jwks"):
-        command += [f"--{key}-bytes", str(sizes[key])]
+    command += ["--workers", str(workers())]
+    for key in ("token", "introspect", "jwks", "exchange"):
+        if key in sizes:
+            command += [f"--{key}-bytes", str(sizes[key])]
     process = spawn(command, env, log_dir / "token-floor.log")
     base = f"https://127.0.0.1:{port}"
     served = Served("floor", process, base + TOKEN_PATH, base + INTROSPECT_PATH, base + JWKS_PATH)
@@ -375,6 +381,7 @@ class Bench:
                 stop_profile(profiler)
                 delta = (await self.api.apiserver_requests()) - before
                 result["kube-iam"]["api"] = _token_server_requests(delta, result["kube-iam"])
+        result["processes"] = workers()  # of the token server, and of the floor
         for name in systems[1:]:
             result[f"vs_{name}"] = ratio(
                 result["kube-iam"]["best"]["per_second"], result[name]["best"]["per_second"]
@@ -597,7 +604,14 @@ def _body_sizes(served: Served, ca: Path) -> dict[str, int]:
     if status != 200:
         raise RuntimeError(f"kube-iam's introspection answered HTTP {status}")
     _, jwks = peers.https_json(served.jwks_url, ca)
-    return {"token": len(granted), "introspect": len(introspected), "jwks": len(jwks)}
+    sizes = {"token": len(granted), "introspect": len(introspected), "jwks": len(jwks)}
+    if served.exchange[0]:
+        sent = target(served, EXCHANGE_SCENARIO)
+        status, exchanged = peers.https_json(sent.url, ca, form=sent.body, headers=sent.headers)
+        if status != 200:
+            raise RuntimeError(f"kube-iam refused the bench's token exchange: HTTP {status}")
+        sizes["exchange"] = len(exchanged)
+    return sizes
 
 
 async def run(

@@ -40,6 +40,26 @@ def test_the_floor_answers_each_endpoint_with_its_size_after_reading_the_body() 
     assert asyncio.run(main()) == [(200, 796, "no-store"), (200, 289, "no-store"), (200, 194, "")]
 
 
+def test_the_floor_answers_an_exchange_with_the_exchanges_size_and_others_with_the_grants() -> None:
+    exchange = urllib.parse.urlencode(
+        {
+            "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
+            "client_id": "pipeline@ns.acme.iam",
+            "subject_token": "eyJ.x.y",
+        }
+    ).encode()
+
+    async def main() -> list[int]:
+        async with TestClient(TestServer(token_floor.app(796, 289, 194, 1097))) as client:
+            answers = [
+                await client.post("/oauth2/token", data=exchange),
+                await client.post("/oauth2/token", data=b"grant_type=client_credentials"),
+            ]
+            return [len(await a.read()) for a in answers]
+
+    assert asyncio.run(main()) == [1097, 796]
+
+
 def test_basic_authentication_form_encodes_both_parts_first() -> None:
     header = tokens.basic("a:b@ns", "s3cr+t/=")
     scheme, _, encoded = header.partition(" ")
@@ -234,3 +254,14 @@ def test_the_exchange_row_has_no_hydra_cells_and_the_decision_alone_goes_under_t
     assert cells[-1] == ">= 1,000/s"
     assert "decision and signing alone (one core, no HTTP): 1181/s, p50/p99 0.7/4.0 ms" in text
     assert "(not run)" in next(line for line in text.splitlines() if "tokens_dpop" in line)
+
+
+def test_the_floor_runs_as_many_processes_as_the_token_server_starts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("BENCH_TOKEN_WORKERS", "3")
+    assert tokens.workers() == 3
+    # Unset: the token server's own default under the same environment, never a fixed 1.
+    monkeypatch.delenv("BENCH_TOKEN_WORKERS")
+    monkeypatch.setenv("KUBEIAM_TOKEN_WORKERS", "5")
+    assert tokens.workers() == 5
