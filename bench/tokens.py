@@ -19,6 +19,7 @@ import asyncio
 import base64
 import datetime
 import hashlib
+import io
 import json
 import os
 import subprocess
@@ -30,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import exchange_rate, peers, scenarios
+from bench import dpop_targets, exchange_rate, peers, scenarios
 from bench.client import (
     ACCOUNTS,
     CREDENTIALS,
@@ -56,6 +57,7 @@ from kubeiam.devcluster.cluster import free_port, terminate
 from kubeiam.domain import credentials as rules
 from kubeiam.domain.secret_format import credential_id
 from kubeiam.settings import TOKEN_PATH, Settings
+from kubeiam.tokens.dpop import HEADER as DPOP_HEADER
 from kubeiam.tokens.exchange import GRANT_TYPE as TOKEN_EXCHANGE
 from kubeiam.tokens.exchange import JWT_TYPE
 from kubeiam.tokens.server import INTROSPECT_PATH, JWKS_PATH
@@ -71,11 +73,13 @@ LOAD_SCENARIOS = ("tokens_cc_basic", "tokens_cc_body", "tokens_introspect", "tok
 # token-exchange grant; the floor answers a body the size of kube-iam's exchange answer.
 EXCHANGE_SCENARIO = "tokens_exchange"
 EXCHANGE_SYSTEMS = ("kube-iam", "floor")
-# HOOK, not measured yet: client_credentials with a DPoP proof (RFC 9449). A proof is single-use,
-# so it needs a vegeta targets stream of fresh proofs.
+# client_credentials (secret in the form) with a DPoP proof (RFC 9449): a proof is single-use,
+# so vegeta reads a stream of targets, each with a fresh one (bench.dpop_targets). Hydra v2.3.0
+# (and its fosite v0.49.0) has no DPoP; the floor answers the size of kube-iam's DPoP answer.
 DPOP_SCENARIO = "tokens_dpop"
-HOOKS = (DPOP_SCENARIO,)
-CURVE_SCENARIOS = (*LOAD_SCENARIOS, EXCHANGE_SCENARIO, *HOOKS)  # the table's rows, in order
+DPOP_SYSTEMS = ("kube-iam", "floor")
+DPOP_STREAM = [sys.executable, "-m", "bench.dpop_targets"]
+CURVE_SCENARIOS = (*LOAD_SCENARIOS, EXCHANGE_SCENARIO, DPOP_SCENARIO)  # the table's rows
 OTHER_SCENARIOS = ("tokens_usage_writes", "tokens_cache_rss")
 ALL = (*CURVE_SCENARIOS, *OTHER_SCENARIOS)
 
@@ -230,7 +234,7 @@ def start_floor(cluster: BenchCluster, sizes: dict[str, int], log_dir: Path) -> 
     env = {**os.environ, **cluster.operator_env, "KUBEIAM_TOKEN_CERT_DIR": issuer.cert_dir}
     command = [sys.executable, "-m", "bench.token_floor", "--port", str(port)]
     command += ["--workers", str(workers())]
-    for key in ("token", "introspect", "jwks", "exchange"):
+    for key in ("token", "introspect", "jwks", "exchange", "dpop"):
         if key in sizes:
             command += [f"--{key}-bytes", str(sizes[key])]
     process = spawn(command, env, log_dir / "token-floor.log")
@@ -278,6 +282,9 @@ def target(served: Served, scenario: str) -> peers.Target:
     if scenario == "tokens_jwks":
         return peers.Target("GET", served.jwks_url)
     client_id, secret = served.clients["basic" if scenario == "tokens_cc_basic" else "body"]
+    if scenario == DPOP_SCENARIO:
+        # The proof is each request's own: bench.dpop_targets adds it to every copy.
+        return target(served, "tokens_cc_body")
     grant = {"grant_type": "client_credentials"}
     if scenario == "tokens_cc_basic":
         body = urllib.parse.urlencode(grant).encode()
@@ -309,13 +316,17 @@ def target(served: Served, scenario: str) -> peers.Target:
         return peers.Target(
             "POST", served.token_url, {"Content-Type": FORM}, urllib.parse.urlencode(form).encode()
         )
-    raise ValueError(f"no target for {scenario}")  # the HOOKS land here until they are added
+    raise ValueError(f"no target for {scenario}")
 
 
-def settle(sent: peers.Target, ca: Path, *, within: float = 60) -> float:
-    """Send `sent` once until it is answered 2xx, for at most `within` seconds; how long."""
+def settle(sent: peers.Target, ca: Path, *, within: float = 60, proved: bool = False) -> float:
+    """Send `sent` once until it is answered 2xx, for at most `within` seconds; how long.
+    `proved`: each try with a fresh DPoP proof, as a proof is good once."""
     started = time.monotonic()
+    prover = dpop_targets.Prover(sent.method, sent.url) if proved else None
     while time.monotonic() - started < within:
+        if prover is not None:
+            sent = with_proof(sent, prover)
         try:
             status, _ = peers.https_json(sent.url, ca, form=sent.body or None, headers=sent.headers)
         except OSError:
@@ -324,6 +335,21 @@ def settle(sent: peers.Target, ca: Path, *, within: float = 60) -> float:
             break
         time.sleep(0.5)
     return time.monotonic() - started
+
+
+def with_proof(sent: peers.Target, prover: dpop_targets.Prover) -> peers.Target:
+    """`sent` with a fresh DPoP proof of `prover`'s key."""
+    proof = prover.proof(time.time())
+    return peers.Target(sent.method, sent.url, {**sent.headers, DPOP_HEADER: proof}, sent.body)
+
+
+def generator_rate(sent: peers.Target, count: int = 5000) -> dict[str, Any]:
+    """How many targets with a fresh proof bench.dpop_targets writes a CPU second, alone."""
+    sink = io.StringIO()
+    started = time.process_time()
+    written = dpop_targets.write(json.loads(sent.json_line()), sink, count)
+    cpu = time.process_time() - started
+    return {"targets": written, "cpu_s": cpu, "per_cpu_second": written / cpu if cpu else 0.0}
 
 
 # -- the measurements ------------------------------------------------------------------------
@@ -345,8 +371,15 @@ class Bench:
         """Once the server answers this request again (a server still working off the last
         attack's queue would be measured on that), one attack."""
         sent = target(served, scenario)
-        settled = await asyncio.to_thread(settle, sent, self.ca)
-        summary = await asyncio.to_thread(self.vegeta.attack, sent, load, server_pids=served.pids)
+        proved = scenario == DPOP_SCENARIO
+        settled = await asyncio.to_thread(settle, sent, self.ca, proved=proved)
+        summary = await asyncio.to_thread(
+            self.vegeta.attack,
+            sent,
+            load,
+            server_pids=served.pids,
+            stream=DPOP_STREAM if proved else None,
+        )
         return {**summary, "settle_s": settled}
 
     async def curve(self, served: Served, scenario: str) -> dict[str, Any]:
@@ -395,6 +428,16 @@ class Bench:
         decision = await asyncio.to_thread(exchange_rate.decision_rate, self.sizes.seconds)
         result = await self.scenario(EXCHANGE_SCENARIO, EXCHANGE_SYSTEMS)
         return {**result, "decision": decision}
+
+    async def dpop(self) -> dict[str, Any]:
+        """client_credentials with a fresh DPoP proof a request on kube-iam and the floor;
+        before it, how fast the proof generator is alone (one core), so that its share of the
+        load generator's work can be judged."""
+        generator = await asyncio.to_thread(
+            generator_rate, target(self.servers["kube-iam"], DPOP_SCENARIO)
+        )
+        result = await self.scenario(DPOP_SCENARIO, DPOP_SYSTEMS)
+        return {**result, "generator": generator}
 
     async def usage_writes(self) -> dict[str, Any]:
         """One credential at ~1,000 tokens/s: how often its status (lastUsedAt) is written."""
@@ -605,13 +648,19 @@ def _body_sizes(served: Served, ca: Path) -> dict[str, int]:
         raise RuntimeError(f"kube-iam's introspection answered HTTP {status}")
     _, jwks = peers.https_json(served.jwks_url, ca)
     sizes = {"token": len(granted), "introspect": len(introspected), "jwks": len(jwks)}
+    sent = target(served, DPOP_SCENARIO)
+    sizes["dpop"] = len(_answer(with_proof(sent, dpop_targets.Prover(sent.method, sent.url)), ca))
     if served.exchange[0]:
-        sent = target(served, EXCHANGE_SCENARIO)
-        status, exchanged = peers.https_json(sent.url, ca, form=sent.body, headers=sent.headers)
-        if status != 200:
-            raise RuntimeError(f"kube-iam refused the bench's token exchange: HTTP {status}")
-        sizes["exchange"] = len(exchanged)
+        sizes["exchange"] = len(_answer(target(served, EXCHANGE_SCENARIO), ca))
     return sizes
+
+
+def _answer(sent: peers.Target, ca: Path) -> bytes:
+    """kube-iam's answer to `sent`, which must be a 200 (its bytes are never logged)."""
+    status, answer = peers.https_json(sent.url, ca, form=sent.body, headers=sent.headers)
+    if status != 200:
+        raise RuntimeError(f"kube-iam refused the bench's request to {sent.url}: HTTP {status}")
+    return answer
 
 
 async def run(
@@ -685,8 +734,9 @@ async def run(
             f"tokens: {EXCHANGE_SCENARIO} on {', '.join(EXCHANGE_SYSTEMS)}",
             bench.exchanges(),
         )
-        for hook in HOOKS:
-            await step(hook, f"tokens: {hook}", _not_yet(hook))
+        await step(
+            DPOP_SCENARIO, f"tokens: {DPOP_SCENARIO} on {', '.join(DPOP_SYSTEMS)}", bench.dpop()
+        )
         await step(
             "tokens_usage_writes", "tokens: lastUsed writes at ~1,000/s", bench.usage_writes()
         )
@@ -699,11 +749,6 @@ async def run(
         await scenarios.delete_namespaces(api, cleanup)
 
 
-async def _not_yet(hook: str) -> dict[str, Any]:
-    """HOOK: DPoP and token exchange are other changes; the lead wires them in after merging."""
-    return {"error": f"not measured yet: {hook} is a hook for a change not merged here"}
-
-
 # -- the table -------------------------------------------------------------------------------
 
 GOALS = {
@@ -712,6 +757,7 @@ GOALS = {
     "tokens_introspect": ">= 1x hydra",
     "tokens_jwks": "",
     EXCHANGE_SCENARIO: ">= 1,000/s",
+    DPOP_SCENARIO: "",
 }
 
 
@@ -781,6 +827,9 @@ def table(results: dict[str, Any]) -> str:
             f"{decision['rate']:.0f}/s, p50/p99 "
             f"{decision['p50_ms']:.1f}/{decision['p99_ms']:.1f} ms"
         )
+    proved = results.get(DPOP_SCENARIO) or {}
+    if "generator" in proved:
+        lines.append(_generator_line(proved))
     usage = results.get("tokens_usage_writes") or {}
     if "writes_per_minute" in usage:
         attack = usage["attack"]
@@ -803,6 +852,21 @@ def table(results: dict[str, Any]) -> str:
             f"({api['requests']} over {api['answers']:.0f} answers; goal 0)"
         )
     return "\n".join(lines)
+
+
+def _generator_line(proved: dict[str, Any]) -> str:
+    """How fast DPoP proofs are made alone, and the most CPU making them took during the curve
+    beside the top throughput it fed: the generator is not the bottleneck when that is small."""
+    alone = proved["generator"]["per_cpu_second"]
+    levels = [
+        level for name in DPOP_SYSTEMS for level in proved.get(name, {}).get("levels", {}).values()
+    ]
+    busiest = max((level.get("generator_cores", 0.0) for level in levels), default=0.0)
+    fastest = max((level["per_second"] for level in levels), default=0.0)
+    return (
+        f"DPoP proof generator: {alone:.0f} targets a CPU second alone; at most {busiest:.2f} "
+        f"cores during the attacks, which peaked at {fastest:.0f}/s"
+    )
 
 
 def _render(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
