@@ -13,6 +13,7 @@ import base64
 import json
 import os
 import secrets
+import signal
 import ssl
 import subprocess
 import tempfile
@@ -209,8 +210,10 @@ class Vegeta:
 
 
 def _stopped_cpu(process: subprocess.Popen[bytes]) -> float:
-    """Stop a target generator whose reader is gone; the CPU seconds it used."""
-    process.terminate()
+    """Stop a target generator whose reader is gone; the CPU seconds it used. Signalled by
+    pid, not `terminate()`: that polls first, and a generator that had already exited (its
+    pipe closed) would be reaped there, its CPU time lost and wait4 left with no child."""
+    os.kill(process.pid, signal.SIGTERM)  # still ours: not reaped until the wait4 below
     _, status, usage = os.wait4(process.pid, 0)
     process.returncode = os.waitstatus_to_exitcode(status)
     return usage.ru_utime + usage.ru_stime

@@ -7,6 +7,8 @@ import asyncio
 import base64
 import io
 import json
+import subprocess
+import sys
 import time
 import urllib.parse
 from pathlib import Path
@@ -370,3 +372,17 @@ def test_the_dpop_row_has_no_hydra_cells_and_the_generators_share_goes_under_the
         "DPoP proof generator: 20000 targets a CPU second alone; at most 0.10 cores during the "
         "attacks, which peaked at 6000/s" in text
     )
+
+
+def test_a_generator_that_already_exited_is_still_waited_for_and_its_cpu_counted() -> None:
+    """vegeta closes the pipe at the end of an attack, and the generator may exit before the
+    bench stops it: stopping it then must not reap it twice (ChildProcessError)."""
+    process = subprocess.Popen([sys.executable, "-c", "sum(range(10**6))"])
+    stat = Path(f"/proc/{process.pid}/stat")
+    deadline = time.monotonic() + 60
+    while stat.read_text().rsplit(")", 1)[1].split()[0] != "Z":  # exited, not yet reaped
+        assert time.monotonic() < deadline, "the child did not exit within 60 s"
+        time.sleep(0.05)
+    cpu = peers._stopped_cpu(process)
+    assert cpu > 0
+    assert process.returncode == 0
