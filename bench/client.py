@@ -25,6 +25,7 @@ GROUP = "iam.kubeiam.io"
 VERSION = "v1alpha1"
 ACCOUNTS = "serviceaccounts"
 CREDENTIALS = "serviceaccountcredentials"
+TRUSTS = "federationtrusts"
 PARTIAL_METADATA = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
 MERGE_PATCH = "application/merge-patch+json"
 RETRIES = 3

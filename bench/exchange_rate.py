@@ -1,18 +1,12 @@
-"""Token exchanges a second: the decision alone in this process, or the token server over HTTPS.
+"""Token exchanges a second of the decision alone: exchange.candidates + decide + tokens.issue
+in this process, one core, a trust with an inline JWKS and an RS256 subject token, no HTTP.
 
-    # The decision and the signing (exchange.candidates + decide + tokens.issue), one core,
-    # a trust with an inline JWKS and an RS256 subject token, as the token server runs them:
-    python -m bench.exchange_rate decision --seconds 10
+    python -m bench.exchange_rate --seconds 10
 
-    # A running token server (`make run`), with a subject token it accepts (for example a
-    # projected ServiceAccount token, see README "Secretless federation"):
-    python -m bench.exchange_rate http --token-url "$TOKEN_URL" --ca .local/pki/ca.crt \
-        --client-id "$CLIENT_ID" --subject-token-file sa.token --seconds 10 --concurrency 16
-
-Each prints one JSON line: exchanges, seconds, rate, latency percentiles (ms), refusals. Figures
-depend on the machine and its load: say both when quoting one. Not yet a `make bench` scenario:
-bench/scenarios.py is being changed by the token figures work; to hook this in, call
-`decision_rate` and `http_rate` from a scenario there and report their dictionaries.
+Prints one JSON line: exchanges, seconds, rate, latency percentiles (ms), refusals. `make bench`
+runs it before its `tokens_exchange` scenario (bench/tokens.py), which measures the token server
+over HTTPS with vegeta: this figure is the ceiling that one is read against. Figures depend on
+the machine and its load: say both when quoting one.
 """
 
 from __future__ import annotations
@@ -21,13 +15,10 @@ import argparse
 import asyncio
 import datetime
 import json
-import ssl
 import statistics
 import time
-from pathlib import Path
 from typing import Any
 
-import aiohttp
 import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
@@ -124,75 +115,11 @@ def decision_rate(seconds: float) -> dict[str, Any]:
     }
 
 
-async def http_rate(
-    token_url: str, ca: Path, client_id: str, subject_token: str, seconds: float, concurrency: int
-) -> dict[str, Any]:
-    """Exchanges a second against a running token server, `concurrency` requests in flight."""
-    context = ssl.create_default_context(cafile=str(ca))
-    form = {
-        "grant_type": GRANT,
-        "client_id": client_id,
-        "subject_token": subject_token,
-        "subject_token_type": exchange.JWT_TYPE,
-    }
-    latencies: list[float] = []
-    errors: dict[str, int] = {}
-    deadline = time.perf_counter() + seconds
-
-    async def worker(session: aiohttp.ClientSession) -> None:
-        while time.perf_counter() < deadline:
-            begin = time.perf_counter()
-            async with session.post(token_url, data=form, ssl=context) as answer:
-                body = await answer.json(content_type=None)
-            if answer.status == 200:
-                latencies.append(time.perf_counter() - begin)
-            else:
-                code = str(body.get("error") if isinstance(body, dict) else answer.status)
-                errors[code] = errors.get(code, 0) + 1
-
-    started = time.perf_counter()
-    connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(connector=connector) as session:
-        await asyncio.gather(*(worker(session) for _ in range(concurrency)))
-    elapsed = time.perf_counter() - started
-    return {
-        "mode": "http",
-        "exchanges": len(latencies),
-        "refused": errors,
-        "seconds": round(elapsed, 3),
-        "rate": round(len(latencies) / elapsed, 1),
-        "concurrency": concurrency,
-        **_percentiles(latencies),
-    }
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.exchange_rate", description=__doc__)
-    modes = parser.add_subparsers(dest="mode", required=True)
-    alone = modes.add_parser("decision", help="the decision and signing in this process")
-    alone.add_argument("--seconds", type=float, default=10)
-    served = modes.add_parser("http", help="a running token server")
-    served.add_argument("--token-url", required=True)
-    served.add_argument("--ca", type=Path, required=True)
-    served.add_argument("--client-id", required=True)
-    served.add_argument("--subject-token-file", type=Path, required=True)
-    served.add_argument("--seconds", type=float, default=10)
-    served.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--seconds", type=float, default=10)
     args = parser.parse_args()
-    if args.mode == "decision":
-        result = decision_rate(args.seconds)
-    else:
-        result = asyncio.run(
-            http_rate(
-                args.token_url,
-                args.ca,
-                args.client_id,
-                args.subject_token_file.read_text().strip(),
-                args.seconds,
-                args.concurrency,
-            )
-        )
-    print(json.dumps(result))
+    print(json.dumps(decision_rate(args.seconds)))
     return 0
 
 

@@ -13,6 +13,7 @@ import base64
 import json
 import os
 import secrets
+import signal
 import ssl
 import subprocess
 import tempfile
@@ -82,12 +83,15 @@ class Load:
     rate: float = 0.0
 
 
-def attack_args(targets: Path, load: Load, ca: Path) -> list[str]:
+def attack_args(targets: Path | None, load: Load, ca: Path) -> list[str]:
+    """vegeta attack's arguments: `targets` a file of one target sent over and over, or None
+    for a stream of targets on stdin read one a request (`-lazy`)."""
     rate = f"{load.rate:.0f}/1s" if load.rate else "0"
+    source = [f"-targets={targets}"] if targets is not None else ["-targets=stdin", "-lazy"]
     return [
         "attack",
         "-format=json",
-        f"-targets={targets}",
+        *source,
         f"-duration={load.seconds:.1f}s",
         f"-rate={rate}",
         f"-workers={load.workers}",
@@ -99,7 +103,13 @@ def attack_args(targets: Path, load: Load, ca: Path) -> list[str]:
     ]
 
 
-def summary(report: dict[str, Any], *, loadgen_cpu_s: float, server_cpu_s: float) -> dict[str, Any]:
+def summary(
+    report: dict[str, Any],
+    *,
+    loadgen_cpu_s: float,
+    server_cpu_s: float,
+    generator_cpu_s: float | None = None,
+) -> dict[str, Any]:
     """The figures of one vegeta report: successes a second, latencies in ms, what failed."""
     latencies = report.get("latencies") or {}
     duration = (report.get("duration") or 0) / 1e9
@@ -119,6 +129,11 @@ def summary(report: dict[str, Any], *, loadgen_cpu_s: float, server_cpu_s: float
         "loadgen_cpu_s": loadgen_cpu_s,
         "loadgen_cores": loadgen_cpu_s / duration if duration else 0.0,
         "server_cores": server_cpu_s / duration if duration else 0.0,
+        **(
+            {"generator_cores": generator_cpu_s / duration if duration else 0.0}
+            if generator_cpu_s is not None
+            else {}
+        ),
     }
 
 
@@ -128,8 +143,18 @@ class Vegeta:
     ca: Path
     workdir: Path
 
-    def attack(self, target: Target, load: Load, *, server_pids: list[int]) -> dict[str, Any]:
-        """Run one attack and return its summary, with vegeta's own CPU time and the server's."""
+    def attack(
+        self,
+        target: Target,
+        load: Load,
+        *,
+        server_pids: list[int],
+        stream: list[str] | None = None,
+    ) -> dict[str, Any]:
+        """Run one attack and return its summary, with vegeta's own CPU time and the server's.
+        `stream`: a command that, given `--base <the target's file>`, writes targets without end
+        (bench.dpop_targets); vegeta then reads them one a request, and the command's CPU time
+        is in the summary too."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=self.workdir) as scratch:
             targets = Path(scratch) / "targets.json"
@@ -137,12 +162,27 @@ class Vegeta:
             with os.fdopen(descriptor, "w") as handle:
                 handle.write(target.json_line() + "\n")
             server_before = sum(cpu_seconds(pid) for pid in server_pids)
+            generator = (
+                subprocess.Popen(
+                    [*stream, "--base", str(targets)],
+                    stdout=subprocess.PIPE,
+                    stdin=subprocess.DEVNULL,
+                )
+                if stream
+                else None
+            )
             attack = subprocess.Popen(
-                [str(self.binary), *attack_args(targets, load, self.ca)],
+                [
+                    str(self.binary),
+                    *attack_args(None if generator else targets, load, self.ca),
+                ],
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
-                stdin=subprocess.DEVNULL,
+                stdin=generator.stdout if generator else subprocess.DEVNULL,
             )
+            if generator is not None:
+                assert generator.stdout is not None
+                generator.stdout.close()  # vegeta holds it now
             report = subprocess.Popen(
                 [str(self.binary), "report", "-type=json"],
                 stdin=attack.stdout,
@@ -154,6 +194,7 @@ class Vegeta:
             out, _ = report.communicate(timeout=load.seconds + 120)
             _, status, usage = os.wait4(attack.pid, 0)
             attack.returncode = os.waitstatus_to_exitcode(status)
+            generator_cpu = _stopped_cpu(generator) if generator is not None else None
             server_cpu = sum(cpu_seconds(pid) for pid in server_pids) - server_before
             assert attack.stderr is not None
             errors = attack.stderr.read().decode(errors="replace")
@@ -164,7 +205,18 @@ class Vegeta:
             json.loads(out),
             loadgen_cpu_s=usage.ru_utime + usage.ru_stime,
             server_cpu_s=server_cpu,
+            generator_cpu_s=generator_cpu,
         )
+
+
+def _stopped_cpu(process: subprocess.Popen[bytes]) -> float:
+    """Stop a target generator whose reader is gone; the CPU seconds it used. Signalled by
+    pid, not `terminate()`: that polls first, and a generator that had already exited (its
+    pipe closed) would be reaped there, its CPU time lost and wait4 left with no child."""
+    os.kill(process.pid, signal.SIGTERM)  # still ours: not reaped until the wait4 below
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _context(ca: Path) -> ssl.SSLContext:

@@ -23,6 +23,7 @@ from bench.client import (
     ACCOUNTS,
     CREDENTIALS,
     GROUP,
+    TRUSTS,
     VERSION,
     WRITE_VERBS,
     Api,
@@ -540,7 +541,7 @@ async def rest_rate(api: Api, seconds: float) -> dict[str, Any]:
 
 async def count_objects(api: Api) -> int:
     total = 0
-    for plural in (ACCOUNTS, CREDENTIALS, "federationtrusts"):
+    for plural in (ACCOUNTS, CREDENTIALS, TRUSTS):
         page = await api.request("GET", f"/apis/{GROUP}/{VERSION}/{plural}?limit=1")
         metadata = page.get("metadata") or {}
         total += len(page.get("items") or []) + int(metadata.get("remainingItemCount") or 0)
