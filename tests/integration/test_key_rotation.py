@@ -291,12 +291,14 @@ def test_two_replicas_rotate_one_ring_and_a_caching_verifier_never_meets_an_unkn
                 if len(first_token) >= 3 and next(iter(first_token)) in gone:
                     break
                 time.sleep(0.25)  # pacing the relying party, not waiting for a condition
+
             # The gauge is reported every second by each worker, so its fall at the rotation
             # whose token ended the loop may come a moment later: look until it falls twice.
-            settle = time.monotonic() + 15
-            while _falls(ages) < 2 and time.monotonic() < settle:
-                time.sleep(0.25)
+            def fell_twice() -> bool:
                 ages.append(_key_age(server))
+                return _falls(ages) >= 2
+
+            wait_for(fell_twice, timeout=15, interval=0.25, what="the key age to fall twice")
     finally:
         history.stop()
 
