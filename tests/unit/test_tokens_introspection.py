@@ -9,28 +9,16 @@ from typing import Any
 import jwt
 import pytest
 
-from kubeiam.kube.key_secret import KeyRing
 from kubeiam.tokens import keys, tokens
 from kubeiam.tokens.grants import Account, Credential, Grant
 from kubeiam.tokens.introspection import introspect
 
-NOW = datetime.datetime(2026, 12, 7, 12, 0, tzinfo=datetime.UTC)
-ISSUER = "https://iam.example.test"
-HOUR = datetime.timedelta(hours=1)
-CREDENTIAL = Credential(
-    namespace="team-a",
-    name="key",
-    account="pipeline",
-    credential_id="abcdefghijklmnopqrst",
-    client_id="pipeline@team-a.acme.iam",
-    secret_hash="sha256:00",
-    state="Active",
-    expires_at=NOW + datetime.timedelta(days=1),
-    effective_roles=("compute.deployer", "storage.reader"),
-)
-ACCOUNT = Account("team-a", "pipeline", "pipeline@team-a.acme.iam", disabled=False)
-KEYS = keys.from_ring(KeyRing(active="k1", keys={"k1": keys.new_private_key_pem()}))
-OTHER_KEYS = keys.from_ring(KeyRing(active="k1", keys={"k1": keys.new_private_key_pem()}))
+from .test_tokens_claims import HOUR, ISSUER, NOW, grant, signing_keys
+
+# The claims tests' credential, account, clock and issuer: one fixture for both modules.
+CREDENTIAL, ACCOUNT = grant().credential, grant().account
+KEYS = signing_keys()
+OTHER_KEYS = signing_keys()
 
 
 def token(signing: keys.SigningKeys = KEYS, issuer: str = ISSUER, jkt: str | None = None) -> str:
