@@ -189,6 +189,15 @@ def test_a_signature_by_another_key_is_refused() -> None:
     refused(check(proof(key=ProofKey().private)), "signature does not verify")
 
 
+def test_a_key_already_read_from_an_accepted_proof_still_refuses_another_signer() -> None:
+    # Keys read from proofs are kept (dpop.KEY_CACHE_SIZE): an attacker who copies a client's
+    # jwk after that client's proof was accepted still needs its private key.
+    client = ProofKey()
+    assert isinstance(check(proof(client)), str)
+    forged = proof(client, key=ProofKey().private)
+    refused(check(forged), "signature does not verify")
+
+
 def test_a_tampered_payload_is_refused() -> None:
     head, _, signature = proof().split(".")
     other = proof(htu=URL, jti="other").split(".")[1]
@@ -198,6 +207,7 @@ def test_a_tampered_payload_is_refused() -> None:
 def test_a_short_rsa_key_is_refused() -> None:
     weak = ProofKey("RS256", rsa.generate_private_key(public_exponent=65537, key_size=1024))  # noqa: S505
     refused(check(proof(weak)), "not an acceptable public key")
+    refused(check(proof(weak)), "not an acceptable public key")  # and again, once it is known
 
 
 @pytest.mark.parametrize("claim", ["jti", "htm", "htu", "iat"])

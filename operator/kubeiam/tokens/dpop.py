@@ -21,6 +21,7 @@ a refusal with `invalid_dpop_proof` (§5) whose description names the rule, neve
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
@@ -35,6 +36,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from kubeiam.tokens import jose
 from kubeiam.tokens.grants import Error, Refusal
 from kubeiam.tokens.holds import Holds, HoldsUnavailable
 
@@ -64,6 +66,10 @@ MIN_RSA_BITS = 2048
 MAX_RSA_BITS = 4096
 DEFAULT_PORTS = {"https": 443, "http": 80}
 _UNRESERVED = re.compile(r"%([0-9A-Fa-f]{2})")
+# Public keys read from proofs' jwk, by their thumbprint members: a client proves with the same
+# key request after request, and reading one (an EC point checked on its curve, an RSA modulus)
+# costs a tenth of a check. Bounded, so strangers' keys cannot grow it.
+KEY_CACHE_SIZE = 1024
 
 
 @dataclass(frozen=True)
@@ -130,7 +136,7 @@ def check(
     verified = _verified(proof)
     if isinstance(verified, Refusal):
         return verified
-    jwk, claims = verified
+    members, claims = verified
     jti, htm, htu, iat = (claims.get(name) for name in ("jti", "htm", "htu", "iat"))
     if not isinstance(jti, str) or not 0 < len(jti) <= MAX_JTI_CHARS:
         return _refusal(f"The proof's jti must be a string of 1 to {MAX_JTI_CHARS} characters.")
@@ -147,7 +153,7 @@ def check(
         return _refusal(f"The proof's iat is more than {window.max_age:g} seconds old.")
     if iat > now + window.skew:
         return _refusal("The proof's iat is in the future.")
-    jkt = thumbprint(jwk)
+    jkt = _b64(hashlib.sha256(members.encode()).digest())
     # Held until the proof would be refused as too old anyway: no longer is needed (§11.1).
     try:
         fresh = holds.take(replay_key(jkt, jti), iat + window.max_age + 1, now)
@@ -160,11 +166,13 @@ def check(
 
 def thumbprint(jwk: dict[str, Any]) -> str:
     """The JWK's SHA-256 thumbprint (RFC 7638 §3), base64url without padding."""
+    return _b64(hashlib.sha256(_thumbprint_input(jwk).encode()).digest())
+
+
+def _thumbprint_input(jwk: dict[str, Any]) -> str:
+    """The JWK's required members, in lexical order, as JSON without whitespace (RFC 7638 §3)."""
     members = THUMBPRINT_MEMBERS[jwk["kty"]]
-    canonical = json.dumps(
-        {name: jwk[name] for name in members}, separators=(",", ":"), sort_keys=True
-    )
-    return _b64(hashlib.sha256(canonical.encode()).digest())
+    return json.dumps({name: jwk[name] for name in members}, separators=(",", ":"), sort_keys=True)
 
 
 def replay_key(jkt: str, jti: str) -> bytes:
@@ -172,6 +180,7 @@ def replay_key(jkt: str, jti: str) -> bytes:
     return hashlib.sha256(b"dpop\0" + jkt.encode() + b"\0" + jti.encode()).digest()
 
 
+@functools.lru_cache(maxsize=256)
 def normalised_url(url: str) -> str | None:
     """`url` after RFC 3986 §6.2.2 and §6.2.3 normalisation, query and fragment dropped (RFC
     9449 §4.3); None when it is not an absolute http(s) URL."""
@@ -194,11 +203,11 @@ def normalised_url(url: str) -> str | None:
     return f"{scheme}://{host}{path}"
 
 
-def _verified(proof: str) -> tuple[dict[str, Any], dict[str, Any]] | Refusal:
-    """The proof's public JWK and claims once its header and signature check out."""
-    try:
-        header = jwt.get_unverified_header(proof)
-    except jwt.PyJWTError:
+def _verified(proof: str) -> tuple[str, dict[str, Any]] | Refusal:
+    """The proof's public JWK (its thumbprint's input) and claims once its header and signature
+    check out."""
+    header = jose.header(proof)
+    if header is None:
         return _refusal("The DPoP header is not a signed JWT.")
     if header.get("typ") != TYPE:
         return _refusal(f"The proof's typ must be {TYPE}.")
@@ -215,9 +224,10 @@ def _verified(proof: str) -> tuple[dict[str, Any], dict[str, Any]] | Refusal:
         return _refusal(f"The proof's jwk is not a {crv or kty} key, as alg {alg} needs.")
     if any(not isinstance(jwk.get(name), str) for name in THUMBPRINT_MEMBERS[kty]):
         return _refusal("The proof's jwk lacks a member its key type needs.")
+    members = _thumbprint_input(jwk)
     try:
-        key = jwt.PyJWK(jwk, alg).key
-        if not _public_key_fits(key):
+        key = _public_key(alg, members)
+        if key is None:
             return _refusal("The proof's jwk is not an acceptable public key.")
         claims: dict[str, Any] = jwt.decode(
             proof,
@@ -240,13 +250,17 @@ def _verified(proof: str) -> tuple[dict[str, Any], dict[str, Any]] | Refusal:
         return _refusal("The proof's signature does not verify under its jwk.")
     except (jwt.PyJWTError, ValueError, TypeError):
         return _refusal("The proof's jwk or signature cannot be used.")
-    return jwk, claims
+    return members, claims
 
 
-def _public_key_fits(key: Any) -> bool:
+@functools.lru_cache(maxsize=KEY_CACHE_SIZE)
+def _public_key(alg: str, members: str) -> Any:
+    """The public key a jwk of these thumbprint members is for `alg`; None when it is not one
+    accepted (RSA under 2048 or over 4096 bits). Raises what PyJWT raises for a broken key."""
+    key = jwt.PyJWK(json.loads(members), alg).key
     if isinstance(key, rsa.RSAPublicKey):
-        return MIN_RSA_BITS <= key.key_size <= MAX_RSA_BITS
-    return isinstance(key, ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey)
+        return key if MIN_RSA_BITS <= key.key_size <= MAX_RSA_BITS else None
+    return key if isinstance(key, ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey) else None
 
 
 def _percent(match: re.Match[str]) -> str:

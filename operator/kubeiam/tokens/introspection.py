@@ -27,6 +27,7 @@ from typing import Any
 
 import jwt
 
+from kubeiam.tokens import jose
 from kubeiam.tokens.exchange import Trust, unusable_because
 from kubeiam.tokens.grants import Account, Credential
 from kubeiam.tokens.keys import ALGORITHM, SigningKeys
@@ -68,13 +69,13 @@ def introspect(
 
 def _verified(token: str, keys: SigningKeys, issuer: str) -> dict[str, Any] | None:
     """The claims of a token we signed for `issuer`; None for anything else."""
+    header = jose.header(token)
+    if header is None or header.get("typ") != TYPE or header.get("alg") != ALGORITHM:
+        return None
+    key = next((k for k in keys.published if k.kid == header.get("kid")), None)
+    if key is None:
+        return None
     try:
-        header = jwt.get_unverified_header(token)
-        if header.get("typ") != TYPE or header.get("alg") != ALGORITHM:
-            return None
-        key = next((k for k in keys.published if k.kid == header.get("kid")), None)
-        if key is None:
-            return None
         claims: dict[str, Any] = jwt.decode(
             token,
             key.private.public_key(),
