@@ -406,12 +406,13 @@ class TokenSettings(_Group):
         "least 1.",
     )
     holds_capacity: int = Field(
-        default=131_072,
+        default=524_288,
         ge=64,
         le=16_777_216,
         description="Slots of the table the workers share for holds (usage writes, DPoP proof "
-        "ids): 24 bytes each, in shared memory. Full near a key, a hold cannot be taken "
-        "(docs/tokens.md, Processes and replicas).",
+        "ids): 24 bytes each, in shared memory (12 MiB by default). A DPoP proof is held 61 s: "
+        "keep it under half full, twice the proofs a second times 61 (docs/tokens.md, Processes "
+        "and replicas).",
     )
     cert_warning_lead: datetime.timedelta = Field(
         default=datetime.timedelta(days=14),

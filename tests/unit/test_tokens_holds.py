@@ -2,6 +2,7 @@
 
 import multiprocessing
 import multiprocessing.synchronize
+import random
 import time
 from typing import Any
 
@@ -63,6 +64,26 @@ def test_a_full_shared_table_refuses_to_answer_rather_than_evict_a_live_hold() -
     assert not any(holds.take(bytes([n]), until=10.0, now=1.0) for n in range(4))
     # Ended holds make room again.
     assert holds.take(b"one more", until=20.0, now=10.0)
+
+
+def test_slots_of_ended_holds_reused_by_others_still_find_every_live_hold() -> None:
+    holds = SharedHolds(64, SPAWN)
+    first = [f"old-{n}".encode() for n in range(48)]
+    assert all(holds.take(key, until=10.0, now=0.0) for key in first)
+    later = [f"new-{n}".encode() for n in range(48)]
+    assert all(holds.take(key, until=100.0, now=11.0) for key in later)  # in ended slots
+    assert not any(holds.take(key, until=200.0, now=12.0) for key in later)
+    assert holds.held(now=12.0) == 48
+
+
+def test_a_table_half_full_of_random_keys_refuses_none() -> None:
+    # What the default capacity is sized by (docs/tokens.md): below half full, linear probing
+    # finds room within a key's probes; a DPoP proof is never refused for want of a slot.
+    holds = SharedHolds(8192, SPAWN)
+    rng = random.Random(7)  # noqa: S311 (a seed, so the keys are the same every run)
+    keys = [rng.randbytes(16) for _ in range(4096)]
+    assert all(holds.take(key, until=100.0, now=0.0) for key in keys)
+    assert not any(holds.take(key, until=100.0, now=1.0) for key in keys)
 
 
 def _take_all(holds: SharedHolds, keys: int, start: multiprocessing.synchronize.Event) -> int:

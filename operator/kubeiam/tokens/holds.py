@@ -74,7 +74,7 @@ class HoldsUnavailable(Exception):
 _DIGEST = 16  # bytes of BLAKE2b kept a key: collisions are out of reach, the key is not kept
 _SLOT = struct.Struct(f"<{_DIGEST}sd")  # digest, held until (Unix seconds; 0: never used)
 _HEADER = struct.Struct("<q")  # the pid holding the lock, 0 when none does
-_PROBES = 32  # slots looked at from a key's home slot before the table counts as full there
+_PROBES = 64  # slots looked at from a key's home slot before the table counts as full there
 LOCK_SECONDS = 2.0
 
 
@@ -112,6 +112,10 @@ class SharedHolds:
             for probe in range(min(_PROBES, self.capacity)):
                 offset = _HEADER.size + ((home + probe) % self.capacity) * _SLOT.size
                 held, held_until = _SLOT.unpack_from(self._view, offset)
+                if held_until == 0:
+                    # Never used, so no key lies past it: each key took the first free slot.
+                    free = offset if free is None else free
+                    break
                 if held == digest:
                     if held_until > now:
                         return False
