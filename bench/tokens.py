@@ -47,6 +47,7 @@ from bench.client import (
 from bench.processes import (
     BenchCluster,
     Operator,
+    pss_mb,
     rss_mb,
     spawn,
     start_profile,
@@ -163,6 +164,15 @@ class Served:
 
     def rss_mb(self) -> float:
         return sum(rss_mb(pid) for pid in self.pids)
+
+    def memory(self) -> dict[str, Any]:
+        """RSS and PSS of the whole server and each process (the parent first, then workers)."""
+        pids = self.pids
+        return {
+            "rss_mb": sum(rss_mb(pid) for pid in pids),
+            "pss_mb": sum(pss_mb(pid) for pid in pids),
+            "rss_mb_by_process": [round(rss_mb(pid), 1) for pid in pids],
+        }
 
     def stop(self) -> None:
         terminate(self.process, timeout=20)
@@ -480,7 +490,7 @@ class Bench:
         return {
             "namespace": namespace,
             "credentials_cached": cached,
-            "rss_mb": served.rss_mb(),
+            **served.memory(),
             "rss_mb_before": rss_before,
             "rss_mb_at_start": self.rss_at_start,
         }
@@ -742,6 +752,7 @@ async def run(
         )
         if isinstance(cached, dict) and "rss_mb" in cached:
             cached["rss_mb_after_load"] = token_server.rss_mb()
+            cached["after_load"] = token_server.memory()
     finally:
         for served in servers.values():
             served.stop()
@@ -843,6 +854,12 @@ def table(results: dict[str, Any]) -> str:
             f"Token server RSS: {cached['rss_mb']:.0f} MB with {cached['credentials_cached']} "
             f"credentials cached (goal <= 150 MB); {cached['rss_mb_at_start']:.0f} MB at start, "
             f"{cached.get('rss_mb_after_load', 0):.0f} MB after the load scenarios"
+        )
+    if "pss_mb" in cached:
+        processes = ", ".join(f"{mb:.0f}" for mb in cached["rss_mb_by_process"][1:])
+        lines.append(
+            f"  by process with the cache filled: parent {cached['rss_mb_by_process'][0]:.0f} MB, "
+            f"workers {processes} MB; PSS of them all {cached['pss_mb']:.0f} MB"
         )
     body = results.get("tokens_cc_body") or {}
     api = (body.get("kube-iam") or {}).get("api")
