@@ -12,13 +12,10 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import secrets
 import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import jwt
@@ -26,7 +23,6 @@ import pytest
 import requests
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from kubeiam.devcluster.cluster import LocalCluster
 from kubeiam.devcluster.token_authn import ROLE_GROUP_PREFIX, USERNAME_PREFIX, TokenIssuer
 
 from .conftest import TEST_STATE_DIR
@@ -38,12 +34,21 @@ from .credentials_support import (
     wait_state,
 )
 from .support import ClusterHandle, OperatorProcess, wait_for
-from .token_support import Client, TokenServer, client_of, namespace_with, running_for_the_apiserver
+from .token_support import (
+    ISSUER_FOUND_TIMEOUT,
+    Client,
+    Kubectl,
+    TokenServer,
+    client_of,
+    issuer,
+    kubectl,
+    namespace_with,
+    running_for_the_apiserver,
+)
+
+__all__ = ["issuer", "kubectl"]  # fixtures, used by name
 
 ROLES = ("compute.deployer", "storage.reader")
-# How long the API server may take to find the issuer once the token server is up: it retries
-# discovery in the background every 10 s (kube-apiserver 1.35), so this is ample.
-ISSUER_FOUND_TIMEOUT = 60.0
 
 
 @dataclass
@@ -67,72 +72,6 @@ class World:
     ended: Client  # revoked by the test that proves an issued token outlives it
 
 
-@dataclass
-class Kubectl:
-    """kubectl as a workload holding only a bearer token: no client certificate, no admin."""
-
-    binary: Path
-    apiserver_url: str
-    ca_file: str
-    directory: Path
-
-    def __call__(self, token: str, *args: str) -> subprocess.CompletedProcess[str]:
-        config = {
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [
-                {
-                    "name": "local",
-                    "cluster": {
-                        "server": self.apiserver_url,
-                        "certificate-authority": self.ca_file,
-                    },
-                }
-            ],
-            "users": [{"name": "workload", "user": {"token": token}}],
-            "contexts": [{"name": "local", "context": {"cluster": "local", "user": "workload"}}],
-            "current-context": "local",
-        }
-        path = self.directory / f"kubeconfig-{secrets.token_hex(4)}"
-        path.touch(mode=0o600)
-        path.write_text(json.dumps(config))
-        try:
-            return subprocess.run(
-                [str(self.binary), f"--kubeconfig={path}", *args],
-                capture_output=True,
-                text=True,
-                timeout=60,
-                check=False,
-            )
-        finally:
-            path.unlink()
-
-    def whoami(self, token: str) -> dict[str, Any] | None:
-        """The API server's SelfSubjectReview of the token's user; None when it refuses."""
-        result = self(token, "auth", "whoami", "-o", "json")
-        if result.returncode != 0:
-            return None
-        user: dict[str, Any] = json.loads(result.stdout)["status"]["userInfo"]
-        return user
-
-
-def _local_cluster() -> LocalCluster:
-    if os.environ.get("KUBECONFIG"):
-        pytest.skip("the API server of a cluster named by KUBECONFIG does not know the issuer")
-    return LocalCluster(TEST_STATE_DIR)
-
-
-@pytest.fixture(scope="module")
-def issuer(cluster: ClusterHandle) -> TokenIssuer:
-    found = _local_cluster().token_issuer
-    if found is None:
-        pytest.skip(
-            "the local control plane was started before it named kube-iam's token issuer; "
-            "stop it (kube-iam cluster down --state-dir ...) and run again"
-        )
-    return found
-
-
 @pytest.fixture(scope="module")
 def token_server(
     cluster: ClusterHandle, session_operator: OperatorProcess, issuer: TokenIssuer
@@ -141,18 +80,6 @@ def token_server(
         cluster, session_operator, issuer, log_name="token-server-authn.log"
     ) as running:
         yield Server(issuer, running)
-
-
-@pytest.fixture(scope="module")
-def kubectl(cluster: ClusterHandle, tmp_path_factory: pytest.TempPathFactory) -> Kubectl:
-    local = _local_cluster()
-    state = json.loads((TEST_STATE_DIR / "cluster.json").read_text())
-    return Kubectl(
-        local.kubectl_path,
-        state["apiserver_url"],
-        str(TEST_STATE_DIR / "pki" / "ca.crt"),
-        tmp_path_factory.mktemp("token-kubeconfigs"),
-    )
 
 
 @pytest.fixture(scope="module")

@@ -41,14 +41,20 @@ from .credentials_support import (
 )
 from .oidc_issuer import DEFAULT_AUDIENCE, LocalIssuer, github_claims
 from .support import ClusterHandle, OperatorProcess, wait_for
-from .test_token_authn import ISSUER_FOUND_TIMEOUT, Kubectl, issuer, kubectl
-from .test_trusts import trust_operator
-from .token_support import Client, TokenServer, client_of, running_token_server
+from .token_support import (
+    ISSUER_FOUND_TIMEOUT,
+    Client,
+    Kubectl,
+    TokenServer,
+    client_of,
+    issuer,
+    kubectl,
+    running_token_server,
+    trust_operator,
+)
 from .token_support import verify as _verify
 
-# Fixtures shared with the modules that define them: the API server's expectations
-# (test_token_authn) and the operator run with the issuer settings (test_trusts).
-__all__ = ["issuer", "kubectl", "trust_operator"]
+__all__ = ["issuer", "kubectl", "trust_operator"]  # fixtures, used by name
 
 GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
 JWT_TYPE = "urn:ietf:params:oauth:token-type:jwt"

@@ -20,6 +20,9 @@ from .conftest import ORGANIZATION
 from .credentials_support import account_manifest, many
 from .oidc_issuer import LocalIssuer
 from .support import ClusterHandle, OperatorProcess, admitted_before_the_webhook, wait_for
+from .token_support import trust_operator
+
+__all__ = ["trust_operator"]  # a fixture, used by name
 
 AUDIENCE = "sts.kubeiam.test"
 PINNED = "claims.repository == 'acme/api' && claims.ref == 'refs/heads/main'"
@@ -64,20 +67,6 @@ def issuer_env(issuers: list[LocalIssuer]) -> dict[str, str]:
         # Longer than any wait here: a held-open request stays open while a test looks.
         "KUBEIAM_ISSUER_READ_TIMEOUT": "60",
     }
-
-
-@pytest.fixture(scope="module")
-def trust_operator(
-    cluster: ClusterHandle, session_operator: OperatorProcess, issuer_env: dict[str, str]
-) -> Iterator[OperatorProcess]:
-    """An operator with the issuer settings, in place of the session's for this module."""
-    session_operator.stop()
-    process = OperatorProcess(cluster, name="trusts", env=issuer_env)
-    process.start()
-    try:
-        yield process
-    finally:
-        process.stop()
 
 
 @pytest.fixture

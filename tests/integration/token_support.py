@@ -21,9 +21,10 @@ import pytest
 import requests
 
 from kubeiam.devcluster.certs import KeyPair, create_ca, issue_certificate
-from kubeiam.devcluster.cluster import free_port, terminate
+from kubeiam.devcluster.cluster import LocalCluster, free_port, terminate
 from kubeiam.devcluster.token_authn import TokenIssuer
 
+from .conftest import TEST_STATE_DIR
 from .credentials_support import many, read_secret, wait_state
 from .support import ClusterHandle, OperatorProcess, wait_for
 
@@ -265,3 +266,102 @@ def token_server_on_loopback(
         settings={**chosen, **settings(issuer)},
     ) as server:
         yield server
+
+
+# -- fixtures the token modules share (imported by name where used) ----------------------------
+
+# How long the API server may take to find the issuer once the token server is up: it retries
+# discovery in the background every 10 s (kube-apiserver 1.35), so this is ample.
+ISSUER_FOUND_TIMEOUT = 60.0
+
+
+@dataclass
+class Kubectl:
+    """kubectl as a workload holding only a bearer token: no client certificate, no admin."""
+
+    binary: Path
+    apiserver_url: str
+    ca_file: str
+    directory: Path
+
+    def __call__(self, token: str, *args: str) -> subprocess.CompletedProcess[str]:
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {
+                    "name": "local",
+                    "cluster": {
+                        "server": self.apiserver_url,
+                        "certificate-authority": self.ca_file,
+                    },
+                }
+            ],
+            "users": [{"name": "workload", "user": {"token": token}}],
+            "contexts": [{"name": "local", "context": {"cluster": "local", "user": "workload"}}],
+            "current-context": "local",
+        }
+        path = self.directory / f"kubeconfig-{secrets.token_hex(4)}"
+        path.touch(mode=0o600)
+        path.write_text(json.dumps(config))
+        try:
+            return subprocess.run(
+                [str(self.binary), f"--kubeconfig={path}", *args],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+        finally:
+            path.unlink()
+
+    def whoami(self, token: str) -> dict[str, Any] | None:
+        """The API server's SelfSubjectReview of the token's user; None when it refuses."""
+        result = self(token, "auth", "whoami", "-o", "json")
+        if result.returncode != 0:
+            return None
+        user: dict[str, Any] = json.loads(result.stdout)["status"]["userInfo"]
+        return user
+
+
+def _local_cluster() -> LocalCluster:
+    if os.environ.get("KUBECONFIG"):
+        pytest.skip("the API server of a cluster named by KUBECONFIG does not know the issuer")
+    return LocalCluster(TEST_STATE_DIR)
+
+
+@pytest.fixture(scope="module")
+def issuer(cluster: ClusterHandle) -> TokenIssuer:
+    found = _local_cluster().token_issuer
+    if found is None:
+        pytest.skip(
+            "the local control plane was started before it named kube-iam's token issuer; "
+            "stop it (kube-iam cluster down --state-dir ...) and run again"
+        )
+    return found
+
+
+@pytest.fixture(scope="module")
+def kubectl(cluster: ClusterHandle, tmp_path_factory: pytest.TempPathFactory) -> Kubectl:
+    local = _local_cluster()
+    state = json.loads((TEST_STATE_DIR / "cluster.json").read_text())
+    return Kubectl(
+        local.kubectl_path,
+        state["apiserver_url"],
+        str(TEST_STATE_DIR / "pki" / "ca.crt"),
+        tmp_path_factory.mktemp("token-kubeconfigs"),
+    )
+
+
+@pytest.fixture(scope="module")
+def trust_operator(
+    cluster: ClusterHandle, session_operator: OperatorProcess, issuer_env: dict[str, str]
+) -> Iterator[OperatorProcess]:
+    """An operator with the issuer settings, in place of the session's for this module."""
+    session_operator.stop()
+    process = OperatorProcess(cluster, name="trusts", env=issuer_env)
+    process.start()
+    try:
+        yield process
+    finally:
+        process.stop()
