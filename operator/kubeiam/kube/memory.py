@@ -6,6 +6,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import gc
 import logging
 
 logger = logging.getLogger(__name__)
@@ -43,3 +44,15 @@ def trim() -> bool:
     """Hand the heap's free memory back to the OS (malloc_trim(0)); True if some was."""
     libc = _glibc()
     return libc is not None and bool(libc.malloc_trim(0))
+
+
+def settle() -> None:
+    """Collect, then freeze what survived (gc.freeze): later full collections skip it.
+
+    A full collection walks every object the collector tracks; in a token server worker with its
+    imports and a cache of 10,000 credentials that took 60-70 ms on this project's machine, a
+    pause every request waiting meanwhile sees. Call it once the process holds what it keeps for
+    its life; objects frozen are still freed by their reference counts, only cycles among them
+    are not collected."""
+    gc.collect()
+    gc.freeze()

@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 import aiohttp.web
 
 from kubeiam.domain import key_rotation
-from kubeiam.kube import api, tls
+from kubeiam.kube import api, memory, tls
 from kubeiam.kube.bodies import read_bounded
 from kubeiam.kube.resources import CREDENTIALS, TRUSTS
 from kubeiam.kube.tls import ServingCertificate
@@ -656,6 +656,7 @@ async def serve(settings: Settings, holds: Holds, *, parent: int | None = None) 
     try:
         await loaded.wait()
         await cache.filled.wait()
+        memory.settle()  # imports and the filled cache, out of every later full collection
         site = aiohttp.web.TCPSite(
             runner,
             settings.tokens.address,
