@@ -18,7 +18,7 @@ from kubeiam.controllers import (  # noqa: F401
     signing_keys,
     trusts,
 )
-from kubeiam.kube import bookkeeping, memory, metrics, peering
+from kubeiam.kube import bookkeeping, memory, metrics, peering, tls
 from kubeiam.kube import webhook_server as webhook_server_module
 from kubeiam.settings import Settings, get_settings
 
@@ -49,7 +49,7 @@ def webhook_server(ours: Settings) -> Any:
     if ours.webhook.port == 0:
         return WebhookOff()
     cert, key = ours.webhook.cert_dir / "tls.crt", ours.webhook.cert_dir / "tls.key"
-    missing = [str(path) for path in (cert, key) if not path.is_file()]
+    missing = tls.missing_files(ours.webhook.cert_dir)
     if missing:
         raise kopf.PermanentError(
             f"KUBEIAM_WEBHOOK_CERT_DIR: no serving certificate at {', '.join(missing)}; mount "

@@ -84,3 +84,11 @@ class ServingCertificate:
             str(left).split(".")[0],
             self.consequence,
         )
+
+
+def missing_files(cert_dir: Path) -> list[str]:
+    """The serving certificate's files (`tls.crt`, `tls.key`, as a kubernetes.io/tls Secret
+    mounts them) that `cert_dir` lacks."""
+    return [
+        str(cert_dir / name) for name in ("tls.crt", "tls.key") if not (cert_dir / name).is_file()
+    ]

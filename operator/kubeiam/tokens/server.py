@@ -39,6 +39,7 @@ from kubeiam.tokens.holds import Holds, LocalHolds
 from kubeiam.tokens.keys import ALGORITHM, SigningKeys
 from kubeiam.tokens.refusal_log import RefusalLog
 from kubeiam.tokens.trust_material import TrustMaterial
+from kubeiam.tokens.workers import check_certificate
 
 logger = logging.getLogger(__name__)
 
@@ -526,19 +527,6 @@ def _error(
 
 def _too_large(limit: int) -> aiohttp.web.Response:
     return aiohttp.web.Response(status=413, text=f"a token request is at most {limit} bytes")
-
-
-def check_certificate(settings: Settings) -> None:
-    """Stop with the setting's name when the serving certificate's files are not there."""
-    cert_dir = settings.tokens.cert_dir
-    missing = [
-        str(cert_dir / name) for name in ("tls.crt", "tls.key") if not (cert_dir / name).is_file()
-    ]
-    if missing:
-        raise SystemExit(
-            f"kube-iam token-server: no serving certificate at {', '.join(missing)} "
-            "(KUBEIAM_TOKEN_CERT_DIR)"
-        )
 
 
 def serving_certificate(settings: Settings) -> ServingCertificate:

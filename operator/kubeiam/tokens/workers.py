@@ -27,7 +27,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
-from kubeiam.kube import metrics
+from kubeiam.kube import metrics, tls
 from kubeiam.settings import Settings, get_settings
 from kubeiam.tokens.holds import SharedHolds
 
@@ -217,10 +217,18 @@ class Supervisor:
         loop.call_later(delay, self._start, slot)
 
 
+def check_certificate(settings: Settings) -> None:
+    """Stop with the setting's name when the serving certificate's files are not there."""
+    missing = tls.missing_files(settings.tokens.cert_dir)
+    if missing:
+        raise SystemExit(
+            f"kube-iam token-server: no serving certificate at {', '.join(missing)} "
+            "(KUBEIAM_TOKEN_CERT_DIR)"
+        )
+
+
 def run(settings: Settings, *, verbose: bool) -> int:
     """`kube-iam token-server`: supervise the workers until SIGTERM or SIGINT; the exit code."""
-    from kubeiam.tokens.server import check_certificate
-
     check_certificate(settings)  # a missing certificate stops here, not in a crash loop
     count = worker_count(settings)
     context = multiprocessing.get_context("spawn")
