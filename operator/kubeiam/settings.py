@@ -542,13 +542,15 @@ class MemorySettings(_Group):
         default=2,
         ge=0,
         le=64,
-        description="The most malloc arenas the operator's threads share (mallopt M_ARENA_MAX); "
+        description="The most malloc arenas the threads of the operator, and of each token "
+        "server worker, share (mallopt M_ARENA_MAX); "
         "0 keeps glibc's default of 8 per core, each keeping what a burst freed in it.",
     )
     trim: bool = Field(
         default=True,
         description="Hand memory freed after a burst back to the OS (malloc_trim) at every sweep "
-        "of the credentials (30 s), so the pod's RSS falls back after a burst.",
+        "of the credentials (30 s), and every 30 s in each token server worker, so a pod's RSS "
+        "falls back after a burst.",
     )
 
 

@@ -42,6 +42,7 @@ from kubeiam.tokens.trust_material import TrustMaterial
 from kubeiam.tokens.workers import check_certificate
 
 logger = logging.getLogger(__name__)
+TRIM_SECONDS = 30.0  # as often as the operator's sweep trims its heap
 
 READ_SECONDS = 5.0
 FORGET_SECONDS = 60.0  # how often the token server drops what deleted trusts held
@@ -553,6 +554,14 @@ def tls_context(
     return context
 
 
+async def _trim_heap(every: float) -> None:
+    """Hand what the heap freed back to the OS every `every` seconds (kube/memory.py), so a
+    worker's RSS falls back after a burst of connections and requests."""
+    while True:
+        await asyncio.sleep(every)
+        memory.trim()
+
+
 async def _reload_certificate(certificate: ServingCertificate, context: ssl.SSLContext) -> None:
     """Load the certificate again whenever its files change (cert-manager renewed it)."""
     while True:
@@ -608,6 +617,7 @@ async def _forget_deleted_trusts(material: TrustMaterial, cache: Cache) -> None:
 async def serve(settings: Settings, holds: Holds, *, parent: int | None = None) -> None:
     """Run one worker until cancelled (or `parent` is gone): the watches and the keys, then
     HTTPS, bound (SO_REUSEPORT, beside the other workers) only once it can answer."""
+    memory.limit_arenas(settings.memory.malloc_arena_max)  # before the API client's threads
     api.connect()
     cache = Cache()
 
@@ -641,6 +651,8 @@ async def serve(settings: Settings, holds: Holds, *, parent: int | None = None) 
         asyncio.create_task(material.store.run(), name="issuer-refresh"),
         asyncio.create_task(_forget_deleted_trusts(material, cache), name="forget"),
     ]
+    if settings.memory.trim:
+        tasks.append(asyncio.create_task(_trim_heap(TRIM_SECONDS), name="trim"))
     try:
         await loaded.wait()
         await cache.filled.wait()
