@@ -10,6 +10,8 @@ allocation sites and sizes, never the memory's contents.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import gc
 import json
 import os
@@ -19,7 +21,8 @@ import tracemalloc
 from pathlib import Path
 from types import FrameType
 
-from kubeiam.kube import memory
+import kubeiam.runtime  # noqa: F401 - imported before tracing starts: imports are not per object
+from kubeiam.cli import main as kube_iam
 
 
 def rss_mb() -> float:
@@ -27,6 +30,17 @@ def rss_mb() -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+def malloc_trim() -> bool:
+    """glibc's malloc_trim(0): returns free heap memory to the OS; False where there is none."""
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return False
+    libc = ctypes.CDLL(name)
+    if not hasattr(libc, "malloc_trim"):
+        return False
+    return bool(libc.malloc_trim(0))
 
 
 def dump(path: Path) -> None:
@@ -38,7 +52,7 @@ def dump(path: Path) -> None:
         snapshot.dump(str(path))
         del snapshot
         gc.collect()
-    trimmed = memory.trim()
+    trimmed = malloc_trim()
     facts = {
         "rss_mb": rss,
         "traced_mb": traced / 2**20,
@@ -51,14 +65,6 @@ def dump(path: Path) -> None:
 
 
 def main() -> int:
-    # As `kube-iam run` does (kube/memory.py), but before the imports, which it would run
-    # twice; a baseline tree (BENCH_MEMORY_BASELINE) older than it runs as it always did.
-    use_system_malloc = getattr(memory, "use_system_malloc", None)
-    if use_system_malloc is not None:
-        use_system_malloc()
-    import kubeiam.runtime  # noqa: F401 - imported before tracing starts: imports are not per object
-    from kubeiam.cli import main as kube_iam
-
     frames = int(os.environ.get("BENCH_TRACEMALLOC_FRAMES") or 0)
     if frames:
         tracemalloc.start(frames)

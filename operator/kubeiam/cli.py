@@ -12,11 +12,6 @@ from kubeiam.devcluster.errors import ControlPlaneError
 
 
 def _run(args: argparse.Namespace) -> int:
-    from kubeiam.kube import memory
-
-    # First, before kopf and the client are imported: this may start the process again.
-    memory.use_system_malloc()
-
     import kopf
 
     from kubeiam import runtime  # (importing it registers the handlers)

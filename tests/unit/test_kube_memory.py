@@ -4,16 +4,11 @@ the operator holds per object (docs/performance.md, "Memory")."""
 from __future__ import annotations
 
 import ctypes
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
-import kopf
 import pytest
 
-from kubeiam import cli
 from kubeiam.controllers.credentials.views import issued_secret_of, view_of
 from kubeiam.kube import memory
 
@@ -86,64 +81,3 @@ def test_index_values_carry_no_dict_of_their_own() -> None:
     issued = issued_secret_of(_body("team-a", "cred-1"))
     for value in (view, issued):
         assert not hasattr(value, "__dict__"), type(value).__name__
-
-
-def test_allocator_is_chosen_only_where_the_environment_chose_none() -> None:
-    expected = None if memory._glibc() is None else "malloc"
-    assert memory.allocator_to_choose({}) == expected
-    assert memory.allocator_to_choose({"PYTHONMALLOC": ""}) == expected
-    assert memory.allocator_to_choose({"PYTHONMALLOC": "pymalloc"}) is None
-    assert memory.allocator_to_choose({"PYTHONMALLOC": "malloc"}) is None
-
-
-# Prints its pid and PYTHONMALLOC before and after asking for glibc's malloc, then Python's
-# allocator statistics, which only pymalloc has ("Small block threshold").
-_PROBE = """
-import os, sys
-print("start", os.getpid(), os.environ.get("PYTHONMALLOC"), flush=True)
-from kubeiam.kube import memory
-memory.use_system_malloc()
-print("running", os.getpid(), os.environ.get("PYTHONMALLOC"), flush=True)
-sys._debugmallocstats()
-"""
-
-
-def _probe(**env: str) -> tuple[list[list[str]], str]:
-    environ = {k: v for k, v in os.environ.items() if k != "PYTHONMALLOC"} | env
-    done = subprocess.run(
-        [sys.executable, "-c", _PROBE], env=environ, capture_output=True, text=True, check=True
-    )
-    return [line.split() for line in done.stdout.splitlines()], done.stderr
-
-
-@glibc_only
-def test_the_process_starts_again_in_place_with_python_objects_in_glibc_malloc() -> None:
-    lines, stats = _probe()
-    pid = lines[0][1]
-    assert lines == [["start", pid, "None"], ["start", pid, "malloc"], ["running", pid, "malloc"]]
-    assert "Small block threshold" not in stats
-
-
-def test_an_allocator_the_environment_chose_is_kept() -> None:
-    lines, stats = _probe(PYTHONMALLOC="pymalloc")
-    pid = lines[0][1]
-    assert lines == [["start", pid, "pymalloc"], ["running", pid, "pymalloc"]]
-    assert "Small block threshold" in stats
-
-
-def test_kube_iam_run_asks_for_glibc_malloc_before_anything_else(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    class Asked(Exception):
-        pass
-
-    def ask() -> None:
-        raise Asked
-
-    def run(**_: Any) -> None:
-        raise AssertionError("kopf ran before the allocator was asked for")
-
-    monkeypatch.setattr(memory, "use_system_malloc", ask)
-    monkeypatch.setattr(kopf, "run", run)
-    with pytest.raises(Asked):
-        cli.main(["run", "--standalone"])
