@@ -24,8 +24,6 @@ from kubeiam.settings import Settings, get_settings
 
 ANNOTATION_PREFIX = "kubeiam.io"
 PEERING_NAME = "kube-iam"
-# Objects a page of kopf's first listing; client-go's informers list 500 a page too.
-LIST_PAGE_SIZE = 500
 
 
 admission.register(kopf.get_default_registry())
@@ -122,10 +120,6 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.server_timeout = ours.watching.server_timeout
     settings.watching.client_timeout = ours.watching.client_timeout
     settings.watching.connect_timeout = 10
-    # The first listing in pages: whole, 10,000 credentials arrive as one reply of tens of MB,
-    # parsed at once with every object's managedFields before the watch filter drops them,
-    # and the heap keeps that peak (docs/performance.md, "Memory").
-    settings.watching.chunk_size = LIST_PAGE_SIZE
     # An API error is retried soon: most are a restart or a brief overload of the API server.
     settings.execution.default_backoff = 5
     # No worker limit: with indices, kopf holds a worker per object until every object is
