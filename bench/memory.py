@@ -44,6 +44,12 @@ def sizes_from_env() -> list[int]:
     return sorted(int(n) for n in raw.split(",") if n.strip())
 
 
+def environment(text: str) -> dict[str, str]:
+    """NAME=VALUE,NAME=VALUE as a mapping."""
+    pairs = (item.split("=", 1) for item in text.split(",") if item.strip())
+    return {name.strip(): value for name, value in pairs}
+
+
 def _operator(
     cluster: BenchCluster,
     operators: list[Operator],
@@ -111,6 +117,8 @@ async def slope(
     # Another tree's operator/ (e.g. `git archive main`), restarted beside ours at each size:
     # before and after a change, on the same objects and the same machine at the same time.
     baseline = os.environ.get("BENCH_MEMORY_BASELINE") or ""
+    # And its environment, e.g. PYTHONMALLOC=pymalloc: this tree with Python's own allocator.
+    baseline_env = environment(os.environ.get("BENCH_MEMORY_BASELINE_ENV") or "")
     points: list[dict[str, Any]] = []
     accounts = 0
     issuer = _operator(cluster, operators, "bench-memory-0", out / "issuer-0", 0)
@@ -122,7 +130,8 @@ async def slope(
         issuer.stop()
         if baseline:
             name = f"bench-memory-baseline-{i}"
-            other = _operator(cluster, operators, name, out / name, 0, PYTHONPATH=baseline)
+            env = {"PYTHONPATH": baseline, **baseline_env}
+            other = _operator(cluster, operators, name, out / name, 0, **env)
             point["baseline_restart"] = await _restarted(api, other, objects, out, "baseline")
             other.stop()
         issuer = _operator(cluster, operators, f"bench-memory-{i + 1}", out / f"issuer-{i + 1}", 0)

@@ -528,8 +528,8 @@ class WatchingSettings(_Group):
         validation_alias="KUBEIAM_SLIM_WATCH_EVENTS",
         default=True,
         description="Drop metadata.managedFields (half of a credential) from watched objects "
-        "before kopf keeps them (kube/kopf_bodies.py): a restart holds every object at once. "
-        "false keeps kopf's events whole.",
+        "before kopf keeps them, and share the texts many objects repeat (kube/kopf_bodies.py): "
+        "a restart holds every object at once. false keeps kopf's events as parsed.",
     )
 
 

@@ -6,12 +6,17 @@ yet kopf holds every listed body until all objects are indexed, so at a restart 
 all N are alive at once, and the heap keeps that peak afterwards. The objects kopf hands to
 handlers are the same but for this field; kube-iam's own writes never send it back (merge
 patches of status, and Secrets it creates).
+
+The texts that thousands of objects repeat (a namespace, an account, a condition's reason and
+message, a finalizer) are also made one copy shared by every body: a JSON parser gives each
+body its own, and a restart holds them all at once.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, MutableMapping
+from sys import intern
 from typing import Any
 
 from kopf._cogs.clients import watching
@@ -24,14 +29,67 @@ CALL_SITE = "watching.infinite_watch("
 KOPF_INFINITE_WATCH = watching.infinite_watch
 
 
+# Fields whose texts many objects repeat: accounts have several credentials and trusts, every
+# settled credential the same conditions. Never the object's own name, uid, hash or id.
+METADATA_SHARED = ("namespace",)
+# The owner is the account, shared by its credentials and trusts.
+OWNER_SHARED = ("apiVersion", "kind", "name", "uid")
+SPEC_SHARED = ("serviceAccountName",)
+STATUS_SHARED = ("state", "clientId", "createdBy", "createdAt", "expiresAt")
+CONDITION_SHARED = ("type", "status", "reason", "message", "lastTransitionTime")
+
+
 def slim(raw_event: Any) -> Any:
-    """The event with its object's managedFields removed (kopf's bookmarks pass as they are)."""
+    """The event with its object's managedFields removed and its repeated texts shared (kopf's
+    bookmarks pass as they are)."""
     if isinstance(raw_event, dict):
         body = raw_event.get("object")
         metadata = body.get("metadata") if isinstance(body, dict) else None
-        if isinstance(metadata, dict):
+        if isinstance(body, dict) and isinstance(metadata, dict):
             metadata.pop("managedFields", None)
+            _share_texts(body, metadata)
     return raw_event
+
+
+def _share_texts(body: dict[str, Any], metadata: dict[str, Any]) -> None:
+    _share(metadata, METADATA_SHARED)
+    _share_each(metadata.get("ownerReferences"), OWNER_SHARED)
+    _share_values(metadata.get("labels"))
+    _share_items(metadata, "finalizers")
+    spec, status = body.get("spec"), body.get("status")
+    if isinstance(spec, dict):
+        _share(spec, SPEC_SHARED)
+    if isinstance(status, dict):
+        _share(status, STATUS_SHARED)
+        _share_items(status, "effectiveRoles")
+        _share_each(status.get("conditions"), CONDITION_SHARED)
+
+
+def _share(mapping: MutableMapping[str, Any], keys: tuple[str, ...]) -> None:
+    for key in keys:
+        value = mapping.get(key)
+        if isinstance(value, str):
+            mapping[key] = intern(value)
+
+
+def _share_each(items: Any, keys: tuple[str, ...]) -> None:
+    if isinstance(items, list):
+        for item in items:
+            if isinstance(item, dict):
+                _share(item, keys)
+
+
+def _share_values(mapping: Any) -> None:
+    if isinstance(mapping, dict):
+        _share(mapping, tuple(mapping))
+
+
+def _share_items(mapping: MutableMapping[str, Any], key: str) -> None:
+    items = mapping.get(key)
+    if isinstance(items, list):
+        for i, item in enumerate(items):
+            if isinstance(item, str):
+                items[i] = intern(item)
 
 
 async def slim_watch(**kwargs: Any) -> AsyncIterator[Any]:
