@@ -25,8 +25,6 @@ from kubeiam.devcluster.token_authn import ROLE_GROUP_PREFIX, USERNAME_PREFIX, T
 from kubeiam.tokens.client import public_jwk
 from kubeiam.tokens.dpop import thumbprint
 
-from . import test_token_authn
-from .conftest import TEST_STATE_DIR
 from .credentials_support import (
     ISSUED_TOKENS,
     account_manifest,
@@ -35,7 +33,17 @@ from .credentials_support import (
     wait_state,
 )
 from .support import ClusterHandle, OperatorProcess, wait_for
-from .token_support import Client, TokenServer, client_of, namespace_with, running_for_the_apiserver
+from .token_support import (
+    ISSUER_FOUND_TIMEOUT,
+    Client,
+    Kubectl,
+    TokenServer,
+    client_of,
+    issuer,
+    kubectl,
+    namespace_with,
+    running_for_the_apiserver,
+)
 from .token_support import verify as _verify
 
 ROLES = ("compute.deployer", "storage.reader")
@@ -50,8 +58,7 @@ class World:
     client: Client
 
 
-# test_token_authn's fixture: where the local API server expects kube-iam's issuer.
-issuer = test_token_authn.issuer
+__all__ = ["issuer", "kubectl"]  # fixtures (token_support), used by name
 
 
 @pytest.fixture(scope="module")
@@ -221,22 +228,15 @@ def test_the_token_works_with_kubectl_against_the_api_server(
     token_server: TokenServer,
     issuer: TokenIssuer,
     world: World,
-    tmp_path: Path,
+    kubectl: Kubectl,
 ) -> None:
-    state = json.loads((TEST_STATE_DIR / "cluster.json").read_text())
-    kubectl = test_token_authn.Kubectl(
-        test_token_authn._local_cluster().kubectl_path,
-        state["apiserver_url"],
-        str(TEST_STATE_DIR / "pki" / "ca.crt"),
-        tmp_path,
-    )
     token = printed_token(
         from_secret(cluster, world, token_server, f"--audience={issuer.audience}")
     )
     # The API server may not have found the issuer yet (it retries discovery in the background).
     user = wait_for(
         lambda: kubectl.whoami(token),
-        timeout=test_token_authn.ISSUER_FOUND_TIMEOUT,
+        timeout=ISSUER_FOUND_TIMEOUT,
         what="the API server to accept the token kube-iam token printed",
         interval=1.0,
     )
