@@ -153,7 +153,7 @@ def check(
         return _refusal(f"The proof's iat is more than {window.max_age:g} seconds old.")
     if iat > now + window.skew:
         return _refusal("The proof's iat is in the future.")
-    jkt = _b64(hashlib.sha256(members.encode()).digest())
+    jkt = _thumbprint_of(members)
     # Held until the proof would be refused as too old anyway: no longer is needed (§11.1).
     try:
         fresh = holds.take(replay_key(jkt, jti), iat + window.max_age + 1, now)
@@ -166,7 +166,12 @@ def check(
 
 def thumbprint(jwk: dict[str, Any]) -> str:
     """The JWK's SHA-256 thumbprint (RFC 7638 §3), base64url without padding."""
-    return _b64(hashlib.sha256(_thumbprint_input(jwk).encode()).digest())
+    return _thumbprint_of(_thumbprint_input(jwk))
+
+
+def _thumbprint_of(members: str) -> str:
+    """The SHA-256 thumbprint of a JWK's thumbprint input (`_thumbprint_input`)."""
+    return _b64(hashlib.sha256(members.encode()).digest())
 
 
 def _thumbprint_input(jwk: dict[str, Any]) -> str:
