@@ -166,12 +166,14 @@ class Served:
         return sum(rss_mb(pid) for pid in self.pids)
 
     def memory(self) -> dict[str, Any]:
-        """RSS and PSS of the whole server and each process (the parent first, then workers)."""
+        """RSS and PSS of the whole server and each process (the parent first, then workers),
+        each process read once."""
         pids = self.pids
+        by_process = [rss_mb(pid) for pid in pids]
         return {
-            "rss_mb": sum(rss_mb(pid) for pid in pids),
+            "rss_mb": sum(by_process),
             "pss_mb": sum(pss_mb(pid) for pid in pids),
-            "rss_mb_by_process": [round(rss_mb(pid), 1) for pid in pids],
+            "rss_mb_by_process": [round(mb, 1) for mb in by_process],
         }
 
     def stop(self) -> None:
@@ -751,8 +753,8 @@ async def run(
             "tokens_usage_writes", "tokens: lastUsed writes at ~1,000/s", bench.usage_writes()
         )
         if isinstance(cached, dict) and "rss_mb" in cached:
-            cached["rss_mb_after_load"] = token_server.rss_mb()
             cached["after_load"] = token_server.memory()
+            cached["rss_mb_after_load"] = cached["after_load"]["rss_mb"]
             # And once a worker's periodic heap trim (30 s, kube/memory.py) has had its turn.
             await asyncio.sleep(35)
             cached["after_load_settled"] = token_server.memory()
