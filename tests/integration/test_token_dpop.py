@@ -280,6 +280,19 @@ def test_a_proof_signed_by_another_key_is_refused(token_server: TokenServer, wor
     assert "signature does not verify" in _refused(_ask(token_server, world.bound, proof))
 
 
+def test_a_clients_key_the_server_already_knows_still_needs_its_private_half(
+    token_server: TokenServer, world: World
+) -> None:
+    # The server keeps keys read from accepted proofs (dpop.KEY_CACHE_SIZE): an attacker who
+    # copies the jwk of a client whose proofs were accepted, and signs with a key of its own,
+    # is refused all the same. Several accepted proofs first, so every worker has read the key.
+    client = ProofKey()
+    for _ in range(4):
+        _granted(_ask(token_server, world.bound, _proof(token_server, client)), "DPoP")
+    forged = _proof(token_server, client, key=ProofKey().private)
+    assert "signature does not verify" in _refused(_ask(token_server, world.bound, forged))
+
+
 def test_two_dpop_headers_are_refused(token_server: TokenServer, world: World) -> None:
     parts = urllib.parse.urlsplit(token_server.token_url)
     context = ssl.create_default_context(cafile=str(token_server.ca))
