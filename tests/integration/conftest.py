@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -15,10 +16,12 @@ from kubeiam.devcluster import install
 from kubeiam.devcluster.binaries import REPO_ROOT, ensure_binaries
 from kubeiam.devcluster.cluster import LocalCluster, apply_crds
 from kubeiam.devcluster.kubectl import Kubectl
+from kubeiam.devcluster.token_authn import TokenIssuer
 from kubeiam.devcluster.webhook import LocalWebhook
 from kubeiam.devcluster.webhook import unregister as unregister_webhook
 
 from .support import ClusterHandle, InClusterOperator, OperatorProcess
+from .token_support import Kubectl as WorkloadKubectl
 
 # Tests get a control plane of their own, apart from the one `make run` uses, so a developer can
 # keep both running; KUBECONFIG points them at another cluster instead.
@@ -217,3 +220,50 @@ def operators(
     finally:
         for process in started:
             process.stop()
+
+
+# -- the token modules' fixtures: here once, so that a module only names them as arguments ---------
+
+
+def _local_cluster() -> LocalCluster:
+    if os.environ.get("KUBECONFIG"):
+        pytest.skip("the API server of a cluster named by KUBECONFIG does not know the issuer")
+    return LocalCluster(TEST_STATE_DIR)
+
+
+@pytest.fixture(scope="module")
+def issuer(cluster: ClusterHandle) -> TokenIssuer:
+    found = _local_cluster().token_issuer
+    if found is None:
+        pytest.skip(
+            "the local control plane was started before it named kube-iam's token issuer; "
+            "stop it (kube-iam cluster down --state-dir ...) and run again"
+        )
+    return found
+
+
+@pytest.fixture(scope="module")
+def kubectl(cluster: ClusterHandle, tmp_path_factory: pytest.TempPathFactory) -> WorkloadKubectl:
+    local = _local_cluster()
+    state = json.loads((TEST_STATE_DIR / "cluster.json").read_text())
+    return WorkloadKubectl(
+        local.kubectl_path,
+        state["apiserver_url"],
+        str(TEST_STATE_DIR / "pki" / "ca.crt"),
+        tmp_path_factory.mktemp("token-kubeconfigs"),
+    )
+
+
+@pytest.fixture(scope="module")
+def trust_operator(
+    cluster: ClusterHandle, session_operator: OperatorProcess, issuer_env: dict[str, str]
+) -> Iterator[OperatorProcess]:
+    """An operator with the issuer settings, in place of the session's for this module
+    (`issuer_env` is the module's own fixture)."""
+    session_operator.stop()
+    process = OperatorProcess(cluster, name="trusts", env=issuer_env)
+    process.start()
+    try:
+        yield process
+    finally:
+        process.stop()

@@ -40,13 +40,9 @@ from .token_support import (
     Kubectl,
     TokenServer,
     client_of,
-    issuer,
-    kubectl,
     namespace_with,
     running_for_the_apiserver,
 )
-
-__all__ = ["issuer", "kubectl"]  # fixtures, used by name
 
 ROLES = ("compute.deployer", "storage.reader")
 

@@ -39,8 +39,6 @@ from .token_support import (
     Kubectl,
     TokenServer,
     client_of,
-    issuer,
-    kubectl,
     namespace_with,
     running_for_the_apiserver,
 )
@@ -56,9 +54,6 @@ class World:
     namespace: str
     secret_name: str
     client: Client
-
-
-__all__ = ["issuer", "kubectl"]  # fixtures (token_support), used by name
 
 
 @pytest.fixture(scope="module")

@@ -47,14 +47,9 @@ from .token_support import (
     Kubectl,
     TokenServer,
     client_of,
-    issuer,
-    kubectl,
     running_token_server,
-    trust_operator,
 )
 from .token_support import verify as _verify
-
-__all__ = ["issuer", "kubectl", "trust_operator"]  # fixtures, used by name
 
 GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
 JWT_TYPE = "urn:ietf:params:oauth:token-type:jwt"

@@ -20,9 +20,6 @@ from .conftest import ORGANIZATION
 from .credentials_support import account_manifest, many
 from .oidc_issuer import LocalIssuer
 from .support import ClusterHandle, OperatorProcess, admitted_before_the_webhook, wait_for
-from .token_support import trust_operator
-
-__all__ = ["trust_operator"]  # a fixture, used by name
 
 AUDIENCE = "sts.kubeiam.test"
 PINNED = "claims.repository == 'acme/api' && claims.ref == 'refs/heads/main'"

@@ -21,10 +21,9 @@ import pytest
 import requests
 
 from kubeiam.devcluster.certs import KeyPair, create_ca, issue_certificate
-from kubeiam.devcluster.cluster import LocalCluster, free_port, terminate
+from kubeiam.devcluster.cluster import free_port, terminate
 from kubeiam.devcluster.token_authn import TokenIssuer
 
-from .conftest import TEST_STATE_DIR
 from .credentials_support import many, read_secret, wait_state
 from .support import ClusterHandle, OperatorProcess, wait_for
 
@@ -268,7 +267,7 @@ def token_server_on_loopback(
         yield server
 
 
-# -- fixtures the token modules share (imported by name where used) ----------------------------
+# -- tokens as the API server sees them (the fixtures that hand these out: conftest.py) ------------
 
 # How long the API server may take to find the issuer once the token server is up: it retries
 # discovery in the background every 10 s (kube-apiserver 1.35), so this is ample.
@@ -322,46 +321,3 @@ class Kubectl:
             return None
         user: dict[str, Any] = json.loads(result.stdout)["status"]["userInfo"]
         return user
-
-
-def _local_cluster() -> LocalCluster:
-    if os.environ.get("KUBECONFIG"):
-        pytest.skip("the API server of a cluster named by KUBECONFIG does not know the issuer")
-    return LocalCluster(TEST_STATE_DIR)
-
-
-@pytest.fixture(scope="module")
-def issuer(cluster: ClusterHandle) -> TokenIssuer:
-    found = _local_cluster().token_issuer
-    if found is None:
-        pytest.skip(
-            "the local control plane was started before it named kube-iam's token issuer; "
-            "stop it (kube-iam cluster down --state-dir ...) and run again"
-        )
-    return found
-
-
-@pytest.fixture(scope="module")
-def kubectl(cluster: ClusterHandle, tmp_path_factory: pytest.TempPathFactory) -> Kubectl:
-    local = _local_cluster()
-    state = json.loads((TEST_STATE_DIR / "cluster.json").read_text())
-    return Kubectl(
-        local.kubectl_path,
-        state["apiserver_url"],
-        str(TEST_STATE_DIR / "pki" / "ca.crt"),
-        tmp_path_factory.mktemp("token-kubeconfigs"),
-    )
-
-
-@pytest.fixture(scope="module")
-def trust_operator(
-    cluster: ClusterHandle, session_operator: OperatorProcess, issuer_env: dict[str, str]
-) -> Iterator[OperatorProcess]:
-    """An operator with the issuer settings, in place of the session's for this module."""
-    session_operator.stop()
-    process = OperatorProcess(cluster, name="trusts", env=issuer_env)
-    process.start()
-    try:
-        yield process
-    finally:
-        process.stop()
