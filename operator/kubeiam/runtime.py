@@ -120,11 +120,13 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.server_timeout = ours.watching.server_timeout
     settings.watching.client_timeout = ours.watching.client_timeout
     settings.watching.connect_timeout = 10
+    # Listings come a page at a time, each dropped once its objects are handed on.
+    settings.watching.chunk_size = ours.watching.list_page
     # An API error is retried soon: most are a restart or a brief overload of the API server.
     settings.execution.default_backoff = 5
-    # No worker limit: with indices, kopf holds a worker per object until every object is
-    # indexed, so a limit below the object count would hang the start (nolar/kopf#1243).
-    # API concurrency is bounded by the executor our client calls run in instead.
+    # No worker limit: kopf's idle workers would count against it. kube-iam's indices are not
+    # kopf's (kube/indices.py), so no worker waits for the others at start; API concurrency is
+    # bounded by the executor our client calls run in.
     # Only explicit events are posted; log lines stay in the log.
     settings.posting.loggers = False
     settings.posting.reporting_component = "kube-iam"

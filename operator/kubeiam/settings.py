@@ -528,8 +528,14 @@ class WatchingSettings(_Group):
         validation_alias="KUBEIAM_SLIM_WATCH_EVENTS",
         default=True,
         description="Drop metadata.managedFields (half of a credential) from watched objects "
-        "before kopf keeps them, and share the texts many objects repeat (kube/kopf_bodies.py): "
-        "a restart holds every object at once. false keeps kopf's events as parsed.",
+        "before kopf keeps them, and share the texts many objects repeat (kube/kopf_bodies.py). "
+        "false keeps kopf's events as parsed.",
+    )
+    list_page: int = Field(
+        default=500,
+        ge=1,
+        description="Objects a listing asks for at a time (kube-iam's indices at start, then "
+        "kopf's): the operator holds one page of parsed objects, not the whole kind.",
     )
 
 

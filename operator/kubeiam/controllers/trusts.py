@@ -21,6 +21,7 @@ from kubeiam.api import FederationTrust
 from kubeiam.domain import trusts as rules
 from kubeiam.domain.conditions import find_ready
 from kubeiam.kube import api, events, metrics, retry, status
+from kubeiam.kube.indices import Index, index
 from kubeiam.kube.ownership import ensure_owned_by_account
 from kubeiam.kube.resources import GROUP, SERVICE_ACCOUNTS, TRUSTS, VERSION
 from kubeiam.oidc.cel.condition import compile_condition
@@ -89,7 +90,7 @@ class _Runtime:
     """The process-wide pieces: the trust index and the shared issuer key store."""
 
     def __init__(self) -> None:
-        self.trusts: kopf.Index[AccountKey, TrustView] | None = None
+        self.trusts: Index[AccountKey, TrustView] | None = None
         self.keystore: KeyStore | None = None
         self.task: asyncio.Task[None] | None = None
 
@@ -142,16 +143,16 @@ def _now() -> datetime.datetime:
 # -- the index and kopf's handlers -------------------------------------------------------------
 
 
-@kopf.index(GROUP, VERSION, TRUSTS)
-def trusts_by_account(body: kopf.Body, **_: Any) -> dict[AccountKey, TrustView]:
+@index(TRUSTS)
+def trusts_by_account(body: kopf.Body) -> dict[AccountKey, TrustView]:
     """Every trust by its account: for the per-account limit and for account changes."""
     view = _view(body)
     return {(view.namespace, str((body.get("spec") or {}).get("serviceAccountName", ""))): view}
 
 
 @kopf.on.startup()
-async def start(**kwargs: Any) -> None:
-    _runtime.trusts = kwargs["trusts_by_account"]
+async def start(**_: Any) -> None:
+    _runtime.trusts = trusts_by_account
 
 
 @kopf.on.cleanup()

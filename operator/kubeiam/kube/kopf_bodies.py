@@ -15,14 +15,14 @@ body its own, and a restart holds them all at once.
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterator, MutableMapping
+from collections.abc import AsyncIterator, Callable, MutableMapping
 from sys import intern
 from typing import Any
 
 from kopf._cogs.clients import watching
 from kopf._core.reactor import queueing
 
-from kubeiam.kube import kopf_toggles
+from kubeiam.kube import indices, kopf_toggles
 
 # The one place kopf starts a watch: the swap works only if kopf looks it up in its module.
 CALL_SITE = "watching.infinite_watch("
@@ -92,16 +92,30 @@ def _share_items(mapping: MutableMapping[str, Any], key: str) -> None:
                 items[i] = intern(item)
 
 
-async def slim_watch(**kwargs: Any) -> AsyncIterator[Any]:
-    async for raw_event in KOPF_INFINITE_WATCH(**kwargs):
-        yield slim(raw_event)
+def watch_with(*, slimmed: bool) -> Callable[..., AsyncIterator[Any]]:
+    """kopf's watch, whose events feed kube-iam's indices (kube/indices.py) first: an indexed
+    kind is prefilled before kopf sees any of it. Slimmed, the events are slim() too."""
+
+    async def watch(**kwargs: Any) -> AsyncIterator[Any]:
+        resource, namespace = kwargs["resource"], kwargs.get("namespace")
+        indexed = indices.INDICES.indexes(resource)
+        scope = (resource.plural, namespace)
+        if indexed:
+            indices.INDICES.begin(scope)
+            await indices.INDICES.prefill(scope, settings=kwargs["settings"], resource=resource)
+        async for raw_event in KOPF_INFINITE_WATCH(**kwargs):
+            if slimmed:
+                raw_event = slim(raw_event)
+            if indexed:
+                indices.INDICES.feed(scope, raw_event)
+            yield raw_event
+
+    return watch
 
 
 def install(*, enabled: bool = True) -> None:
-    """Make kopf's watchers read slim events; refuse (RuntimeError) against another kopf."""
-    if not enabled:
-        watching.infinite_watch = KOPF_INFINITE_WATCH
-        return
+    """Make kopf's watchers feed kube-iam's indices, and read slim events unless `enabled` is
+    false; refuse (RuntimeError) against another kopf."""
     found = kopf_toggles.version_mismatch()
     if CALL_SITE not in inspect.getsource(queueing):
         found = f"{found}; " if found else ""
@@ -110,6 +124,6 @@ def install(*, enabled: bool = True) -> None:
         raise RuntimeError(
             f"kube-iam's watch filter (kube/kopf_bodies.py) was written for kopf "
             f"{kopf_toggles.KOPF_VERSION}: {found}. Check that kopf's watcher still calls "
-            "watching.infinite_watch, or turn it off with KUBEIAM_SLIM_WATCH_EVENTS=false."
+            "watching.infinite_watch."
         )
-    watching.infinite_watch = slim_watch
+    watching.infinite_watch = watch_with(slimmed=enabled)

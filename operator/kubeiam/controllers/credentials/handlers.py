@@ -12,47 +12,45 @@ from kubeiam.controllers.credentials.state import KIND, AccountKey, runtime
 from kubeiam.controllers.credentials.views import IssuedSecret, issued_secret_of, view_of
 from kubeiam.domain import credentials as rules
 from kubeiam.kube import api, metrics
+from kubeiam.kube.indices import INDICES, index
 from kubeiam.kube.resources import CREDENTIALS, GROUP, SERVICE_ACCOUNTS, VERSION
 
-# -- indices: what the operator keeps in memory, rebuilt from the initial list at start -------
-# kopf hands every index to every handler by its function's name (state.Runtime.start).
+# -- indices: what the operator keeps in memory, listed at start and fed by the watch -----------
+# kube/indices.py says why they are not kopf's; state.Runtime.start takes them by name.
 
 
-@kopf.index(GROUP, VERSION, CREDENTIALS)
-async def credentials_by_account(
-    body: kopf.Body, **_: Any
-) -> dict[AccountKey, rules.CredentialView]:
+@index(CREDENTIALS)
+def credentials_by_account(body: kopf.Body) -> dict[AccountKey, rules.CredentialView]:
     """Every credential by its account; also feeds the expiry schedule from the watch."""
-    runtime.ensure_background()
     view = view_of(body)
     expiry.track(view)
     return {(view.namespace, view.account): view}
 
 
-@kopf.index(GROUP, VERSION, CREDENTIALS)
-def issued_secrets(body: kopf.Body, **_: Any) -> dict[tuple[str, str], IssuedSecret]:
+@index(CREDENTIALS)
+def issued_secrets(body: kopf.Body) -> dict[tuple[str, str], IssuedSecret]:
     """The Secret of every issued credential, by the credential's namespace and name."""
     target = issued_secret_of(body)
     return {} if target is None else {(target.namespace, target.credential): target}
 
 
-@kopf.index(GROUP, VERSION, SERVICE_ACCOUNTS)
-def ledgers_by_account(body: kopf.Body, **_: Any) -> dict[AccountKey, frozenset[str]]:
+@index(SERVICE_ACCOUNTS)
+def ledgers_by_account(body: kopf.Body) -> dict[AccountKey, frozenset[str]]:
     """The UIDs of the credentials holding a slot, by account."""
     ledger = (body.get("status") or {}).get("activeCredentials") or []
     key = (body.metadata.namespace or "", body.metadata.name or "")
     return {key: frozenset(entry.get("uid", "") for entry in ledger)}
 
 
-@kopf.index(GROUP, VERSION, SERVICE_ACCOUNTS)
-def uids_by_account(body: kopf.Body, **_: Any) -> dict[AccountKey, str]:
+@index(SERVICE_ACCOUNTS)
+def uids_by_account(body: kopf.Body) -> dict[AccountKey, str]:
     """The UID of every account: a credential issued for another of the name has ended."""
     key = (body.metadata.namespace or "", body.metadata.name or "")
     return {key: body.metadata.uid or ""}
 
 
-@kopf.index(GROUP, VERSION, SERVICE_ACCOUNTS)
-def roles_by_account(body: kopf.Body, **_: Any) -> dict[AccountKey, tuple[str, ...]]:
+@index(SERVICE_ACCOUNTS)
+def roles_by_account(body: kopf.Body) -> dict[AccountKey, tuple[str, ...]]:
     """The roles of every account, which its credentials' effectiveRoles must follow."""
     key = (body.metadata.namespace or "", body.metadata.name or "")
     return {key: tuple((body.get("spec") or {}).get("roles") or ())}
@@ -62,11 +60,11 @@ def roles_by_account(body: kopf.Body, **_: Any) -> dict[AccountKey, tuple[str, .
 
 
 @kopf.on.startup()
-async def start(**kwargs: Any) -> None:
-    """Connect the API client, keep the (still filling) indices, say what scheduled work does,
-    and load the proof key before any credential is handled."""
+async def start(**_: Any) -> None:
+    """Connect the API client, keep the indices (filled before any credential is handled), say
+    what scheduled work does, and load the proof key."""
     api.connect()
-    runtime.start(kwargs, on_due=triggers.on_due, on_audit=triggers.on_audit)
+    runtime.start(INDICES.by_name(), on_due=triggers.on_due, on_audit=triggers.on_audit)
     audit.pace_from_settings()
     await triggers.load_proof_key()
 
@@ -84,6 +82,7 @@ async def stop(**_: Any) -> None:
 @kopf.on.update(GROUP, VERSION, CREDENTIALS, field="spec")
 @metrics.counts_errors(KIND)
 async def reconcile_credential(body: kopf.Body, reason: str, **_: Any) -> None:
+    runtime.ensure_background()
     # At start every credential is resumed at once: its Secret is left to the paced audit
     # rather than read by all of them in one burst.
     await reconcile.reconcile_until_settled(dict(body), read_secret=reason != kopf.Reason.RESUME)
@@ -102,6 +101,7 @@ def _added_or_modified(type: str, **_: Any) -> bool:
 @kopf.on.event(GROUP, VERSION, CREDENTIALS, when=_deleted)
 @metrics.counts_errors(KIND)
 async def credential_gone(event: kopf.RawEvent, **_: Any) -> None:
+    runtime.ensure_background()
     await triggers.credential_deleted(cast(Mapping[str, Any], event["object"]))
 
 

@@ -18,6 +18,7 @@ from kubeiam.domain.conditions import parse_time
 from kubeiam.domain.credentials import State
 from kubeiam.kube import metrics, peering
 from kubeiam.kube.audit import Audit
+from kubeiam.kube.indices import Index
 from kubeiam.kube.key_secret import KeyRing
 from kubeiam.kube.scheduler import Scheduler
 
@@ -47,11 +48,11 @@ class Runtime:
     to audit one Secret are handed to `start` by the handlers: this module imports neither."""
 
     def __init__(self) -> None:
-        self.credentials: kopf.Index[AccountKey, rules.CredentialView] | None = None
-        self.issued: kopf.Index[tuple[str, str], IssuedSecret] | None = None
-        self.ledgers: kopf.Index[AccountKey, frozenset[str]] | None = None
-        self.roles: kopf.Index[AccountKey, tuple[str, ...]] | None = None
-        self.account_uids: kopf.Index[AccountKey, str] | None = None
+        self.credentials: Index[AccountKey, rules.CredentialView] | None = None
+        self.issued: Index[tuple[str, str], IssuedSecret] | None = None
+        self.ledgers: Index[AccountKey, frozenset[str]] | None = None
+        self.roles: Index[AccountKey, tuple[str, ...]] | None = None
+        self.account_uids: Index[AccountKey, str] | None = None
         # The key that proves which Secrets kube-iam wrote, loaded (or created) at start.
         self.keys: KeyRing | None = None
         self._on_due: Callable[[ScheduleKey], Awaitable[None]] | None = None
@@ -80,7 +81,7 @@ class Runtime:
         on_due: Callable[[ScheduleKey], Awaitable[None]],
         on_audit: Callable[[IssuedSecret], Awaitable[None]],
     ) -> None:
-        """Keep kopf's (still filling) indices, given by the index functions' names, and the
+        """Keep the indices (kube/indices.py), given by the index functions' names, and the
         work to do when a schedule is due or a Secret is audited."""
         self.credentials = indices["credentials_by_account"]
         self.issued = indices["issued_secrets"]

@@ -75,7 +75,7 @@ async def account_changed(account: Mapping[str, Any]) -> None:
     disabled = bool((account.get("spec") or {}).get("disabled"))
     for view in upkeep.outdated_by_account(waiting, account_disabled=disabled, holders=holders):
         await reconcile_by_name(view)
-    # The role index already holds this event's roles: kopf indexes before it calls handlers.
+    # The role index already holds this event's roles: it is fed before kopf sees the event.
     for view, roles in runtime.stale_roles([key]):
         await _refresh_roles(view, roles)
 
