@@ -124,9 +124,13 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.chunk_size = ours.watching.list_page
     # An API error is retried soon: most are a restart or a brief overload of the API server.
     settings.execution.default_backoff = 5
-    # No worker limit: kopf's idle workers would count against it. kube-iam's indices are not
-    # kopf's (kube/indices.py), so no worker waits for the others at start; API concurrency is
-    # bounded by the executor our client calls run in.
+    # At most this many objects handled at once, each kind: the others wait as their bodies
+    # alone, not as a worker holding a patch, loggers and a handler's frames. kube-iam's indices
+    # are not kopf's (kube/indices.py), so no worker waits for the others at start and a limit
+    # cannot hang it (nolar/kopf#1243). A worker with nothing left to do gives its place up
+    # after the idle time, not kopf's 5 s.
+    settings.queueing.worker_limit = ours.watching.worker_limit
+    settings.queueing.idle_timeout = ours.watching.worker_idle
     # Only explicit events are posted; log lines stay in the log.
     settings.posting.loggers = False
     settings.posting.reporting_component = "kube-iam"

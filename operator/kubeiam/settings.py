@@ -531,6 +531,20 @@ class WatchingSettings(_Group):
         "before kopf keeps them, and share the texts many objects repeat (kube/kopf_bodies.py). "
         "false keeps kopf's events as parsed.",
     )
+    worker_limit: int = Field(
+        default=500,
+        ge=1,
+        description="Objects of a kind handled at once; the others wait their turn holding only "
+        "their latest event. A burst of thousands of credentials is then not thousands of "
+        "handlers in memory at once.",
+    )
+    worker_idle: float = Field(
+        default=0.5,
+        gt=0,
+        le=60,
+        description="Seconds a handled object's worker waits for its next event before it "
+        "gives its place up (kopf's default is 5).",
+    )
     list_page: int = Field(
         default=500,
         ge=1,

@@ -4,7 +4,10 @@ Secret. Measured by the API server's own request counts, not by what the operato
 100 accounts and 200 credentials (140 Active, 30 Pending for a slot, 30 Revoked) are settled by
 one operator process; a second one starts over them the way deploy/ runs it (peering on, its
 start time as priority), resumes every object, runs two passes of the Secret audit and a sweep,
-and must not have written anything of kube-iam's kinds or any Secret. What it read, and every
+and must not have written anything of kube-iam's kinds or any Secret. Both handle at most
+four objects at a time and list 40 at a time: a burst and a restart many times that limit
+still settle and resume everything, the limit of credentials per account still holds, and the
+indices (prefilled page by page before any handler runs) see every object. What it read, and every
 write the API server saw meanwhile (kopf's peering heartbeat, the control plane's own leases),
 are printed (run with -s to see them).
 """
@@ -35,6 +38,12 @@ REVOKED = 30  # created revoked, on single accounts: never issued
 EXPECTED = {"Active": 5 * FULL_ACCOUNTS + SINGLE_ACCOUNTS, "Pending": 30, "Revoked": REVOKED}
 READ_VERBS = frozenset({"GET", "LIST", "WATCH"})
 QUIET = 5.0  # seconds without a write that count as settled
+# Few workers, short idle, small pages: what bounds a burst's and a restart's memory, tightened.
+BOUNDED = {
+    "KUBEIAM_WATCH_WORKER_LIMIT": "4",
+    "KUBEIAM_WATCH_WORKER_IDLE": "0.1",
+    "KUBEIAM_WATCH_LIST_PAGE": "40",
+}
 
 
 def _workload() -> list[str]:
@@ -111,7 +120,7 @@ def test_a_restart_over_settled_objects_writes_nothing(
 ) -> None:
     # The API server's counts are cluster-wide: no other test's objects may be changing.
     wait_until_no_namespace_terminates(cluster)
-    first = operators("first")
+    first = operators("first", **BOUNDED)
     cluster.apply(many(_workload()), namespace)
     wait_for(lambda: _settled(cluster, namespace), timeout=240, what="300 objects to settle")
     first.stop()
@@ -122,7 +131,7 @@ def test_a_restart_over_settled_objects_writes_nothing(
     second = OperatorProcess(
         cluster,
         name="restart-second",
-        env={"KUBEIAM_LOG_FORMAT": "json"},
+        env={"KUBEIAM_LOG_FORMAT": "json", **BOUNDED},
         args=("--priority", str(time.time_ns())),
     )
     try:
