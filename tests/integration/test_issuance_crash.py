@@ -31,7 +31,11 @@ def test_a_crash_at_any_point_of_issuance_leaves_exactly_one_secret(
     operators: Callable[..., OperatorProcess],
     point: str,
 ) -> None:
-    doomed = operators("doomed", KUBEIAM_FAULT_POINT=point)
+    # The doomed process watches this namespace alone: cluster-wide, it resumed an earlier
+    # test's credential still being issued in a namespace being deleted, and died there first.
+    doomed = operators(
+        "doomed", "--standalone", "--namespace", namespace, KUBEIAM_FAULT_POINT=point
+    )
     cluster.apply(account_manifest(), namespace)
     cluster.wait_condition("iamsa", "pipeline", namespace)
     cluster.apply(credential_manifest("crashy"), namespace)
