@@ -68,7 +68,7 @@ def _burst(r: dict[str, Any]) -> list[Row]:
             f"{burst['per_second']:.1f}/s ({burst['seconds']:.1f} s)",
             f"{floor_burst['per_second']:.1f}/s ({floor_burst['seconds']:.1f} s)",
             _ratio(burst["per_second"], floor_burst["per_second"]),
-            ">= 0.5x floor",
+            ">= 0.6x floor",
         )
     )
     rows.append(
