@@ -42,18 +42,25 @@ class Settlement:
 
 
 async def settle(
-    key: AccountKey, *, ended: Iterable[str] = (), account: Mapping[str, Any] | None = None
+    key: AccountKey,
+    *,
+    ended: Iterable[str] = (),
+    account: Mapping[str, Any] | None = None,
+    caller: str | None = None,
 ) -> Settlement:
     """Bring the account's ledger up to date: release ended holders, admit the oldest waiting.
     `account`, if given, was read a moment ago (a stale one costs a re-read, never a wrong
-    write: the write is a compare-and-swap)."""
+    write: the write is a compare-and-swap). `caller` is the uid of the credential whose
+    reconcile asks, from the event that fed the index: no fresher read of it is needed."""
     if not key[1]:
         return Settlement()
     async with runtime.lock(key):
-        return await _update(key, set(ended), account)
+        return await _update(key, set(ended), account, caller)
 
 
-async def _update(key: AccountKey, ended: set[str], given: Mapping[str, Any] | None) -> Settlement:
+async def _update(
+    key: AccountKey, ended: set[str], given: Mapping[str, Any] | None, caller: str | None
+) -> Settlement:
     namespace, account_name = key
     limit = get_settings().credentials.max_active_credentials
     for attempt in range(_LEDGER_ATTEMPTS):
@@ -83,8 +90,12 @@ async def _update(key: AccountKey, ended: set[str], given: Mapping[str, Any] | N
         )
         plan = plan_admission(ledger, waiting=waiting, ended=gone, limit=room)
         # The index may lag: a candidate it shows waiting may have ended meanwhile. Ask the
-        # API server about each one about to be admitted, and plan again without the ended.
-        while plan.admitted and (stale := await _confirm_ended(list(plan.admitted), namespace)):
+        # API server about each one about to be admitted, and plan again without the ended;
+        # not about the caller, whose body is the event the index holds. Were it ended a
+        # moment ago, it would hold a slot until that event releases it, never one too many.
+        while plan.admitted and (
+            stale := await _confirm_ended([e for e in plan.admitted if e.uid != caller], namespace)
+        ):
             gone |= stale
             waiting = [c for c in waiting if c.uid not in gone]
             plan = plan_admission(ledger, waiting=waiting, ended=gone, limit=room)

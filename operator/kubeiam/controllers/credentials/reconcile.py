@@ -186,7 +186,7 @@ async def settle(
     """Settle the account's ledger, then issue whom it admitted (but `issue_except`, whose own
     reconcile is the caller). With `adopt_orphans`, also holders not issued yet: another
     process may have admitted them and died before issuing."""
-    settlement = await ledger.settle(key, ended=ended, account=account)
+    settlement = await ledger.settle(key, ended=ended, account=account, caller=issue_except)
     to_issue = list(settlement.admitted)
     if adopt_orphans:
         unissued = {view.uid for view in runtime.views(key) if view.waiting}
