@@ -534,9 +534,9 @@ class WatchingSettings(_Group):
     worker_limit: int = Field(
         default=500,
         ge=1,
-        description="Objects of a kind handled at once; the others wait their turn holding only "
-        "their latest event. A burst of thousands of credentials is then not thousands of "
-        "handlers in memory at once.",
+        description="Objects of a kind handled at once (in each watched namespace, when "
+        "namespaces are named); the others wait their turn as their queued events alone. A "
+        "burst of thousands of credentials is then not thousands of handlers in memory at once.",
     )
     worker_idle: float = Field(
         default=0.5,

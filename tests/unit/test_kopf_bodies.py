@@ -11,7 +11,7 @@ from typing import Any
 
 import kopf
 import pytest
-from kopf._cogs.clients import watching
+from kopf._cogs.clients import fetching, watching
 
 from kubeiam.kube import kopf_bodies
 
@@ -57,6 +57,7 @@ def test_kopfs_watchers_read_slim_events(monkeypatch: pytest.MonkeyPatch) -> Non
 
     monkeypatch.setattr(kopf_bodies, "KOPF_INFINITE_WATCH", stream)
     monkeypatch.setattr(watching, "infinite_watch", watching.infinite_watch)
+    monkeypatch.setattr(fetching, "fetch_objs", fetching.fetch_objs)
     kopf_bodies.install(enabled=True)
 
     async def read() -> list[Any]:
@@ -71,7 +72,7 @@ def test_kopfs_watchers_read_slim_events(monkeypatch: pytest.MonkeyPatch) -> Non
     for raw in (seen[0], seen[2]):
         assert "managedFields" not in raw["object"]["metadata"]
         assert raw["object"]["metadata"]["labels"] == {"team": "a"}
-    # Turned off, the events are kopf's as parsed (the indices are fed either way).
+    # Turned off, the events are kopf's as parsed.
     kopf_bodies.install(enabled=False)
     assert all("managedFields" in raw["object"]["metadata"] for raw in asyncio.run(read())[::2])
 

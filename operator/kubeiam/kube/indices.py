@@ -98,10 +98,11 @@ class Indices:
         self._known: dict[Scope, set[str]] = {}
         # The uids a listing under way has shown so far.
         self._listing: dict[Scope, set[str]] = {}
-        # The watchers still prefilling, the kinds prefilled, and whether all are.
+        # The watchers listing before kopf sees their kind, and whether none is: every watcher
+        # waits until all that began with it are prefilled (a later one, until those with it).
         self._prefilling: set[Scope] = set()
-        self._prefilled: set[str] = set()
-        self._ready: asyncio.Event | None = None
+        self._quiet: asyncio.Event | None = None
+        self._opened = False
 
     def index(self, plural: str) -> Callable[[IndexFn[K, V]], Index[K, V]]:
         """A decorator: `fn` becomes an index of the kind `plural`, by its own name."""
@@ -121,7 +122,14 @@ class Indices:
 
     @property
     def ready(self) -> bool:
-        return self._ready is not None and self._ready.is_set()
+        """Whether handlers have been let in: every watcher that began has been prefilled."""
+        return self._opened and not self._prefilling
+
+    def listing_starts(self, scope: Scope) -> None:
+        """A listing of the kind begins (kopf's, or the prefill's): what an earlier one showed
+        before it broke off counts no more."""
+        if scope[0] in self.by_plural:
+            self._listing[scope] = set()
 
     def feed(self, scope: Scope, raw_event: Any) -> None:
         """Update the kind's indices from one of kopf's watch events, before kopf sees it. The
@@ -160,6 +168,7 @@ class Indices:
                     body.metadata.name,
                     type(error).__name__,
                 )
+                logger.debug("%s failed on %s", made.name, uid, exc_info=True)
 
     def _end_listing(self, scope: Scope) -> None:
         shown = self._listing.pop(scope, set())
@@ -170,41 +179,44 @@ class Indices:
         self._known[scope] = shown
 
     def begin(self, scope: Scope) -> None:
-        """A watcher of an indexed kind starts: until the start's prefill is done, the others
-        wait for it too."""
-        if not self.ready:
-            self._prefilling.add(scope)
+        """A watcher of an indexed kind starts: until its prefill is done, the watchers that
+        began with it wait for it (kopf starts all it knows of at once)."""
+        self._prefilling.add(scope)
+        self._signal().clear()
 
     async def prefill(
         self, scope: Scope, *, settings: kopf.OperatorSettings, resource: Any
     ) -> None:
-        """List the kind a page at a time into its indices, then wait until every indexed kind
-        is prefilled. Once that is done, a watcher starting later (a namespace that appeared)
-        goes straight to kopf, whose listing fills its part."""
-        if self.ready:
-            return
-        while True:
-            try:
-                await self._list_into(scope, settings=settings, resource=resource)
-                break
-            except (aiohttp.ClientError, errors.APIError, TimeoutError) as error:
-                self._listing.pop(scope, None)
-                logger.warning(
-                    "Listing %s to fill the indices failed (%s); trying again in %.0f s.",
-                    scope[0],
-                    type(error).__name__,
-                    RETRY_SECONDS,
-                )
-                await asyncio.sleep(RETRY_SECONDS)
-        self._prefilling.discard(scope)
-        self._prefilled.add(scope[0])
-        if not self._prefilling and self._prefilled >= set(self.by_plural):
-            self._signal().set()
+        """List the kind a page at a time into its indices, then wait until no watcher is still
+        prefilling. A watcher that ends meanwhile (kopf stops one for a namespace or a kind
+        that went away) holds no one back."""
+        try:
+            while True:
+                try:
+                    await self._list_into(scope, settings=settings, resource=resource)
+                    break
+                except (aiohttp.ClientError, errors.APIError, TimeoutError) as error:
+                    logger.warning(
+                        "Listing %s to fill the indices failed (%s); trying again in %.0f s.",
+                        scope[0],
+                        type(error).__name__,
+                        RETRY_SECONDS,
+                    )
+                    await asyncio.sleep(RETRY_SECONDS)
+        finally:
+            self._done(scope)
         await self._signal().wait()
+
+    def _done(self, scope: Scope) -> None:
+        self._prefilling.discard(scope)
+        if not self._prefilling:
+            self._opened = True
+            self._signal().set()
 
     async def _list_into(
         self, scope: Scope, *, settings: kopf.OperatorSettings, resource: Any
     ) -> None:
+        self.listing_starts(scope)
         async for chunk, _ in fetching.fetch_objs(
             settings=settings,
             resource=resource,
@@ -217,9 +229,9 @@ class Indices:
         self._end_listing(scope)
 
     def _signal(self) -> asyncio.Event:
-        if self._ready is None:
-            self._ready = asyncio.Event()
-        return self._ready
+        if self._quiet is None:
+            self._quiet = asyncio.Event()
+        return self._quiet
 
 
 # The operator's indices, registered by the controllers at import.

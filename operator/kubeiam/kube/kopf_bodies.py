@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Callable, MutableMapping
 from sys import intern
 from typing import Any
 
-from kopf._cogs.clients import watching
+from kopf._cogs.clients import fetching, watching
 from kopf._core.reactor import queueing
 
 from kubeiam.kube import indices, kopf_toggles
@@ -27,6 +27,10 @@ from kubeiam.kube import indices, kopf_toggles
 # The one place kopf starts a watch: the swap works only if kopf looks it up in its module.
 CALL_SITE = "watching.infinite_watch("
 KOPF_INFINITE_WATCH = watching.infinite_watch
+# And where its watch lists a kind: the indices must know a listing began, in case it breaks
+# off before its end (kopf then lists again, with no end marker for the first).
+LISTING_CALL_SITE = "fetching.fetch_objs("
+KOPF_FETCH_OBJS = fetching.fetch_objs
 
 
 # Fields whose texts many objects repeat: accounts have several credentials and trusts, every
@@ -113,17 +117,28 @@ def watch_with(*, slimmed: bool) -> Callable[..., AsyncIterator[Any]]:
     return watch
 
 
+async def fetch_objs(**kwargs: Any) -> AsyncIterator[Any]:
+    """kopf's listing, telling the indices first that a listing of the kind begins."""
+    resource = kwargs["resource"]
+    if indices.INDICES.indexes(resource):
+        indices.INDICES.listing_starts((resource.plural, kwargs.get("namespace")))
+    async for chunk in KOPF_FETCH_OBJS(**kwargs):
+        yield chunk
+
+
 def install(*, enabled: bool = True) -> None:
     """Make kopf's watchers feed kube-iam's indices, and read slim events unless `enabled` is
     false; refuse (RuntimeError) against another kopf."""
     found = kopf_toggles.version_mismatch()
-    if CALL_SITE not in inspect.getsource(queueing):
-        found = f"{found}; " if found else ""
-        found += f"{queueing.__name__} no longer calls {CALL_SITE}...)"
+    for module, call in ((queueing, CALL_SITE), (watching, LISTING_CALL_SITE)):
+        if call not in inspect.getsource(module):
+            found = f"{found}; " if found else ""
+            found += f"{module.__name__} no longer calls {call}...)"
     if found:
         raise RuntimeError(
             f"kube-iam's watch filter (kube/kopf_bodies.py) was written for kopf "
             f"{kopf_toggles.KOPF_VERSION}: {found}. Check that kopf's watcher still calls "
-            "watching.infinite_watch."
+            "watching.infinite_watch and lists through fetching.fetch_objs."
         )
     watching.infinite_watch = watch_with(slimmed=enabled)
+    fetching.fetch_objs = fetch_objs

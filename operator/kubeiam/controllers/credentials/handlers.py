@@ -108,4 +108,5 @@ async def credential_gone(event: kopf.RawEvent, **_: Any) -> None:
 @kopf.on.event(GROUP, VERSION, SERVICE_ACCOUNTS, when=_added_or_modified)
 @metrics.counts_errors("ServiceAccount")
 async def account_changed(event: kopf.RawEvent, **_: Any) -> None:
+    runtime.ensure_background()
     await triggers.account_changed(cast(Mapping[str, Any], event["object"]))
