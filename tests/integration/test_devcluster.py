@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -236,9 +237,19 @@ def test_make_run_serves_admission_apart_and_admits_a_whole_apply(
         assert not listening(cluster.webhook.port)
         assert not listening(token_port)
     finally:
+        # Whatever failed, no process of the runner's outlives the test: an operator left
+        # running would handle every later test's objects beside the session's.
+        left = _children_of(runner.pid)
         if runner.poll() is None:
-            runner.kill()
-            runner.wait()
+            runner.send_signal(signal.SIGINT)
+            try:
+                runner.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                runner.kill()
+                runner.wait()
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         cluster.admission.start()
 
 
