@@ -21,6 +21,7 @@ from .credentials_support import (
     wait_state,
     well_formed,
 )
+from .metrics_support import wait_until_no_namespace_terminates
 from .support import ClusterHandle, OperatorProcess
 
 
@@ -31,11 +32,10 @@ def test_a_crash_at_any_point_of_issuance_leaves_exactly_one_secret(
     operators: Callable[..., OperatorProcess],
     point: str,
 ) -> None:
-    # The doomed process watches this namespace alone: cluster-wide, it resumed an earlier
-    # test's credential still being issued in a namespace being deleted, and died there first.
-    doomed = operators(
-        "doomed", "--standalone", "--namespace", namespace, KUBEIAM_FAULT_POINT=point
-    )
+    # Cluster-wide, the doomed process resumes every object: an earlier test's credential still
+    # being issued in a namespace being deleted would be where it dies, before this test's.
+    wait_until_no_namespace_terminates(cluster)
+    doomed = operators("doomed", KUBEIAM_FAULT_POINT=point)
     cluster.apply(account_manifest(), namespace)
     cluster.wait_condition("iamsa", "pipeline", namespace)
     cluster.apply(credential_manifest("crashy"), namespace)
