@@ -233,6 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     # Ctrl-C reaches the children too (one process group), and each stops itself; SIGTERM (a
     # supervisor, a test) is handled the same way, and the children are stopped here.
     signal.signal(signal.SIGTERM, _interrupt)
+    # Started in the background of a shell without job control, a process inherits SIGINT
+    # ignored; Ctrl-C (or a test's SIGINT) must still stop all three.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         return run(args.state_dir, kubeconfig=os.environ.get("KUBECONFIG"))
     except ControlPlaneError as error:
