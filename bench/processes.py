@@ -202,12 +202,7 @@ def start_profile(pid: int, output: Path) -> subprocess.Popen[bytes] | None:
 def stop_profile(profiler: subprocess.Popen[bytes] | None) -> None:
     if profiler is None:
         return
-    profiler.send_signal(signal.SIGINT)
-    try:
-        profiler.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        profiler.kill()
-        profiler.wait()
+    terminate(profiler, timeout=60, signum=signal.SIGINT)
 
 
 def admission_only(cluster: BenchCluster) -> Operator:

@@ -17,7 +17,7 @@ import pytest
 import requests
 
 from kubeiam.devcluster.binaries import REPO_ROOT, ensure_binaries
-from kubeiam.devcluster.cluster import LocalCluster, _is_our_process, free_port
+from kubeiam.devcluster.cluster import LocalCluster, _is_our_process, free_port, terminate
 from kubeiam.devcluster.errors import ControlPlaneError
 
 from .credentials_support import (
@@ -240,13 +240,7 @@ def test_make_run_serves_admission_apart_and_admits_a_whole_apply(
         # Whatever failed, no process of the runner's outlives the test: an operator left
         # running would handle every later test's objects beside the session's.
         left = _children_of(runner.pid)
-        if runner.poll() is None:
-            runner.send_signal(signal.SIGINT)
-            try:
-                runner.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                runner.kill()
-                runner.wait()
+        terminate(runner, timeout=30, signum=signal.SIGINT)
         for pid in left:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)

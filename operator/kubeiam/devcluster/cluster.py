@@ -16,6 +16,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from kubeiam.api.crdgen import crd_documents
 from kubeiam.devcluster import webhook
@@ -84,11 +85,14 @@ def free_port() -> int:
     return _free_ports(1)[0]
 
 
-def terminate(process: subprocess.Popen[bytes], *, timeout: float) -> None:
-    """Stop a child as its supervisor would: SIGTERM, then SIGKILL if it outlives `timeout`."""
+def terminate(
+    process: subprocess.Popen[Any], *, timeout: float, signum: int = signal.SIGTERM
+) -> None:
+    """Stop a child as its supervisor would: SIGTERM (or `signum`), then SIGKILL if it outlives
+    `timeout`."""
     if process.poll() is not None:
         return
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(signum)
     try:
         process.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
