@@ -251,8 +251,11 @@ def test_a_watcher_stopped_while_prefilling_holds_no_one_back() -> None:
     found, _ = made()
     gone, staying = (CREDENTIALS, "gone"), (CREDENTIALS, "staying")
 
+    blocked = asyncio.Event()
+
     async def fetch_objs(*, namespace: Any, **_: Any) -> AsyncIterator[tuple[list[Any], str]]:
         if namespace == "gone":
+            blocked.set()
             await asyncio.Event().wait()  # a listing that never answers
         yield [], "1"
 
@@ -265,7 +268,7 @@ def test_a_watcher_stopped_while_prefilling_holds_no_one_back() -> None:
         other = asyncio.create_task(
             found.prefill(staying, settings=None, resource=CREDENTIAL_KIND)  # type: ignore[arg-type]
         )
-        await asyncio.sleep(0.01)
+        await blocked.wait()
         assert not other.done()
         stopped.cancel()
         await asyncio.wait_for(other, timeout=5)
